@@ -1,0 +1,3 @@
+from adamx.demo import main
+
+raise SystemExit(main())

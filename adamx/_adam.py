@@ -1,0 +1,139 @@
+"""Adam and AdamW: recipes of the building blocks."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import optax
+
+from adamx._base import ScalarOrSchedule, check_learning_rate
+from adamx._correction import correct_bias
+from adamx._decay import add_decayed_weights
+from adamx._moments import scale_by_moments
+from adamx._normalize import normalize
+from adamx._schedule import scale_by_learning_rate
+
+
+def _decay_block(weight_decay, mask=None) -> list[optax.GradientTransformation]:
+    """The weight-decay block, or nothing when the decay is the Python number 0.
+
+    Arrays (as ``optax.inject_hyperparams`` passes) always keep the block, so that the
+    chain's state has the same structure whether the value is concrete or traced.
+    """
+    if isinstance(weight_decay, (int, float)) and weight_decay == 0:
+        return []
+    return [add_decayed_weights(weight_decay, mask)]
+
+
+def adam(
+    learning_rate: ScalarOrSchedule = 1e-3,
+    b1: float = 0.9,
+    b2: float = 0.999,
+    eps: float = 1e-8,
+    eps_root: float = 0.0,
+    *,
+    weight_decay: float = 0.0,
+) -> optax.GradientTransformation:
+    """Adam, with optional coupled (L2) weight decay, as in ``torch.optim.Adam``.
+
+    Per leaf, with ``t`` the step number (1 on the first update)::
+
+        g   = g + wd * p                                   (only if weight_decay > 0)
+        m   = b1 * m + (1 - b1) * g
+        v   = b2 * v + (1 - b2) * g**2
+        m^  = m / (1 - b1**t);   v^ = v / (1 - b2**t)
+        p   = p - lr * m^ / (sqrt(v^ + eps_root) + eps)
+
+    The recipe is the chain::
+
+        add_decayed_weights(weight_decay)   # coupled L2, omitted when 0
+        scale_by_moments(b1, b2)
+        correct_bias(b1, b2)
+        normalize(eps, eps_root)
+        scale_by_learning_rate(learning_rate)
+
+    Args:
+      learning_rate: a number ``>= 0`` or a schedule of the step count. Default 1e-3.
+      b1: decay of the first moment, ``[0, 1)``. Default 0.9.
+      b2: decay of the second moment, ``[0, 1)``. Default 0.999.
+      eps: added to the root of ``v^``, ``>= 0``. Default 1e-8.
+      eps_root: added inside the root, ``>= 0``. Default 0.
+      weight_decay: coupled L2 coefficient, ``>= 0``; when positive, ``update`` needs
+        ``params``. Default 0.
+
+    Returns:
+      An ``optax.GradientTransformation``.
+
+    Example:
+      >>> import jax.numpy as jnp, optax, adamx
+      >>> params = {"w": jnp.ones(3)}
+      >>> opt = adamx.adam(learning_rate=0.1)
+      >>> state = opt.init(params)
+      >>> updates, state = opt.update({"w": jnp.array([1.0, -2.0, 0.0])}, state, params)
+      >>> [round(float(u), 4) for u in updates["w"]]  # the first step is -lr * sign(g)
+      [-0.1, 0.1, -0.0]
+
+    .. warning::
+       Keras and TF1 put ``eps`` on the root of the raw ``v`` ("epsilon hat"); the two
+       readings agree with ``eps_keras = eps * sqrt(1 - b2**t)``. optax.adam is this rule.
+       For decoupled weight decay use :func:`adamw`.
+
+    References:
+      Kingma & Ba, "Adam: A Method for Stochastic Optimization", ICLR 2015,
+      https://arxiv.org/abs/1412.6980
+    """
+    check_learning_rate(learning_rate)
+    return optax.chain(
+        *_decay_block(weight_decay),
+        scale_by_moments(b1, b2),
+        correct_bias(b1, b2),
+        normalize(eps, eps_root),
+        scale_by_learning_rate(learning_rate),
+    )
+
+
+def adamw(
+    learning_rate: ScalarOrSchedule = 1e-3,
+    b1: float = 0.9,
+    b2: float = 0.999,
+    eps: float = 1e-8,
+    eps_root: float = 0.0,
+    weight_decay: float = 1e-2,
+    *,
+    mask: Any | Callable[[Any], Any] | None = None,
+) -> optax.GradientTransformation:
+    """AdamW: Adam with decoupled weight decay, as in ``torch.optim.AdamW``.
+
+    Per leaf::
+
+        m, v, m^, v^ as in adam (no decay in the gradient)
+        p = p - lr * (m^ / (sqrt(v^ + eps_root) + eps) + wd * p)
+
+    i.e. ``p <- p * (1 - lr*wd) - lr * m^ / (sqrt(v^) + eps)``: the decay shrinks the
+    weights at the pace of the learning rate and never passes through the moments. The
+    recipe is Adam's chain with :func:`adamx.add_decayed_weights` moved from the front to
+    just before the learning rate.
+
+    Args:
+      learning_rate: a number ``>= 0`` or a schedule. Default 1e-3.
+      b1, b2, eps, eps_root: as in :func:`adam`.
+      weight_decay: ``>= 0``. Default 1e-2 (PyTorch's; optax's is 1e-4).
+      mask: a tree of booleans like the params, or a function of the params returning one;
+        only ``True`` leaves are decayed (commonly: not biases and norm scales).
+
+    Returns:
+      An ``optax.GradientTransformation`` that needs ``params`` in ``update``.
+
+    References:
+      Loshchilov & Hutter, "Decoupled Weight Decay Regularization", ICLR 2019,
+      https://arxiv.org/abs/1711.05101
+    """
+    check_learning_rate(learning_rate)
+    return optax.chain(
+        scale_by_moments(b1, b2),
+        correct_bias(b1, b2),
+        normalize(eps, eps_root),
+        *_decay_block(weight_decay, mask),
+        scale_by_learning_rate(learning_rate),
+    )

@@ -1,0 +1,175 @@
+"""Shared pieces of every block: the moments record, validation, dtypes and tree checks."""
+
+from __future__ import annotations
+
+import math
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+PyTree = Any
+ScalarOrSchedule = Any  # float | jax.Array | Callable[[jax.Array], jax.Array]
+
+_INT32_MAX = jnp.iinfo(jnp.int32).max
+
+
+class Moments(NamedTuple):
+    """The record a moment block hands to the next block of a recipe.
+
+    Blocks after a moment block (bias correction, normalisation, read-outs) take and give
+    this record instead of a plain gradient tree; a read-out block such as
+    :func:`adamx.normalize` turns it back into a tree of updates. Keeping the gradient,
+    both moments and the step count together is what lets a relative of Adam change one
+    block and leave the others alone.
+
+    Attributes:
+      grad: the gradient tree the moments were updated with (after coupled weight decay).
+        Its leaves fix the dtypes of the final updates.
+      mu: the first moment, a tree like ``grad`` in the compute dtype (at least float32),
+        or ``None`` when the recipe keeps no first moment.
+      nu: the second moment, likewise, or ``None``.
+      count: the step number ``t`` of this update, an int32 scalar, 1 on the first update.
+    """
+
+    grad: PyTree
+    mu: PyTree
+    nu: PyTree
+    count: jax.Array
+
+
+def compute_dtype(dtype) -> jnp.dtype:
+    """The dtype a leaf's arithmetic runs in: its own, but never below float32."""
+    dtype = jnp.dtype(dtype)
+    if jnp.issubdtype(dtype, jnp.floating) and dtype.itemsize < 4:
+        return jnp.dtype(jnp.float32)
+    return dtype
+
+
+def scalar_dtype() -> jnp.dtype:
+    """float64 when ``jax_enable_x64`` is on, else float32: where scalar factors are made."""
+    return jnp.dtype(jax.dtypes.canonicalize_dtype(jnp.float64))
+
+
+def safe_increment(count: jax.Array) -> jax.Array:
+    """``count + 1``, saturating at the int32 maximum instead of wrapping to negative."""
+    return jnp.where(count < _INT32_MAX, count + 1, count)
+
+
+def one_minus(x):
+    """``1 - x``: in float64 on the host for Python numbers (``1 - 0.999`` keeps its digits),
+    traced arithmetic otherwise."""
+    if isinstance(x, (int, float)):
+        return 1.0 - float(x)
+    return 1 - jnp.asarray(x, scalar_dtype())
+
+
+def as_scalar(x, dtype) -> jax.Array:
+    """A hyperparameter (Python number or array) as a 0-d array of ``dtype``."""
+    return jnp.asarray(x, dtype)
+
+
+def concrete_value(x) -> float | None:
+    """The float value of a concrete scalar hyperparameter; None for traced or non-scalar."""
+    if isinstance(x, bool):
+        return None
+    if isinstance(x, (int, float)):
+        return float(x)
+    try:
+        return float(x)
+    except (TypeError, jax.errors.ConcretizationTypeError, jax.errors.TracerArrayConversionError):
+        return None
+
+
+def check_range(
+    name: str, value, *, low: float, high: float = math.inf, high_open: bool = False
+) -> None:
+    """Raise ``ValueError`` unless a concrete ``value`` lies in ``[low, high]`` (or
+    ``[low, high)``); traced values pass untouched."""
+    v = concrete_value(value)
+    if v is None:
+        return
+    ok = math.isfinite(v) and low <= v and (v < high if high_open else v <= high)
+    if not ok:
+        interval = f"[{low}, {high})" if high_open else f"[{low}, {high}]"
+        if high == math.inf:
+            interval = f"[{low}, inf) and finite"
+        raise ValueError(f"`{name}` must lie in {interval}, got {name}={value!r}.")
+
+
+def check_decay(name: str, value) -> None:
+    """A moment decay (``b1``, ``b2``, ...): in ``[0, 1)``, and not stored below float32."""
+    check_range(name, value, low=0.0, high=1.0, high_open=True)
+    dtype = getattr(value, "dtype", None)
+    if dtype is not None and jnp.issubdtype(dtype, jnp.floating):
+        if jnp.finfo(dtype).bits < 32:
+            raise ValueError(
+                f"`{name}` arrived as a {jnp.dtype(dtype).name} array, which cannot hold a "
+                f"decay near 1 (0.999 rounds to 1.0 in bfloat16). With "
+                f"`optax.inject_hyperparams`, pass `hyperparam_dtype=jnp.float32`."
+            )
+
+
+def check_learning_rate(value) -> None:
+    """A learning rate: a finite, non-negative number, an array, or a schedule (callable)."""
+    if callable(value):
+        return
+    check_range("learning_rate", value, low=0.0)
+
+
+def check_trees_match(tree: PyTree, reference: PyTree, name: str, reference_name: str) -> None:
+    """Raise ``ValueError`` naming the first path where ``tree`` and ``reference`` differ in
+    structure or leaf shape. Runs at trace time: it costs nothing inside a jitted step."""
+    leaves, treedef = jax.tree_util.tree_flatten_with_path(tree)
+    ref_leaves, ref_treedef = jax.tree_util.tree_flatten_with_path(reference)
+    paths = [p for p, _ in leaves]
+    ref_paths = [p for p, _ in ref_leaves]
+    if paths != ref_paths:
+        for p, q in zip(paths, ref_paths):
+            if p != q:
+                raise ValueError(
+                    f"`{name}` does not match {reference_name}: {name} has a leaf at "
+                    f"{name}{jax.tree_util.keystr(p)} where {reference_name} has one at "
+                    f"{jax.tree_util.keystr(q)}. Pass a {name} tree with the same structure "
+                    f"as the params the optimizer was initialised with."
+                )
+        longer, missing = (paths, ref_paths) if len(paths) > len(ref_paths) else (ref_paths, paths)
+        extra = longer[len(missing)]
+        where = name if longer is paths else reference_name
+        raise ValueError(
+            f"`{name}` does not match {reference_name}: {name} has {len(paths)} leaves and "
+            f"{reference_name} {len(ref_paths)}; only {where} has "
+            f"{jax.tree_util.keystr(extra)}."
+        )
+    if treedef != ref_treedef:
+        raise ValueError(
+            f"`{name}` has the same leaf paths as {reference_name} but other container types:"
+            f" {treedef} vs {ref_treedef}."
+        )
+    for (path, leaf), (_, ref_leaf) in zip(leaves, ref_leaves):
+        shape, ref_shape = jnp.shape(leaf), jnp.shape(ref_leaf)
+        if shape != ref_shape:
+            raise ValueError(
+                f"{name}{jax.tree_util.keystr(path)} has shape {shape} but {reference_name} "
+                f"expects {ref_shape}."
+            )
+
+
+def require_params(params: PyTree, who: str) -> None:
+    """Raise ``ValueError`` when a block that reads the parameters is given none."""
+    if params is None:
+        raise ValueError(
+            f"{who} reads the current parameters, but `update` was called without them. "
+            f"Call `opt.update(grads, state, params)`."
+        )
+
+
+def check_moments(updates, who: str) -> Moments:
+    """The incoming updates of a block that expects a :class:`Moments` record."""
+    if not isinstance(updates, Moments):
+        raise TypeError(
+            f"{who} expects the `Moments` record made by a moment block such as "
+            f"`adamx.scale_by_moments`, got {type(updates).__name__}. Put it after a moment "
+            f"block in the chain."
+        )
+    return updates

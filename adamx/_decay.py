@@ -1,0 +1,56 @@
+"""Weight decay: the same term, placed before the moments (L2) or after them (decoupled)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from adamx._base import as_scalar, check_range, check_trees_match, compute_dtype, require_params
+
+
+def add_decayed_weights(
+    weight_decay: float = 0.0, mask: Any | Callable[[Any], Any] | None = None
+) -> optax.GradientTransformation:
+    """Add ``weight_decay * p`` to the incoming updates.
+
+    Per leaf::
+
+        u = u + wd * p
+
+    Where it sits in a recipe decides which weight decay it is:
+
+    * **coupled (L2)**, first in the chain: the decay enters the gradient and so the
+      moments, as in ``torch.optim.Adam(weight_decay=...)``;
+    * **decoupled**, after the direction and before the learning rate: the step becomes
+      ``-lr * (d + wd * p)``, i.e. ``p <- p * (1 - lr*wd) - lr*d``, as in AdamW.
+
+    Args:
+      weight_decay: ``wd >= 0``.
+      mask: a tree of booleans like the params (or a function of the params that returns
+        one); only leaves marked ``True`` are decayed. ``None`` decays every leaf.
+
+    Returns:
+      An ``optax.GradientTransformation`` that needs ``params`` in ``update``.
+
+    References:
+      Loshchilov & Hutter, "Decoupled Weight Decay Regularization", ICLR 2019,
+      https://arxiv.org/abs/1711.05101
+    """
+    check_range("weight_decay", weight_decay, low=0.0)
+
+    def leaf(u, p):
+        u, p = jnp.asarray(u), jnp.asarray(p)
+        dtype = compute_dtype(u.dtype)
+        return (u.astype(dtype) + as_scalar(weight_decay, dtype) * p.astype(dtype)).astype(u.dtype)
+
+    def update(updates, state, params=None):
+        require_params(params, f"Weight decay (weight_decay={weight_decay!r})")
+        check_trees_match(params, updates, "params", "the updates")
+        return jax.tree.map(leaf, updates, params), state
+
+    inner = optax.GradientTransformation(lambda params: optax.EmptyState(), update)
+    return inner if mask is None else optax.masked(inner, mask)

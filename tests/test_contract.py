@@ -1,0 +1,272 @@
+"""The JAX contract, checked for every optimizer in one table.
+
+Each row of ``OPTIMIZERS`` builds an optimizer from keyword arguments; every test below runs
+over all rows. A new alias joins the suite by adding a row.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import adamx
+
+# name -> (factory, keyword arguments). The factory must accept these as keywords, so that
+# `optax.inject_hyperparams(factory)(**kwargs)` is the same optimizer.
+OPTIMIZERS = {
+    "adam": (adamx.adam, dict(learning_rate=1e-2)),
+    "adam_l2": (adamx.adam, dict(learning_rate=1e-2, weight_decay=1e-2)),
+    "adam_eps_root": (adamx.adam, dict(learning_rate=1e-2, eps_root=1e-8)),
+    "adamw": (adamx.adamw, dict(learning_rate=1e-2, weight_decay=1e-2)),
+}
+NAMES = sorted(OPTIMIZERS)
+
+
+def make(name: str) -> optax.GradientTransformation:
+    factory, kwargs = OPTIMIZERS[name]
+    return factory(**kwargs)
+
+
+class Pair(NamedTuple):
+    a: jax.Array
+    b: jax.Array
+
+
+def messy_tree(dtype=jnp.float32):
+    """Every kind of container and leaf a user may hand us."""
+    k = iter(jax.random.split(jax.random.key(0), 8))
+    r = lambda shape: jax.random.normal(next(k), shape, dtype)  # noqa: E731
+    return {
+        "dense": {"kernel": r((3, 4)), "bias": r((4,))},
+        "layers": [r((2,)), (r((2, 2)), None)],
+        "pair": Pair(a=r(()), b=r((5,))),
+        "empty": jnp.zeros((0, 3), dtype),
+        "scalar": jnp.asarray(0.5, dtype),
+    }
+
+
+def grads_like(params, seed=1):
+    leaves, treedef = jax.tree.flatten(params)
+    keys = jax.random.split(jax.random.key(seed), len(leaves))
+    return jax.tree.unflatten(
+        treedef,
+        [jax.random.normal(k, jnp.shape(x), jnp.result_type(x)) for k, x in zip(keys, leaves)],
+    )
+
+
+def dtypes(tree):
+    return jax.tree.map(lambda x: jnp.result_type(x), tree)
+
+
+def train_step(opt):
+    def step(params, state, grads):
+        updates, state = opt.update(grads, state, params)
+        return optax.apply_updates(params, updates), state
+
+    return step
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_any_pytree_keeps_structure_shapes_and_dtypes(name):
+    opt = make(name)
+    params = messy_tree()
+    state = opt.init(params)
+    updates, new_state = opt.update(grads_like(params), state, params)
+    chex.assert_trees_all_equal_structs(updates, params)
+    chex.assert_trees_all_equal_shapes_and_dtypes(updates, params)
+    chex.assert_tree_all_finite(updates)
+    chex.assert_trees_all_equal_shapes_and_dtypes(new_state, state)
+    # a non-zero gradient moves every non-empty leaf
+    for u in jax.tree.leaves(updates):
+        if u.size:
+            assert jnp.all(u != 0)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_jit_with_donation_and_no_retrace(name):
+    opt = make(name)
+    params = messy_tree()
+    state = opt.init(params)
+    reference = (params, state)
+    traces = []
+
+    def step(params, state, grads):
+        traces.append(1)
+        return train_step(opt)(params, state, grads)
+
+    jitted = jax.jit(step, donate_argnums=(0, 1))
+    eager = (jax.tree.map(jnp.copy, params), jax.tree.map(jnp.copy, state))
+    for i in range(3):
+        grads = grads_like(params, seed=i)
+        eager = train_step(opt)(*eager, grads)
+        params, state = jitted(params, state, grads)
+    assert len(traces) == 1, "the jitted step was traced more than once"
+    chex.assert_trees_all_close((params, state), eager, rtol=1e-6, atol=1e-7)
+    chex.assert_trees_all_equal_shapes_and_dtypes(state, reference[1])
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_inject_hyperparams_matches_plain(name):
+    factory, kwargs = OPTIMIZERS[name]
+    plain = factory(**kwargs)
+    injected = optax.inject_hyperparams(factory)(**kwargs)
+    params = messy_tree()
+    run = lambda opt: jax.jit(train_step(opt))  # noqa: E731
+    p1, s1 = params, plain.init(params)
+    p2, s2 = params, injected.init(params)
+    f1, f2 = run(plain), run(injected)
+    for i in range(5):
+        g = grads_like(params, seed=i)
+        p1, s1 = f1(p1, s1, g)
+        p2, s2 = f2(p2, s2, g)
+    chex.assert_trees_all_close(p1, p2, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_injected_learning_rate_changes_without_recompiling(name):
+    factory, kwargs = OPTIMIZERS[name]
+    opt = optax.inject_hyperparams(factory)(**kwargs)
+    params = {"w": jnp.ones(4)}
+    state = opt.init(params)
+    traces = []
+
+    @jax.jit
+    def step(params, state):
+        traces.append(1)
+        updates, state = opt.update({"w": jnp.ones(4)}, state, params)
+        return updates, state
+
+    u1, state = step(params, state)
+    state.hyperparams["learning_rate"] = jnp.asarray(0.0, jnp.float32)
+    u2, state = step(params, state)
+    assert len(traces) == 1
+    assert jnp.all(u1["w"] < 0)
+    np.testing.assert_array_equal(np.asarray(u2["w"]), 0.0)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_traced_hyperparameters_equal_concrete(name):
+    factory, kwargs = OPTIMIZERS[name]
+    params = messy_tree()
+    grads = grads_like(params)
+    hyper = dict(kwargs, b1=0.8, b2=0.99, eps=1e-6)
+
+    def updates_with(**hp):
+        opt = factory(**hp)
+        state = opt.init(params)
+        for _ in range(2):
+            u, state = opt.update(grads, state, params)
+        return u
+
+    expected = updates_with(**hyper)
+    traced = jax.jit(lambda hp: updates_with(**hp))(
+        {k: jnp.asarray(v, jnp.float32) for k, v in hyper.items()}
+    )
+    chex.assert_trees_all_close(traced, expected, rtol=1e-6, atol=1e-8)
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16])
+def test_low_precision_params_give_low_precision_updates(name, dtype):
+    opt = make(name)
+    params = messy_tree(dtype)
+    state = opt.init(params)
+    step = jax.jit(train_step(opt))
+    for i in range(3):
+        params, state = step(params, state, grads_like(params, seed=i))
+    chex.assert_trees_all_equal_dtypes(params, messy_tree(dtype))
+    updates, _ = opt.update(grads_like(params), state, params)
+    chex.assert_trees_all_equal_dtypes(updates, params)
+    chex.assert_tree_all_finite(updates)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_state_dtypes_stable_under_cond_and_scan(name):
+    opt = make(name)
+    params = messy_tree()
+    state = opt.init(params)
+    before = dtypes(state)
+
+    def body(carry, grads):
+        params, state = carry
+        new = train_step(opt)(params, state, grads)
+        # take the step only when the gradient is finite: both branches must agree in type
+        ok = jnp.all(jnp.asarray([jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)]))
+        return jax.lax.cond(ok, lambda: new, lambda: (params, state)), None
+
+    grads = jax.tree.map(lambda g: jnp.stack([g, g, g]), grads_like(params))
+    (params, state), _ = jax.jit(lambda c, xs: jax.lax.scan(body, c, xs))((params, state), grads)
+    assert dtypes(state) == before
+    chex.assert_tree_all_finite(params)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_chains_with_optax_wrappers(name):
+    params = messy_tree()
+    grads = grads_like(params)
+    inner = make(name)
+    # clipping in front of it
+    chained = optax.chain(optax.clip_by_global_norm(1e-3), make(name))
+    clipped = optax.clip_by_global_norm(1e-3).update(grads, optax.EmptyState())[0]
+    u1, _ = chained.update(grads, chained.init(params), params)
+    u2, _ = inner.update(clipped, inner.init(params), params)
+    chex.assert_trees_all_close(u1, u2, rtol=1e-6, atol=1e-9)
+
+    # MultiSteps: k micro-batches average into one step of the inner optimizer
+    multi = optax.MultiSteps(make(name), every_k_schedule=2)
+    state = multi.init(params)
+    g2 = grads_like(params, seed=7)
+    with jax.numpy_dtype_promotion("standard"):  # optax.MultiSteps divides f32 by int32
+        u_a, state = multi.update(grads, state, params)
+        u_b, state = multi.update(g2, state, params)
+    mean = jax.tree.map(lambda a, b: (a + b) / 2, grads, g2)
+    expected, _ = inner.update(mean, inner.init(params), params)
+    chex.assert_trees_all_close(u_a, jax.tree.map(jnp.zeros_like, params))
+    chex.assert_trees_all_close(u_b, expected, rtol=1e-5, atol=1e-7)
+
+    # masked: frozen leaves get no update
+    mask = jax.tree.map(lambda _: True, params)
+    mask["dense"]["bias"] = False
+    masked = optax.masked(make(name), mask)
+    u, _ = masked.update(grads, masked.init(params), params)
+    np.testing.assert_array_equal(
+        np.asarray(u["dense"]["bias"]), np.asarray(grads["dense"]["bias"])
+    )
+    chex.assert_trees_all_close(u["dense"]["kernel"], expected_kernel(name, params, grads))
+
+
+def expected_kernel(name, params, grads):
+    opt = make(name)
+    return opt.update(grads, opt.init(params), params)[0]["dense"]["kernel"]
+
+
+def _minimise(opt, loss, x0, steps):
+    def body(carry, _):
+        x, state = carry
+        g = jax.grad(loss)(x)
+        u, state = opt.update(g, state, x)
+        return (optax.apply_updates(x, u), state), None
+
+    (x, _), _ = jax.jit(lambda c: jax.lax.scan(body, c, None, length=steps))((x0, opt.init(x0)))
+    return x
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_converges_on_parabola_and_rosenbrock(name):
+    factory, kwargs = OPTIMIZERS[name]
+    # a cosine decay written out: optax's schedules mix int32 and float under strict promotion
+    cosine = lambda t: 0.05 * (1 + jnp.cos(jnp.pi * t.astype(jnp.float32) / 2000))  # noqa: E731
+    hp = dict(kwargs, learning_rate=cosine)
+    parabola = lambda x: jnp.sum(jnp.square(x - jnp.asarray([1.0, -2.0, 3.0])))  # noqa: E731
+    x = _minimise(factory(**dict(hp, weight_decay=0.0)), parabola, jnp.zeros(3), 2000)
+    np.testing.assert_allclose(np.asarray(x), [1.0, -2.0, 3.0], atol=1e-3)
+
+    rosenbrock = lambda x: (1 - x[0]) ** 2 + 100 * (x[1] - x[0] ** 2) ** 2  # noqa: E731
+    x = _minimise(factory(**dict(hp, weight_decay=0.0)), rosenbrock, jnp.asarray([-1.0, 1.0]), 2000)
+    assert float(rosenbrock(x)) < 1e-3, x

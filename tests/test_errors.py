@@ -1,0 +1,103 @@
+"""Bad input fails loudly, at construction or at the first update, naming what is wrong."""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+import optax
+import pytest
+
+import adamx
+
+BAD_HYPERPARAMETERS = [
+    # (factory, keyword, bad value, text the message must contain)
+    (adamx.adam, "b1", 1.0, "[0.0, 1.0)"),
+    (adamx.adam, "b1", -0.1, "[0.0, 1.0)"),
+    (adamx.adam, "b2", 1.5, "[0.0, 1.0)"),
+    (adamx.adam, "b2", math.nan, "[0.0, 1.0)"),
+    (adamx.adam, "eps", -1e-8, "[0.0, inf)"),
+    (adamx.adam, "eps_root", -1.0, "[0.0, inf)"),
+    (adamx.adam, "weight_decay", -0.1, "[0.0, inf)"),
+    (adamx.adam, "learning_rate", math.inf, "[0.0, inf)"),
+    (adamx.adam, "learning_rate", math.nan, "[0.0, inf)"),
+    (adamx.adam, "learning_rate", -1e-3, "[0.0, inf)"),
+    (adamx.adamw, "weight_decay", -1e-2, "[0.0, inf)"),
+    (adamx.adamw, "b2", 1.0, "[0.0, 1.0)"),
+    (adamx.adamw, "learning_rate", jnp.asarray(jnp.inf), "[0.0, inf)"),
+    (adamx.scale_by_moments, "b1", 2.0, "[0.0, 1.0)"),
+    (adamx.correct_bias, "b2", -0.5, "[0.0, 1.0)"),
+    (adamx.normalize, "eps", -1.0, "[0.0, inf)"),
+    (adamx.scale_by_learning_rate, "learning_rate", math.nan, "[0.0, inf)"),
+    (adamx.add_decayed_weights, "weight_decay", -2.0, "[0.0, inf)"),
+]
+
+
+@pytest.mark.parametrize(("factory", "name", "value", "allowed"), BAD_HYPERPARAMETERS)
+def test_invalid_hyperparameter_names_argument_value_and_range(factory, name, value, allowed):
+    with pytest.raises(ValueError) as info:
+        factory(**{name: value})
+    message = str(info.value)
+    assert f"`{name}`" in message
+    assert allowed in message
+    assert f"{name}={value!r}" in message
+
+
+def test_traced_hyperparameters_are_not_validated():
+    # inside jit the values are unknown: construction must not fail or force a host sync
+    def build(b1):
+        return adamx.adam(learning_rate=1e-3, b1=b1).init(jnp.zeros(2))
+
+    jax.jit(build)(jnp.asarray(0.9, jnp.float32))
+
+
+def test_low_precision_decay_from_inject_hyperparams_is_rejected():
+    params = {"w": jnp.ones(3, jnp.bfloat16)}
+    opt = optax.inject_hyperparams(adamx.adam)(learning_rate=1e-3)
+    with pytest.raises(ValueError, match="hyperparam_dtype=jnp.float32"):
+        opt.init(params)
+    # the documented fix works
+    opt = optax.inject_hyperparams(adamx.adam, hyperparam_dtype=jnp.float32)(learning_rate=1e-3)
+    opt.update({"w": jnp.ones(3, jnp.bfloat16)}, opt.init(params), params)
+
+
+@pytest.mark.parametrize(
+    ("grads", "expected"),
+    [
+        (
+            {"dense": {"kernel": jnp.ones((3, 4))}, "bias": jnp.ones(4)},
+            "grads['dense']['kernel'] has shape (3, 4) but the optimizer state expects (4, 3)",
+        ),
+        ({"dense": {"W": jnp.ones((4, 3))}, "bias": jnp.ones(4)}, "grads['dense']['W']"),
+        ({"dense": {"kernel": jnp.ones((4, 3))}}, "['dense']['kernel']"),
+    ],
+)
+def test_mismatched_grads_name_first_offending_path(grads, expected):
+    params = {"dense": {"kernel": jnp.ones((4, 3))}, "bias": jnp.ones(4)}
+    opt = adamx.adam()
+    state = opt.init(params)
+    with pytest.raises(ValueError) as info:
+        opt.update(grads, state, params)
+    assert expected in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "opt", [adamx.adamw(), adamx.adam(weight_decay=1e-2)], ids=["adamw", "adam_l2"]
+)
+def test_weight_decay_without_params_says_so(opt):
+    params = {"w": jnp.ones(3)}
+    state = opt.init(params)
+    with pytest.raises(ValueError, match=r"opt.update\(grads, state, params\)"):
+        opt.update({"w": jnp.ones(3)}, state)
+
+
+def test_adam_without_weight_decay_needs_no_params():
+    opt = adamx.adam()
+    updates, _ = opt.update({"w": jnp.ones(3)}, opt.init({"w": jnp.ones(3)}))
+    assert updates["w"].shape == (3,)
+
+
+def test_read_out_block_without_moments_explains_the_order():
+    with pytest.raises(TypeError, match="after a moment block"):
+        adamx.normalize().update({"w": jnp.ones(3)}, optax.EmptyState())
