@@ -86,6 +86,8 @@ def check_range(
 ) -> None:
     """Raise ``ValueError`` unless a concrete ``value`` lies in ``[low, high]`` (or
     ``[low, high)``); traced values pass untouched."""
+    if isinstance(value, bool):
+        raise ValueError(f"`{name}` must be a number, got the bool {name}={value!r}.")
     v = concrete_value(value)
     if v is None:
         return

@@ -54,3 +54,34 @@ def add_decayed_weights(
 
     inner = optax.GradientTransformation(lambda params: optax.EmptyState(), update)
     return inner if mask is None else optax.masked(inner, mask)
+
+
+def decay_block(weight_decay, mask=None) -> list[optax.GradientTransformation]:
+    """``[add_decayed_weights(weight_decay, mask)]``, or ``[]`` when the decay is the Python
+    number 0 (validated either way).
+
+    Arrays (as ``optax.inject_hyperparams`` passes) always keep the block, so that a
+    recipe's state has the same structure whether the value is concrete or traced. Splice
+    it into a recipe with ``optax.chain(..., *decay_block(wd), ...)``.
+    """
+    block = add_decayed_weights(weight_decay, mask)
+    if isinstance(weight_decay, (int, float)) and weight_decay == 0:
+        return []
+    return [block]
+
+
+def negate() -> optax.GradientTransformation:
+    """``g -> -g``: put first in a recipe, the optimizer ascends (PyTorch's ``maximize``)."""
+
+    def update(updates, state, params=None):
+        del params
+        return jax.tree.map(lambda g: -jnp.asarray(g), updates), state
+
+    return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
+
+
+def maximize_block(maximize: bool) -> list[optax.GradientTransformation]:
+    """``[negate()]`` when ``maximize`` is true, else ``[]``. ``maximize`` must be a bool."""
+    if not isinstance(maximize, bool):
+        raise ValueError(f"`maximize` must be True or False, got maximize={maximize!r}.")
+    return [negate()] if maximize else []

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -20,13 +21,25 @@ from adamx._base import (
 )
 
 
+def second_moment_dtype(dtype) -> jnp.dtype:
+    """Where a second moment is stored: the params' dtype, but float32 for float16.
+
+    float16 cannot hold squared gradients: ``(1 - b2) * g**2`` is subnormal once
+    ``|g| < 0.25`` and rounds to 0 below ``|g| ~ 5e-3``, after which ``v`` is lost and steps
+    grow to tens of times the learning rate. bfloat16 has float32's range and is kept.
+    """
+    dtype = jnp.dtype(dtype)
+    return jnp.dtype(jnp.float32) if dtype == jnp.float16 else dtype
+
+
 class MomentsState(NamedTuple):
     """State of :func:`scale_by_moments`.
 
     Attributes:
       count: int32 number of updates taken so far (saturates at the int32 maximum).
       mu: first moment ``m``, a tree like the params, stored in the params' dtypes.
-      nu: second moment ``v``, likewise.
+      nu: second moment ``v``, likewise (float32 for float16 params: see
+        :func:`second_moment_dtype`).
     """
 
     count: jax.Array
@@ -42,25 +55,59 @@ def ema(moment: jax.Array, target: jax.Array, weight) -> jax.Array:
     return m + as_scalar(weight, dtype) * (target.astype(dtype) - m)
 
 
-def scale_by_moments(b1: float = 0.9, b2: float = 0.999) -> optax.GradientTransformation:
+class SecondMomentRule(NamedTuple):
+    """How a second moment starts and how one leaf of it is updated.
+
+    Attributes:
+      name: a short name for messages and docs.
+      update: ``(v, g, m, b2) -> v_new``; ``v`` is the stored leaf, ``g`` the gradient and
+        ``m`` the new first moment (or ``None``) in the compute dtype, ``b2`` the decay as
+        given (a Python number or an array). Returns ``v_new`` in the compute dtype.
+      initial_value: the value every element of ``v`` starts at.
+    """
+
+    name: str
+    update: Callable[[jax.Array, jax.Array, Any, Any], jax.Array]
+    initial_value: float = 0.0
+
+
+def ema_of_squares() -> SecondMomentRule:
+    """Adam's second moment: ``v = b2 * v + (1 - b2) * g**2``, starting at 0."""
+
+    def update(v, g, m, b2):
+        del m
+        return ema(v, jnp.square(g), one_minus(b2))
+
+    return SecondMomentRule("ema_of_squares", update)
+
+
+def scale_by_moments(
+    b1: float | None = 0.9,
+    b2: float | None = 0.999,
+    *,
+    nu_rule: SecondMomentRule | None = None,
+) -> optax.GradientTransformation:
     """Exponential moving averages of the gradient and of its square (Adam's moments).
 
     Per leaf, with ``t`` the step number (1 on the first update)::
 
         m_t = b1 * m_{t-1} + (1 - b1) * g_t
-        v_t = b2 * v_{t-1} + (1 - b2) * g_t**2
+        v_t = b2 * v_{t-1} + (1 - b2) * g_t**2          (the default ``nu_rule``)
 
     ``1 - b`` is formed in float64 on the host when ``b`` is a Python number, arithmetic
     runs in the leaf's dtype but never below float32, and ``m``, ``v`` are stored in the
-    params' dtypes.
+    params' dtypes (``v`` in float32 for float16 params, whose range cannot hold ``g**2``).
+    Relatives of Adam swap the second-moment rule (``nu_rule``) and keep
+    the rest; ``b1=None`` keeps no first moment, ``b2=None`` no second.
 
     The output is not an update but a :class:`adamx.Moments` record (gradient, ``m``,
     ``v``, ``t``) for the next blocks of a recipe: :func:`adamx.correct_bias`, then a
     read-out such as :func:`adamx.normalize`.
 
     Args:
-      b1: decay of the first moment, in ``[0, 1)``. Default 0.9.
-      b2: decay of the second moment, in ``[0, 1)``. Default 0.999.
+      b1: decay of the first moment, in ``[0, 1)``, or ``None``. Default 0.9.
+      b2: decay of the second moment, in ``[0, 1)``, or ``None``. Default 0.999.
+      nu_rule: the second-moment rule; default :func:`ema_of_squares`.
 
     Returns:
       An ``optax.GradientTransformation`` whose state is :class:`MomentsState`.
@@ -69,33 +116,51 @@ def scale_by_moments(b1: float = 0.9, b2: float = 0.999) -> optax.GradientTransf
       Kingma & Ba, "Adam: A Method for Stochastic Optimization", ICLR 2015,
       https://arxiv.org/abs/1412.6980
     """
-    check_decay("b1", b1)
-    check_decay("b2", b2)
+    if b1 is not None:
+        check_decay("b1", b1)
+    if b2 is not None:
+        check_decay("b2", b2)
+    rule = ema_of_squares() if nu_rule is None else nu_rule
 
     def init(params):
-        zeros = lambda p: jnp.zeros_like(jnp.asarray(p))  # noqa: E731
+        def full(value, storage=lambda dtype: dtype):
+            def leaf(p):
+                p = jnp.asarray(p)
+                return jnp.full(p.shape, value, storage(p.dtype))
+
+            return leaf
+
         return MomentsState(
             count=jnp.zeros([], jnp.int32),
-            mu=jax.tree.map(zeros, params),
-            nu=jax.tree.map(zeros, params),
+            mu=None if b1 is None else jax.tree.map(full(0.0), params),
+            nu=None
+            if b2 is None
+            else jax.tree.map(full(rule.initial_value, second_moment_dtype), params),
         )
 
     def update(grads, state, params=None):
         del params
-        check_trees_match(grads, state.mu, "grads", "the optimizer state")
+        reference = state.mu if b1 is not None else state.nu
+        if reference is not None:
+            check_trees_match(grads, reference, "grads", "the optimizer state")
         grads = jax.tree.map(jnp.asarray, grads)
-        mu = jax.tree.map(lambda g, m: ema(m, g, one_minus(b1)), grads, state.mu)
-        nu = jax.tree.map(
-            lambda g, v: ema(v, jnp.square(g.astype(compute_dtype(v.dtype))), one_minus(b2)),
-            grads,
-            state.nu,
-        )
+        cast = lambda g, ref: g.astype(compute_dtype(ref.dtype))  # noqa: E731
+        mu = None
+        if b1 is not None:
+            mu = jax.tree.map(lambda g, m: ema(m, cast(g, m), one_minus(b1)), grads, state.mu)
+        nu = None
+        if b2 is not None:
+            step = lambda g, v, m=None: rule.update(  # noqa: E731
+                v.astype(compute_dtype(v.dtype)), cast(g, v), m, b2
+            )
+            extra = () if mu is None else (mu,)
+            nu = jax.tree.map(step, grads, state.nu, *extra)
         count = safe_increment(state.count)
         store = lambda new, old: new.astype(old.dtype)  # noqa: E731
         new_state = MomentsState(
             count=count,
-            mu=jax.tree.map(store, mu, state.mu),
-            nu=jax.tree.map(store, nu, state.nu),
+            mu=None if mu is None else jax.tree.map(store, mu, state.mu),
+            nu=None if nu is None else jax.tree.map(store, nu, state.nu),
         )
         return Moments(grad=grads, mu=mu, nu=nu, count=count), new_state
 

@@ -24,6 +24,8 @@ BAD_HYPERPARAMETERS = [
     (adamx.adam, "learning_rate", math.nan, "[0.0, inf)"),
     (adamx.adam, "learning_rate", -1e-3, "[0.0, inf)"),
     (adamx.adamw, "weight_decay", -1e-2, "[0.0, inf)"),
+    (adamx.adam, "learning_rate", True, "must be a number"),
+    (adamx.adam, "b1", False, "must be a number"),
     (adamx.adamw, "b2", 1.0, "[0.0, 1.0)"),
     (adamx.adamw, "learning_rate", jnp.asarray(jnp.inf), "[0.0, inf)"),
     (adamx.scale_by_moments, "b1", 2.0, "[0.0, 1.0)"),
