@@ -4,26 +4,133 @@ Every optimizer is a chain of small blocks: moment estimation, bias correction,
 normalisation, weight decay and the learning rate. See the README for the recipes.
 """
 
+from adamx._adafactor import (
+    FactoredRmsState,
+    adafactor,
+    clip_by_block_rms,
+    scale_by_factored_rms,
+    scale_by_param_block_rms,
+    scale_by_relative_step,
+    shrink_weights,
+)
+from adamx._adagrad import (
+    UpdateRmsState,
+    adadelta,
+    adagrad,
+    average_of_squares,
+    scale_by_update_rms,
+    sum_of_squares,
+    use_gradient,
+)
 from adamx._adam import adam, adamw
+from adamx._adopt import PreviousRmsState, adopt, normalize_by_previous_rms, read_momentum
 from adamx._base import Moments
 from adamx._correction import bias_correction, correct_bias
-from adamx._decay import add_decayed_weights
-from adamx._moments import MomentsState, scale_by_moments
+from adamx._decay import add_decayed_weights, negate
+from adamx._lamb_lion import (
+    LionMomentsState,
+    lamb,
+    lion,
+    read_sign,
+    scale_by_lion_moments,
+    scale_by_trust_ratio,
+)
+from adamx._lazy import lazy_adam, scale_by_lazy_moments
+from adamx._moments import (
+    MomentsState,
+    SecondMomentRule,
+    ema_of_squares,
+    scale_by_moments,
+    second_moment_dtype,
+)
 from adamx._normalize import normalize
+from adamx._rmsprop import center_second_moment, rmsprop
+from adamx._rules import (
+    MaxNuState,
+    NesterovState,
+    correct_bias_nesterov,
+    ema_of_belief,
+    infinity_norm,
+    keep_max_nu,
+    normalize_inf,
+    normalize_rectified,
+    yogi_squares,
+)
 from adamx._schedule import ScheduleState, scale_by_learning_rate
+from adamx._sgd import MomentumState, sgd, trace_momentum
+from adamx._variants import adabelief, adamax, amsgrad, nadam, nadamw, radam, yogi
 
 __version__ = "0.1.0"
 
+# The names of the optimizers (recipes); everything else in __all__ is a building block.
+OPTIMIZERS = (
+    "adabelief", "adadelta", "adafactor", "adagrad", "adam", "adamax", "adamw", "adopt",
+    "amsgrad", "lamb", "lazy_adam", "lion", "nadam", "nadamw", "radam", "rmsprop", "sgd",
+    "yogi",
+)  # fmt: skip
+
 __all__ = [
+    "OPTIMIZERS",
+    "adabelief",
+    "adadelta",
+    "adafactor",
+    "adagrad",
+    "adam",
+    "adamax",
+    "adamw",
+    "adopt",
+    "amsgrad",
+    "lamb",
+    "lazy_adam",
+    "lion",
+    "nadam",
+    "nadamw",
+    "radam",
+    "rmsprop",
+    "sgd",
+    "yogi",
+    "FactoredRmsState",
+    "LionMomentsState",
+    "MaxNuState",
+    "MomentumState",
     "Moments",
     "MomentsState",
+    "NesterovState",
+    "PreviousRmsState",
     "ScheduleState",
-    "adam",
-    "adamw",
+    "SecondMomentRule",
+    "UpdateRmsState",
     "add_decayed_weights",
+    "average_of_squares",
     "bias_correction",
+    "center_second_moment",
+    "clip_by_block_rms",
     "correct_bias",
+    "correct_bias_nesterov",
+    "ema_of_belief",
+    "ema_of_squares",
+    "infinity_norm",
+    "keep_max_nu",
+    "negate",
     "normalize",
+    "normalize_by_previous_rms",
+    "normalize_inf",
+    "normalize_rectified",
+    "read_momentum",
+    "read_sign",
+    "scale_by_factored_rms",
+    "scale_by_lazy_moments",
     "scale_by_learning_rate",
+    "scale_by_lion_moments",
     "scale_by_moments",
+    "scale_by_param_block_rms",
+    "scale_by_relative_step",
+    "scale_by_trust_ratio",
+    "second_moment_dtype",
+    "shrink_weights",
+    "scale_by_update_rms",
+    "sum_of_squares",
+    "trace_momentum",
+    "use_gradient",
+    "yogi_squares",
 ]

@@ -7,23 +7,13 @@ from typing import Any
 
 import optax
 
-from adamx._base import ScalarOrSchedule, check_learning_rate
+from adamx._base import ScalarOrSchedule, check_flag, check_learning_rate
 from adamx._correction import correct_bias
-from adamx._decay import add_decayed_weights
+from adamx._decay import decay_block, maximize_block
 from adamx._moments import scale_by_moments
 from adamx._normalize import normalize
+from adamx._rules import correct_bias_nesterov
 from adamx._schedule import scale_by_learning_rate
-
-
-def _decay_block(weight_decay, mask=None) -> list[optax.GradientTransformation]:
-    """The weight-decay block, or nothing when the decay is the Python number 0.
-
-    Arrays (as ``optax.inject_hyperparams`` passes) always keep the block, so that the
-    chain's state has the same structure whether the value is concrete or traced.
-    """
-    if isinstance(weight_decay, (int, float)) and weight_decay == 0:
-        return []
-    return [add_decayed_weights(weight_decay, mask)]
 
 
 def adam(
@@ -34,22 +24,31 @@ def adam(
     eps_root: float = 0.0,
     *,
     weight_decay: float = 0.0,
+    nesterov: bool = False,
+    maximize: bool = False,
 ) -> optax.GradientTransformation:
     """Adam, with optional coupled (L2) weight decay, as in ``torch.optim.Adam``.
 
     Per leaf, with ``t`` the step number (1 on the first update)::
 
+        g   = -g                                           (only if maximize)
         g   = g + wd * p                                   (only if weight_decay > 0)
         m   = b1 * m + (1 - b1) * g
         v   = b2 * v + (1 - b2) * g**2
         m^  = m / (1 - b1**t);   v^ = v / (1 - b2**t)
         p   = p - lr * m^ / (sqrt(v^ + eps_root) + eps)
 
+    With ``nesterov=True`` the first moment is read one step ahead (NAdam without a
+    momentum schedule, optax's ``nesterov=True``)::
+
+        m^  = b1 * m / (1 - b1**(t+1)) + (1 - b1) * g / (1 - b1**t)
+
     The recipe is the chain::
 
+        negate()                            # only if maximize
         add_decayed_weights(weight_decay)   # coupled L2, omitted when 0
         scale_by_moments(b1, b2)
-        correct_bias(b1, b2)
+        correct_bias(b1, b2)                # correct_bias_nesterov(b1, b2) if nesterov
         normalize(eps, eps_root)
         scale_by_learning_rate(learning_rate)
 
@@ -61,6 +60,9 @@ def adam(
       eps_root: added inside the root, ``>= 0``. Default 0.
       weight_decay: coupled L2 coefficient, ``>= 0``; when positive, ``update`` needs
         ``params``. Default 0.
+      nesterov: read the first moment with Nesterov's look-ahead. Default False.
+      maximize: ascend the objective instead of descending it (PyTorch's ``maximize``).
+        Default False.
 
     Returns:
       An ``optax.GradientTransformation``.
@@ -77,17 +79,22 @@ def adam(
     .. warning::
        Keras and TF1 put ``eps`` on the root of the raw ``v`` ("epsilon hat"); the two
        readings agree with ``eps_keras = eps * sqrt(1 - b2**t)``. optax.adam is this rule.
-       For decoupled weight decay use :func:`adamw`.
+       For decoupled weight decay use :func:`adamw`. ``torch.optim.Adam`` has no
+       ``nesterov``; ``adam(nesterov=True)`` is ``optax.adam(nesterov=True)`` and
+       :func:`adamx.nadam` with ``momentum_decay=None`` (PyTorch's ``NAdam`` adds a momentum
+       schedule).
 
     References:
       Kingma & Ba, "Adam: A Method for Stochastic Optimization", ICLR 2015,
       https://arxiv.org/abs/1412.6980
     """
     check_learning_rate(learning_rate)
+    check_flag("nesterov", nesterov)
     return optax.chain(
-        *_decay_block(weight_decay),
+        *maximize_block(maximize),
+        *decay_block(weight_decay),
         scale_by_moments(b1, b2),
-        correct_bias(b1, b2),
+        correct_bias_nesterov(b1, b2) if nesterov else correct_bias(b1, b2),
         normalize(eps, eps_root),
         scale_by_learning_rate(learning_rate),
     )
@@ -102,11 +109,13 @@ def adamw(
     weight_decay: float = 1e-2,
     *,
     mask: Any | Callable[[Any], Any] | None = None,
+    maximize: bool = False,
 ) -> optax.GradientTransformation:
     """AdamW: Adam with decoupled weight decay, as in ``torch.optim.AdamW``.
 
     Per leaf::
 
+        g = -g                                  (only if maximize)
         m, v, m^, v^ as in adam (no decay in the gradient)
         p = p - lr * (m^ / (sqrt(v^ + eps_root) + eps) + wd * p)
 
@@ -121,6 +130,8 @@ def adamw(
       weight_decay: ``>= 0``. Default 1e-2 (PyTorch's; optax's is 1e-4).
       mask: a tree of booleans like the params, or a function of the params returning one;
         only ``True`` leaves are decayed (commonly: not biases and norm scales).
+      maximize: ascend instead of descend (PyTorch's ``maximize``); the decay still
+        shrinks the weights. Default False.
 
     Returns:
       An ``optax.GradientTransformation`` that needs ``params`` in ``update``.
@@ -131,9 +142,10 @@ def adamw(
     """
     check_learning_rate(learning_rate)
     return optax.chain(
+        *maximize_block(maximize),
         scale_by_moments(b1, b2),
         correct_bias(b1, b2),
         normalize(eps, eps_root),
-        *_decay_block(weight_decay, mask),
+        *decay_block(weight_decay, mask),
         scale_by_learning_rate(learning_rate),
     )

@@ -112,6 +112,13 @@ def check_decay(name: str, value) -> None:
             )
 
 
+def check_flag(name: str, value) -> None:
+    """Raise ``ValueError`` unless a static option (``nesterov``, ``centered``, ...) is a
+    Python bool: it selects blocks when the recipe is built and cannot be traced."""
+    if not isinstance(value, bool):
+        raise ValueError(f"`{name}` must be True or False, got {name}={value!r}.")
+
+
 def check_learning_rate(value) -> None:
     """A learning rate: a finite, non-negative number, an array, or a schedule (callable)."""
     if callable(value):

@@ -9,7 +9,14 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from adamx._base import as_scalar, check_range, check_trees_match, compute_dtype, require_params
+from adamx._base import (
+    as_scalar,
+    check_flag,
+    check_range,
+    check_trees_match,
+    compute_dtype,
+    require_params,
+)
 
 
 def add_decayed_weights(
@@ -82,6 +89,5 @@ def negate() -> optax.GradientTransformation:
 
 def maximize_block(maximize: bool) -> list[optax.GradientTransformation]:
     """``[negate()]`` when ``maximize`` is true, else ``[]``. ``maximize`` must be a bool."""
-    if not isinstance(maximize, bool):
-        raise ValueError(f"`maximize` must be True or False, got maximize={maximize!r}.")
+    check_flag("maximize", maximize)
     return [negate()] if maximize else []

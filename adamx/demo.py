@@ -7,10 +7,16 @@ The demo trains, full batch, on the 8x8 digits shipped with the package
 * **a two-layer MLP**: 64 -> 64 (tanh) -> 10, trained with the mean squared error
   against one-hot targets;
 
-each with :func:`adamx.adam` and with plain gradient descent
-(:func:`adamx.scale_by_learning_rate` alone), side by side. It prints the training loss
-at intervals and a table of final training loss, test accuracy and speed, and with
-``--plot FILE.png`` draws the loss curves.
+each, by default, with :func:`adamx.adam` and with plain gradient descent
+(:func:`adamx.sgd`, no momentum), side by side. It prints the training loss at intervals
+and a table of final training loss, test accuracy and speed, and with ``--plot FILE.png``
+draws the loss curves.
+
+Any of adamx's optimizers can run instead: ``--optimizer NAME`` trains one of
+:data:`OPTIMIZERS` (the names in ``adamx.OPTIMIZERS``), and ``--compare adam,lion,sgd``
+(or ``--compare`` alone, for all of them) trains several and prints one table. Each runs
+at its own default learning rate, :data:`DEFAULT_LEARNING_RATES`, unless
+``--learning-rate`` sets one for all.
 
 Run ``python -m adamx --help`` for the options. From Python, :func:`train` runs one
 training and returns a :class:`TrainResult`; :func:`main` is the command line.
@@ -39,6 +45,7 @@ import adamx
 
 __all__ = [
     "DEFAULT_LEARNING_RATES",
+    "DEFAULT_OPTIMIZERS",
     "DEFAULT_STEPS",
     "EXAMPLES",
     "OPTIMIZERS",
@@ -57,16 +64,59 @@ __all__ = [
 EXAMPLES: tuple[str, ...] = ("softmax", "mlp")
 """The examples, in the order they run: softmax regression and the two-layer MLP."""
 
-OPTIMIZERS: tuple[str, ...] = ("adam", "sgd")
-"""The optimizers compared: :func:`adamx.adam` and plain gradient descent."""
+OPTIMIZERS: tuple[str, ...] = tuple(adamx.OPTIMIZERS)
+"""Every optimizer the demo can train with: the names in ``adamx.OPTIMIZERS``, each built
+as ``getattr(adamx, name)(learning_rate=...)`` (see :func:`make_optimizer`)."""
+
+DEFAULT_OPTIMIZERS: tuple[str, ...] = ("adam", "sgd")
+"""The optimizers of the default run (``--optimizer both``): :func:`adamx.adam` and plain
+gradient descent, :func:`adamx.sgd` without momentum."""
 
 DEFAULT_STEPS = 1000
 """Full-batch steps per training run when ``--steps`` is not given."""
 
-DEFAULT_LEARNING_RATES: dict[str, float] = {"adam": 1e-2, "sgd": 0.3}
+DEFAULT_LEARNING_RATES: dict[str, float] = {
+    "adabelief": 1e-2,
+    "adadelta": 1.0,
+    "adafactor": 1e-2,
+    "adagrad": 0.1,
+    "adam": 1e-2,
+    "adamax": 2e-2,
+    "adamw": 1e-2,
+    "adopt": 2e-2,
+    "amsgrad": 1e-2,
+    "lamb": 5e-3,
+    "lazy_adam": 1e-2,
+    "lion": 1e-3,
+    "nadam": 1e-3,
+    "nadamw": 1e-3,
+    "radam": 1e-2,
+    "rmsprop": 1e-3,
+    "sgd": 0.3,
+    "yogi": 1e-2,
+}
 """Learning rate per optimizer when ``--learning-rate`` is not given, one for both
-examples. Plain gradient descent's 0.3 is about the largest step at which the MLP's loss
-still falls steadily (at 0.4 it starts to jump); Adam's 1e-2 needs no such care."""
+examples at :data:`DEFAULT_STEPS` steps, chosen from a sweep over ``1e-4 .. 3`` as a rate
+that trains both examples steadily (no divergence, no loss that ends well above its
+minimum) rather than the fastest one on either.
+
+* Plain gradient descent's 0.3 is about the largest step at which the MLP's loss still
+  falls steadily (at 0.4 it starts to jump, at 1 it diverges).
+* Adam and its close relatives (AdamW, AMSGrad, lazy Adam, AdaBelief, RAdam, Yogi) take
+  1e-2; Adamax and ADOPT 2e-2.
+* Lion takes a sign step of size ``lr`` in every coordinate: 1e-3, 10x below Adam.
+* NAdam and NAdamW oscillate on the MLP from about 2e-3 on: 1e-3. RMSprop (no bias
+  correction, so large first steps) oscillates from about 2e-3: 1e-3.
+* Adadelta's step is relative, 1.0 is its usual setting; Adafactor's 1e-2 is its default
+  relative step (``min(lr, 1/sqrt(t))`` times the parameter's RMS).
+* Adagrad takes 0.1. Its first step is ``lr * sign(g)`` in every coordinate, so the MLP's
+  loss jumps for the first few steps (to about 12 at 0.1, and above 1 at any rate from
+  2e-2 on) before it trains; it still ends lower than at smaller rates.
+* LAMB scales each step by ``||p|| / ||step||``: softmax regression starts at zero weights,
+  so its steps grow only geometrically and the loss stays near ``log 10`` for hundreds of
+  steps; 5e-3 gets through that at 1000 steps, while from about 1e-2 on the loss blows up
+  late in training.
+"""
 
 EXAMPLE_TITLES: dict[str, str] = {
     "softmax": "softmax regression",
@@ -76,6 +126,7 @@ EXAMPLE_TITLES: dict[str, str] = {
 LOSS_NAMES: dict[str, str] = {"softmax": "cross-entropy", "mlp": "mean squared error"}
 
 NUM_CLASSES = 10
+_NAME_WIDTH = max(len(name) for name in OPTIMIZERS)
 NUM_FEATURES = 64
 MLP_HIDDEN = 64
 
@@ -212,7 +263,7 @@ class TrainResult:
 
     Attributes:
       example: ``"softmax"`` or ``"mlp"``.
-      optimizer: ``"adam"`` or ``"sgd"``.
+      optimizer: the optimizer's name, one of :data:`OPTIMIZERS` (e.g. ``"adam"``).
       learning_rate: the learning rate used.
       steps: the number of full-batch updates.
       losses: the training loss before each update, ``steps`` floats.
@@ -235,19 +286,22 @@ class TrainResult:
     params: Any = dataclasses.field(repr=False, compare=False)
 
 
-def make_optimizer(name: str, learning_rate: float | None = None) -> optax.GradientTransformation:
-    """The optimizer ``name`` (``"adam"`` or ``"sgd"``) at ``learning_rate``.
-
-    ``"adam"`` is ``adamx.adam(learning_rate)`` with the other hyperparameters at their
-    defaults; ``"sgd"`` is ``adamx.scale_by_learning_rate(learning_rate)``, plain gradient
-    descent. ``None`` picks :data:`DEFAULT_LEARNING_RATES`.
-    """
+def _check_optimizer(name: str) -> None:
     if name not in OPTIMIZERS:
-        raise ValueError(f"Unknown optimizer {name!r}; choose one of {OPTIMIZERS}.")
+        raise ValueError(f"Unknown optimizer {name!r}; choose one of {', '.join(OPTIMIZERS)}.")
+
+
+def make_optimizer(name: str, learning_rate: float | None = None) -> optax.GradientTransformation:
+    """The optimizer ``name``, one of :data:`OPTIMIZERS`, at ``learning_rate``.
+
+    This is ``getattr(adamx, name)(learning_rate=learning_rate)`` with every other
+    hyperparameter at its default: ``"adam"`` is :func:`adamx.adam`, ``"lion"``
+    :func:`adamx.lion`, and ``"sgd"`` is :func:`adamx.sgd` without momentum, plain
+    gradient descent. ``None`` picks :data:`DEFAULT_LEARNING_RATES`.
+    """
+    _check_optimizer(name)
     lr = DEFAULT_LEARNING_RATES[name] if learning_rate is None else float(learning_rate)
-    if name == "adam":
-        return adamx.adam(learning_rate=lr)
-    return adamx.scale_by_learning_rate(lr)
+    return getattr(adamx, name)(learning_rate=lr)
 
 
 def train(
@@ -267,7 +321,8 @@ def train(
     Args:
       example: ``"softmax"`` (softmax regression, cross-entropy) or ``"mlp"`` (two-layer
         tanh MLP, mean squared error on one-hot targets).
-      optimizer: ``"adam"`` or ``"sgd"``, see :func:`make_optimizer`.
+      optimizer: one of :data:`OPTIMIZERS` (``"adam"``, ``"sgd"``, ``"lion"``, ...), see
+        :func:`make_optimizer`.
       steps: the number of full-batch updates, ``>= 1``. Default :data:`DEFAULT_STEPS`.
       learning_rate: ``> 0``, or ``None`` for :data:`DEFAULT_LEARNING_RATES`.
       seed: seeds the train/test split and the MLP's initial weights. Default 0.
@@ -283,8 +338,7 @@ def train(
     """
     if example not in EXAMPLES:
         raise ValueError(f"Unknown example {example!r}; choose one of {EXAMPLES}.")
-    if optimizer not in OPTIMIZERS:
-        raise ValueError(f"Unknown optimizer {optimizer!r}; choose one of {OPTIMIZERS}.")
+    _check_optimizer(optimizer)
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise ValueError(f"`steps` must be an integer >= 1, got {steps!r}.")
     lr = DEFAULT_LEARNING_RATES[optimizer] if learning_rate is None else float(learning_rate)
@@ -319,7 +373,10 @@ def train(
             progress.advance()
         if log_every and ((i + 1) % log_every == 0 or i + 1 == steps):
             width = len(str(steps))
-            line = f"  {example:<8} {optimizer:<5} step {i + 1:>{width}}  loss {float(loss):.5f}"
+            line = (
+                f"  {example:<8} {optimizer:<{_NAME_WIDTH}} step {i + 1:>{width}}"
+                f"  loss {float(loss):.5f}"
+            )
             if progress is not None:
                 progress.message(line)
             else:
@@ -463,7 +520,8 @@ def format_table(results: Sequence[TrainResult]) -> str:
 def plot_losses(results: Sequence[TrainResult], path: str | os.PathLike) -> None:
     """Draw the training-loss curves, one panel per example, to the image file ``path``.
 
-    Imports matplotlib (with the non-interactive Agg backend) only when called.
+    Every optimizer keeps one colour in both panels. Imports matplotlib (with the
+    non-interactive Agg backend) only when called.
     """
     import matplotlib
 
@@ -471,22 +529,42 @@ def plot_losses(results: Sequence[TrainResult], path: str | os.PathLike) -> None
     import matplotlib.pyplot as plt
 
     examples = [e for e in EXAMPLES if any(r.example == e for r in results)]
-    fig, axes = plt.subplots(1, len(examples), figsize=(5.5 * len(examples), 4.2), squeeze=False)
+    names = list(dict.fromkeys(r.optimizer for r in results))
+    many = len(names) > 6
+    cmap = plt.get_cmap("tab10" if len(names) <= 10 else "tab20")
+    colors = {name: cmap(i % cmap.N) for i, name in enumerate(names)}
+    height = 4.2 + (0.17 * ((len(names) + 1) // 2) if many else 0.0)
+    fig, axes = plt.subplots(1, len(examples), figsize=(5.5 * len(examples), height), squeeze=False)
     for ax, example in zip(axes[0], examples):
         for r in results:
             if r.example != example:
                 continue
             label = f"{r.optimizer} (lr={r.learning_rate:g}), test acc {100 * r.test_accuracy:.1f}%"
-            ax.plot(np.arange(1, len(r.losses) + 1), r.losses, label=label)
+            ax.plot(
+                np.arange(1, len(r.losses) + 1),
+                r.losses,
+                label=label,
+                color=colors[r.optimizer],
+                linewidth=1.0 if many else 1.5,
+            )
         ax.set_yscale("log")
         ax.set_title(EXAMPLE_TITLES[example])
         ax.set_xlabel("step (full batch)")
         ax.set_ylabel(f"training loss ({LOSS_NAMES[example]})")
         ax.grid(True, which="both", alpha=0.3)
-        ax.legend()
-    fig.suptitle("adamx.adam vs plain gradient descent on the UCI digits")
+        if many:  # below the panel, so that it hides no curve
+            ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2, fontsize="x-small")
+        else:
+            ax.legend()
+    if set(names) == set(DEFAULT_OPTIMIZERS):
+        title = "adamx.adam vs plain gradient descent on the UCI digits"
+    elif len(names) <= 4:
+        title = ", ".join(f"adamx.{name}" for name in names) + " on the UCI digits"
+    else:
+        title = f"{len(names)} adamx optimizers on the UCI digits"
+    fig.suptitle(title)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
     plt.close(fig)
 
 
@@ -523,20 +601,58 @@ def _nonnegative_int(text: str) -> int:
     return value
 
 
+def _optimizer_list(text: str) -> tuple[str, ...]:
+    """``--compare``: comma-separated names from :data:`OPTIMIZERS`, or ``all``."""
+    if text.strip().lower() == "all":
+        return OPTIMIZERS
+    names = [part.strip() for part in text.split(",")]
+    if not any(names):
+        raise argparse.ArgumentTypeError(f"expected comma-separated optimizer names, got {text!r}")
+    choices = ", ".join(OPTIMIZERS)
+    for name in names:
+        if not name:
+            raise argparse.ArgumentTypeError(f"empty optimizer name in {text!r}")
+        if name not in OPTIMIZERS:
+            raise argparse.ArgumentTypeError(
+                f"unknown optimizer {name!r} (choose from {choices}; or 'all')"
+            )
+    return tuple(dict.fromkeys(names))  # in the order given, without repeats
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``python -m adamx`` argument parser."""
     parser = argparse.ArgumentParser(
         prog="python -m adamx",
         description=(
             "Train softmax regression and a two-layer MLP on the UCI 8x8 handwritten digits "
-            "(shipped with adamx), full batch, with adamx.adam and plain gradient descent."
+            "(shipped with adamx), full batch, with adamx.adam and plain gradient descent "
+            "(adamx.sgd), or with any other adamx optimizer, and print a table of the "
+            "results."
+        ),
+        epilog="optimizers: " + ", ".join(OPTIMIZERS),
+    )
+    which = parser.add_mutually_exclusive_group()
+    which.add_argument(
+        "--optimizer",
+        choices=(*OPTIMIZERS, "both"),
+        default=None,
+        metavar="NAME",
+        help=(
+            "train with this one optimizer, any name listed below, or 'both' for adam and "
+            "sgd (default: both)"
         ),
     )
-    parser.add_argument(
-        "--optimizer",
-        choices=("adam", "sgd", "both"),
-        default="both",
-        help="which optimizer(s) to run (default: both)",
+    which.add_argument(
+        "--compare",
+        type=_optimizer_list,
+        nargs="?",
+        const=OPTIMIZERS,
+        default=None,
+        metavar="NAMES",
+        help=(
+            "train with several optimizers, comma-separated (e.g. adam,lion,sgd; 'all' or "
+            "no value: every one), and print one table; not with --optimizer"
+        ),
     )
     parser.add_argument(
         "--steps",
@@ -550,7 +666,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         metavar="LR",
         help=(
-            "learning rate for every chosen optimizer (default: "
+            "learning rate for every chosen optimizer (default: each its own, "
             + ", ".join(f"{k} {v:g}" for k, v in DEFAULT_LEARNING_RATES.items())
             + ")"
         ),
@@ -565,7 +681,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--plot",
         metavar="FILE.png",
         default=None,
-        help="write the loss curves to this image file (needs matplotlib)",
+        help="write the loss curves of every run to this image file (needs matplotlib)",
     )
     return parser
 
@@ -585,14 +701,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         if importlib.util.find_spec("matplotlib") is None:
             parser.error("--plot needs matplotlib: pip install 'adamx[demo]'")
 
-    optimizers = OPTIMIZERS if args.optimizer == "both" else (args.optimizer,)
+    if args.compare is not None:
+        optimizers = args.compare
+    elif args.optimizer in (None, "both"):
+        optimizers = DEFAULT_OPTIMIZERS
+    else:
+        optimizers = (args.optimizer,)
     data = train_test_split(*load_digits(), seed=args.seed)
     print(
         f"UCI digits: {len(data[0])} train / {len(data[2])} test images, 8x8; "
         f"{args.steps} full-batch steps per run; jax {jax.__version__} on "
         f"{jax.default_backend()}"
     )
-    log_every = max(args.steps // 5, 1)
+    # one loss line per run when comparing, else five
+    log_every = args.steps if args.compare is not None else max(args.steps // 5, 1)
     runs = [(e, o) for e in EXAMPLES for o in optimizers]
     progress = Progress(args.steps * len(runs))
     results = []

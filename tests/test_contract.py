@@ -20,11 +20,18 @@ import adamx
 
 
 class Row(NamedTuple):
-    """One optimizer of the table: ``factory(**kwargs)``; ``steps`` for the convergence test."""
+    """One optimizer of the table: ``factory(**kwargs)``.
+
+    ``steps`` and ``cosine`` set the convergence test (a cosine-decayed or constant learning
+    rate); ``warmup`` is the number of updates a recipe takes before it moves the params
+    (ADOPT's first update is zero by design).
+    """
 
     factory: Callable[..., optax.GradientTransformation]
     kwargs: dict
     steps: int = 2000
+    cosine: bool = True
+    warmup: int = 0
 
 
 # The factory must accept the kwargs as keywords, so that
@@ -34,13 +41,53 @@ OPTIMIZERS = {
     "adam_l2": Row(adamx.adam, dict(learning_rate=1e-2, weight_decay=1e-2)),
     "adam_eps_root": Row(adamx.adam, dict(learning_rate=1e-2, eps_root=1e-8)),
     "adamw": Row(adamx.adamw, dict(learning_rate=1e-2, weight_decay=1e-2)),
+    "adam_nesterov": Row(adamx.adam, dict(learning_rate=2e-2, nesterov=True)),
+    "amsgrad": Row(adamx.amsgrad, dict(learning_rate=5e-2)),
+    "adamax": Row(adamx.adamax, dict(learning_rate=2e-2, b2=0.99)),
+    "nadam": Row(adamx.nadam, dict(learning_rate=2e-2)),
+    "nadam_scheduleless": Row(adamx.nadam, dict(learning_rate=2e-2, momentum_decay=None)),
+    "nadamw": Row(adamx.nadamw, dict(learning_rate=2e-2, weight_decay=1e-2)),
+    "radam": Row(adamx.radam, dict(learning_rate=1e-2, b2=0.99)),
+    "radam_decoupled": Row(
+        adamx.radam,
+        dict(learning_rate=1e-2, b2=0.99, weight_decay=1e-2, decoupled_weight_decay=True),
+    ),
+    "adabelief": Row(adamx.adabelief, dict(learning_rate=1e-2)),
+    "yogi": Row(adamx.yogi, dict(learning_rate=5e-2)),
+    "sgd": Row(adamx.sgd, dict(learning_rate=2e-3, momentum=0.9)),
+    "sgd_nesterov": Row(adamx.sgd, dict(learning_rate=2e-3, momentum=0.9, nesterov=True)),
+    "sgd_dampening_l2": Row(
+        adamx.sgd, dict(learning_rate=2e-3, momentum=0.9, dampening=0.5, weight_decay=1e-2)
+    ),
+    # decays exact in float32, so that injected (float32) and plain values are the same
+    "rmsprop": Row(adamx.rmsprop, dict(learning_rate=1e-2, decay=0.9921875, momentum=0.875)),
+    "rmsprop_centered": Row(
+        adamx.rmsprop,
+        dict(
+            learning_rate=1e-2,
+            decay=0.9921875,
+            momentum=0.875,
+            centered=True,
+            eps_in_sqrt=True,
+            weight_decay=1e-2,
+        ),
+    ),
+    # AdaGrad, AdaDelta and Adafactor are slow on Rosenbrock: more steps
+    "adagrad": Row(
+        adamx.adagrad, dict(learning_rate=0.5, lr_decay=1e-4, weight_decay=1e-2), 5000, False
+    ),
+    "adadelta": Row(adamx.adadelta, dict(learning_rate=1.0, weight_decay=1e-2), 5000),
+    "lamb": Row(adamx.lamb, dict(learning_rate=5e-2, weight_decay=1e-2)),
+    "lion": Row(adamx.lion, dict(learning_rate=3e-2, weight_decay=1e-2)),
+    "adafactor": Row(adamx.adafactor, dict(learning_rate=1e-1, weight_decay=1e-2), 5000),
+    "adopt": Row(adamx.adopt, dict(learning_rate=1e-1), warmup=1),
+    "lazy_adam": Row(adamx.lazy_adam, dict(learning_rate=5e-2)),
 }
 NAMES = sorted(OPTIMIZERS)
 
 
 def make(name: str) -> optax.GradientTransformation:
-    factory, kwargs, _ = OPTIMIZERS[name]
-    return factory(**kwargs)
+    return OPTIMIZERS[name].factory(**OPTIMIZERS[name].kwargs)
 
 
 def float32_kwargs(kwargs: dict) -> dict:
@@ -92,6 +139,8 @@ def test_any_pytree_keeps_structure_shapes_and_dtypes(name):
     opt = make(name)
     params = messy_tree()
     state = opt.init(params)
+    for i in range(OPTIMIZERS[name].warmup):
+        _, state = opt.update(grads_like(params, seed=10 + i), state, params)
     updates, new_state = opt.update(grads_like(params), state, params)
     chex.assert_trees_all_equal_structs(updates, params)
     chex.assert_trees_all_equal_shapes_and_dtypes(updates, params)
@@ -128,7 +177,7 @@ def test_jit_with_donation_and_no_retrace(name):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_inject_hyperparams_matches_plain(name):
-    factory, kwargs, _ = OPTIMIZERS[name]
+    factory, kwargs = OPTIMIZERS[name].factory, OPTIMIZERS[name].kwargs
     plain = factory(**float32_kwargs(kwargs))
     injected = optax.inject_hyperparams(factory)(**kwargs)
     params = messy_tree()
@@ -145,7 +194,7 @@ def test_inject_hyperparams_matches_plain(name):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_injected_learning_rate_changes_without_recompiling(name):
-    factory, kwargs, _ = OPTIMIZERS[name]
+    factory, kwargs = OPTIMIZERS[name].factory, OPTIMIZERS[name].kwargs
     opt = optax.inject_hyperparams(factory)(**kwargs)
     params = {"w": jnp.ones(4)}
     state = opt.init(params)
@@ -157,6 +206,8 @@ def test_injected_learning_rate_changes_without_recompiling(name):
         updates, state = opt.update({"w": jnp.ones(4)}, state, params)
         return updates, state
 
+    for _ in range(OPTIMIZERS[name].warmup):
+        _, state = step(params, state)
     u1, state = step(params, state)
     state.hyperparams["learning_rate"] = jnp.asarray(0.0, jnp.float32)
     u2, state = step(params, state)
@@ -167,7 +218,7 @@ def test_injected_learning_rate_changes_without_recompiling(name):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_traced_hyperparameters_equal_concrete(name):
-    factory, kwargs, _ = OPTIMIZERS[name]
+    factory, kwargs = OPTIMIZERS[name].factory, OPTIMIZERS[name].kwargs
     params = messy_tree()
     grads = grads_like(params)
     hyper = float32_kwargs(kwargs)
@@ -275,11 +326,11 @@ def _minimise(opt, loss, x0, steps):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_converges_on_parabola_and_rosenbrock(name):
-    factory, kwargs, steps = OPTIMIZERS[name]
+    factory, kwargs, steps, use_cosine, _ = OPTIMIZERS[name]
     # a cosine decay written out: optax's schedules mix int32 and float under strict promotion
     lr0 = kwargs["learning_rate"]
     cosine = lambda t: lr0 / 2 * (1 + jnp.cos(jnp.pi * t.astype(jnp.float32) / steps))  # noqa: E731
-    hp = dict(kwargs, learning_rate=cosine)
+    hp = dict(kwargs, learning_rate=cosine) if use_cosine else dict(kwargs)
     if "weight_decay" in hp:
         hp["weight_decay"] = 0.0
     parabola = lambda x: jnp.sum(jnp.square(x - jnp.asarray([1.0, -2.0, 3.0])))  # noqa: E731

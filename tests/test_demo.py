@@ -6,9 +6,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import adamx
 from adamx import demo
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -16,9 +19,21 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
 @pytest.fixture(scope="module")
-def default_softmax_runs():
+def digits():
+    """The default split of the digits, loaded once for the module."""
+    return demo.train_test_split(*demo.load_digits(), seed=0)
+
+
+@pytest.fixture(scope="module")
+def default_softmax_runs(digits):
     """Softmax regression at the CLI's defaults, with adam and with plain SGD."""
-    return {opt: demo.train("softmax", opt) for opt in ("adam", "sgd")}
+    return {opt: demo.train("softmax", opt, data=digits) for opt in demo.DEFAULT_OPTIMIZERS}
+
+
+def table_of(out: str) -> str:
+    """The final table of the demo's stdout: from its header to the next blank line."""
+    start = out.rindex("\n", 0, out.index("final train loss")) + 1
+    return out[start:].split("\n\n")[0].rstrip("\n")
 
 
 # ----------------------------------------------------------------------------- data
@@ -87,17 +102,16 @@ def test_adam_beats_or_matches_sgd_on_softmax_at_defaults(default_softmax_runs):
     assert adam.final_loss <= sgd.final_loss
 
 
-def test_sgd_is_plain_gradient_descent():
-    """One SGD step moves the zero-initialised softmax weights by -lr * gradient."""
-    import jax
-
-    x, y = demo.load_digits()
-    data = demo.train_test_split(x, y, seed=0)
-    result = demo.train("softmax", "sgd", steps=1, learning_rate=0.5, data=data)
+def test_sgd_is_plain_gradient_descent(digits):
+    """Two SGD steps move the zero-initialised softmax weights by -lr * (g0 + g1), the
+    gradients at the successive points: no momentum."""
+    result = demo.train("softmax", "sgd", steps=2, learning_rate=0.5, data=digits)
     params = demo._init_softmax(jax.random.key(0))
-    grads = jax.grad(demo._softmax_loss)(params, data[0], data[1])
-    np.testing.assert_allclose(result.params["w"], -0.5 * grads["w"], rtol=1e-5, atol=1e-7)
-    np.testing.assert_allclose(result.params["b"], -0.5 * grads["b"], rtol=1e-5, atol=1e-7)
+    for _ in range(2):
+        grads = jax.grad(demo._softmax_loss)(params, digits[0], digits[1])
+        params = jax.tree.map(lambda p, g: p - 0.5 * g, params, grads)
+    np.testing.assert_allclose(result.params["w"], params["w"], rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(result.params["b"], params["b"], rtol=1e-5, atol=1e-7)
 
 
 def test_mlp_trains_with_both_optimizers():
@@ -109,11 +123,59 @@ def test_mlp_trains_with_both_optimizers():
         assert result.test_accuracy > 0.5
 
 
+def test_demo_offers_every_adamx_optimizer():
+    assert demo.OPTIMIZERS == tuple(adamx.OPTIMIZERS)
+    assert set(demo.DEFAULT_LEARNING_RATES) == set(adamx.OPTIMIZERS)
+    assert all(lr > 0 and math.isfinite(lr) for lr in demo.DEFAULT_LEARNING_RATES.values())
+    assert demo.DEFAULT_OPTIMIZERS == ("adam", "sgd")
+
+
+@pytest.mark.parametrize("name", adamx.OPTIMIZERS)
+def test_make_optimizer_is_the_adamx_recipe(name):
+    """make_optimizer(name, lr) updates exactly as getattr(adamx, name)(learning_rate=lr),
+    and make_optimizer(name) as the same at DEFAULT_LEARNING_RATES[name]."""
+    params = {"w": jnp.asarray([[0.5, -1.0], [2.0, 0.25]]), "b": jnp.asarray([0.1, -0.3])}
+    grads = {"w": jnp.asarray([[0.3, -0.2], [0.05, 1.0]]), "b": jnp.asarray([-0.4, 0.7])}
+    default_lr = demo.DEFAULT_LEARNING_RATES[name]
+    pairs = [
+        (demo.make_optimizer(name, 0.05), getattr(adamx, name)(learning_rate=0.05)),
+        (demo.make_optimizer(name), getattr(adamx, name)(learning_rate=default_lr)),
+    ]
+    for ours, theirs in pairs:
+        state_a, state_b = ours.init(params), theirs.init(params)
+        moved = False
+        for _ in range(2):  # two: ADOPT's first update is zero by design
+            upd_a, state_a = ours.update(grads, state_a, params)
+            upd_b, state_b = theirs.update(grads, state_b, params)
+            for key in params:
+                np.testing.assert_array_equal(upd_a[key], upd_b[key])
+                assert np.all(np.isfinite(upd_a[key]))
+                moved = moved or bool(np.any(upd_a[key] != 0))
+        assert moved
+
+
+@pytest.mark.parametrize("example", demo.EXAMPLES)
+@pytest.mark.parametrize("name", adamx.OPTIMIZERS)
+def test_every_optimizer_trains_at_its_default_learning_rate(name, example, digits):
+    """50 steps at DEFAULT_LEARNING_RATES[name]: every loss finite, the final one below the
+    first and below the one halfway (still falling), and the test accuracy well above
+    chance."""
+    result = demo.train(example, name, steps=50, data=digits)
+    assert result.optimizer == name
+    assert result.learning_rate == demo.DEFAULT_LEARNING_RATES[name]
+    assert all(math.isfinite(v) for v in result.losses), result.losses
+    assert math.isfinite(result.final_loss)
+    assert result.final_loss < result.losses[0]
+    assert result.final_loss < result.losses[25], result.losses
+    assert result.test_accuracy > 0.5
+
+
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
         ({"example": "cnn"}, "example"),
-        ({"optimizer": "rmsprop"}, "optimizer"),
+        ({"optimizer": "nope"}, "optimizer 'nope'"),
+        ({"optimizer": "both"}, "optimizer 'both'"),
         ({"steps": 0}, "steps"),
         ({"learning_rate": -1.0}, "learning_rate"),
         ({"learning_rate": float("nan")}, "learning_rate"),
@@ -122,6 +184,34 @@ def test_mlp_trains_with_both_optimizers():
 def test_train_rejects_bad_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):
         demo.train(**kwargs)
+
+
+def test_make_optimizer_rejects_unknown_name():
+    with pytest.raises(ValueError, match="'nope'.*lion"):
+        demo.make_optimizer("nope")
+
+
+def test_plot_losses_with_every_optimizer(tmp_path):
+    """The many-curves layout (colours from tab20, legends below the panels) draws."""
+    results = [
+        demo.TrainResult(
+            example=example,
+            optimizer=name,
+            learning_rate=demo.DEFAULT_LEARNING_RATES[name],
+            steps=3,
+            losses=[2.0, 1.0 + i / 100, 0.5],
+            final_loss=0.4,
+            test_accuracy=0.9,
+            steps_per_second=1.0,
+            compile_seconds=0.0,
+            params=None,
+        )
+        for example in demo.EXAMPLES
+        for i, name in enumerate(demo.OPTIMIZERS)
+    ]
+    path = tmp_path / "all.png"
+    demo.plot_losses(results, path)
+    assert path.read_bytes().startswith(PNG_MAGIC)
 
 
 # ----------------------------------------------------------------------------- CLI
@@ -137,8 +227,9 @@ def test_cli_runs_and_writes_png(tmp_path, capsys):
     out, err = capsys.readouterr()
     for text in ("final train loss", "test accuracy", "steps/s", "softmax regression", "MLP"):
         assert text in out
-    table = out[out.index("final train loss") :]
+    table = table_of(out)
     assert table.count("adam") == 2 and table.count("sgd") == 2
+    assert len(table.splitlines()) == 2 + 4  # header, rule, 2 examples x (adam, sgd)
     assert str(plot) in out
     assert "100.0%" in err  # the progress bar finished, on stderr
 
@@ -146,32 +237,75 @@ def test_cli_runs_and_writes_png(tmp_path, capsys):
 def test_cli_one_optimizer_and_learning_rate(capsys):
     assert demo.main(["--optimizer", "sgd", "--steps", "3", "--learning-rate", "0.05"]) == 0
     out, _ = capsys.readouterr()
-    table = out[out.index("final train loss") :]
+    table = table_of(out)
     assert "sgd" in table and "adam" not in table
     assert "0.05" in table
 
 
+def test_cli_optimizer_lion(capsys):
+    assert demo.main(["--optimizer", "lion", "--steps", "3"]) == 0
+    out, _ = capsys.readouterr()
+    rows = table_of(out).splitlines()[2:]
+    assert len(rows) == 2  # both examples, lion only
+    for row in rows:
+        assert row.split()[-5:-3] == ["lion", f"{demo.DEFAULT_LEARNING_RATES['lion']:g}"]
+
+
+def test_cli_compare_prints_one_table(tmp_path, capsys):
+    plot = tmp_path / "compare.png"
+    argv = ["--compare", "adam,lion", "--steps", "20", "--plot", str(plot)]
+    assert demo.main(argv) == 0
+    out, _ = capsys.readouterr()
+    assert out.count("final train loss") == 1  # one table
+    rows = table_of(out).splitlines()[2:]
+    assert len(rows) == 4
+    names = [row.split()[-5] for row in rows]
+    assert names == ["adam", "lion", "adam", "lion"]  # per example, in the order given
+    assert [row.startswith("softmax") for row in rows] == [True, True, False, False]
+    assert "sgd" not in table_of(out)
+    for row in rows:
+        loss, accuracy = float(row.split()[-3]), float(row.split()[-2].rstrip("%"))
+        assert math.isfinite(loss) and 0 <= accuracy <= 100
+    assert plot.read_bytes().startswith(PNG_MAGIC)
+
+
+def test_cli_compare_parsing():
+    parser = demo.build_parser()
+    assert parser.parse_args(["--compare"]).compare == demo.OPTIMIZERS
+    assert parser.parse_args(["--compare", "all"]).compare == demo.OPTIMIZERS
+    args = parser.parse_args(["--compare", " lion , adam,lion"])
+    assert args.compare == ("lion", "adam")  # in order, spaces and repeats dropped
+    assert args.optimizer is None
+
+
 @pytest.mark.parametrize(
-    ("argv", "flag"),
+    ("argv", "names"),
     [
-        (["--steps", "0"], "--steps"),
-        (["--steps", "-3"], "--steps"),
-        (["--steps", "ten"], "--steps"),
-        (["--learning-rate", "-0.1"], "--learning-rate"),
-        (["--learning-rate", "0"], "--learning-rate"),
-        (["--learning-rate", "nan"], "--learning-rate"),
-        (["--optimizer", "rmsprop"], "--optimizer"),
-        (["--seed", "-1"], "--seed"),
-        (["--plot", "/nonexistent-adamx-dir/curves.png"], "--plot"),
-        (["--bogus"], "--bogus"),
+        (["--steps", "0"], ["--steps"]),
+        (["--steps", "-3"], ["--steps"]),
+        (["--steps", "ten"], ["--steps"]),
+        (["--learning-rate", "-0.1"], ["--learning-rate"]),
+        (["--learning-rate", "0"], ["--learning-rate"]),
+        (["--learning-rate", "nan"], ["--learning-rate"]),
+        (["--optimizer", "nope"], ["--optimizer", "'nope'", "lion"]),
+        (["--compare", "adam,nope"], ["--compare", "'nope'", "adabelief", "yogi"]),
+        (["--compare", "adam,,sgd"], ["--compare", "empty"]),
+        (["--compare", "both"], ["--compare", "'both'"]),
+        (["--optimizer", "lion", "--compare", "adam"], ["--compare", "--optimizer"]),
+        (["--optimizer", "both", "--compare", "adam"], ["--compare", "--optimizer"]),
+        (["--seed", "-1"], ["--seed"]),
+        (["--plot", "/nonexistent-adamx-dir/curves.png"], ["--plot"]),
+        (["--bogus"], ["--bogus"]),
     ],
 )
-def test_cli_bad_flags_exit_with_usage_error(argv, flag, capsys):
+def test_cli_bad_flags_exit_with_usage_error(argv, names, capsys):
     with pytest.raises(SystemExit) as excinfo:
         demo.main(argv)
     assert excinfo.value.code == 2
     out, err = capsys.readouterr()
-    assert "error:" in err and flag in err
+    assert "error:" in err
+    for name in names:
+        assert name in err
     assert out == ""  # failed before any training
 
 
@@ -187,3 +321,18 @@ def test_python_dash_m_adamx():
     )
     assert proc.returncode == 0, proc.stderr
     assert "test accuracy" in proc.stdout
+
+
+def test_python_dash_m_adamx_unknown_compare_name():
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    proc = subprocess.run(
+        [sys.executable, "-m", "adamx", "--compare", "adam,nope"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert proc.returncode == 2
+    assert "unknown optimizer 'nope'" in proc.stderr
+    assert proc.stdout == ""

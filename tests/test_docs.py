@@ -7,6 +7,8 @@ import pathlib
 import re
 
 import jax
+import jax.numpy as jnp
+import numpy as np
 import pytest
 
 import adamx
@@ -48,3 +50,20 @@ def test_every_public_symbol_has_a_docstring_with_a_rule():
     for name in adamx.__all__:
         doc = getattr(adamx, name).__doc__ or ""
         assert len(doc.strip()) > 40, f"adamx.{name} lacks a docstring"
+
+
+def test_readme_recipes_equal_the_aliases():
+    namespace = {}
+    for code in python_blocks((ROOT / "README.md").read_text()):
+        if "amsgrad = optax.chain" in code:
+            exec(compile(code, "README.md", "exec"), namespace)
+    assert "amsgrad" in namespace and "adabelief" in namespace
+    params = {"w": jnp.linspace(-1.0, 1.0, 5)}
+    for name, alias in (("amsgrad", adamx.amsgrad(1e-3)), ("adabelief", adamx.adabelief(1e-3))):
+        chain = namespace[name]
+        s1, s2 = chain.init(params), alias.init(params)
+        for i in range(5):
+            g = {"w": jnp.sin(params["w"] * (i + 1.0))}
+            u1, s1 = chain.update(g, s1, params)
+            u2, s2 = alias.update(g, s2, params)
+            np.testing.assert_allclose(np.asarray(u1["w"]), np.asarray(u2["w"]), rtol=1e-6)

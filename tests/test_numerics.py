@@ -21,6 +21,7 @@ import numpy as np
 import optax
 import pytest
 import reference as ref
+from trajectories import assert_trajectories_close, stack
 
 import adamx
 
@@ -163,15 +164,6 @@ def run_jax(opt_step, params, grads, steps: int = STEPS, state=None):
     return jax.device_get(trajectory), state
 
 
-def stack(trajectory):
-    """A list of trees -> a list of arrays (one per leaf) of shape (steps, *leaf.shape),
-    as float64."""
-    per_step = [jax.tree_util.tree_leaves(t) for t in trajectory]
-    return [
-        np.stack([np.asarray(s[i], np.float64) for s in per_step]) for i in range(len(per_step[0]))
-    ]
-
-
 def flat(trajectory):
     """A list of trees -> one float64 array of shape (steps, number of parameters)."""
     return np.concatenate([x.reshape(len(trajectory), -1) for x in stack(trajectory)], axis=1)
@@ -186,22 +178,6 @@ def global_rel_error(got, want):
 def distance_moved(params, trajectory):
     """``||p_end - p_0|| / ||p_0||`` over the whole tree."""
     return float(global_rel_error(trajectory[-1:], [params])[0])
-
-
-def assert_trajectories_close(got, want, rtol, atol):
-    """Compare two trajectories step by step; name the first step and leaf that differ."""
-    paths = [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_flatten_with_path(want[0])[0]]
-    for path, g, w in zip(paths, stack(got), stack(want)):
-        bad = ~(np.abs(g - w) <= atol + rtol * np.abs(w))
-        if bad.any():
-            step = int(np.argwhere(bad)[0][0])
-            np.testing.assert_allclose(
-                g[step],
-                w[step],
-                rtol=rtol,
-                atol=atol,
-                err_msg=f"params{path} after step {step + 1} of {len(got)}",
-            )
 
 
 # ----------------------------------------------------------------------------- cases

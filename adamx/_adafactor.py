@@ -1,0 +1,386 @@
+"""Adafactor as PyTorch reads it: a factored second moment and a relative step size."""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from adamx._base import (
+    PyTree,
+    ScalarOrSchedule,
+    as_scalar,
+    check_learning_rate,
+    check_range,
+    check_trees_match,
+    compute_dtype,
+    require_params,
+    safe_increment,
+    scalar_dtype,
+)
+from adamx._decay import maximize_block
+from adamx._moments import ema
+from adamx._schedule import ScheduleState
+
+
+def _mean(x: jax.Array, axis: int) -> jax.Array:
+    """Mean over one axis, kept as a size-1 axis; 0 (not NaN) over an empty axis."""
+    return jnp.sum(x, axis=axis, keepdims=True) / max(x.shape[axis], 1)
+
+
+def _rms(x: jax.Array) -> jax.Array:
+    """Root mean square of a whole leaf; 0 for an empty leaf."""
+    return jnp.sqrt(jnp.sum(jnp.square(x)) / max(x.size, 1))
+
+
+class FactoredRmsState(NamedTuple):
+    """State of :func:`scale_by_factored_rms`.
+
+    Attributes:
+      count: int32 number of updates taken so far (saturates at the int32 maximum).
+      row: per leaf of at least 2 dimensions, the mean of ``g**2`` over the last axis,
+        shape ``(..., n, 1)``; an empty ``(0,)`` array for other leaves.
+      col: likewise over the second-to-last axis, shape ``(..., 1, m)``.
+      full: per leaf of 0 or 1 dimensions, the moving average of ``g**2`` itself;
+        ``(0,)`` for factored leaves. All stored in the params' dtypes.
+    """
+
+    count: jax.Array
+    row: PyTree
+    col: PyTree
+    full: PyTree
+
+
+def scale_by_factored_rms(
+    beta2_decay: float = -0.8, eps1: float | None = None
+) -> optax.GradientTransformation:
+    """Divide the gradient by the root of a factored estimate of its second moment.
+
+    Per leaf, with ``t`` the step number (1 on the first update) and ``w = t**beta2_decay``
+    (so ``w = 1`` on the first step)::
+
+        >= 2-D:  R = R + w * (mean_last(g**2) - R)         (one value per row)
+                 C = C + w * (mean_second_last(g**2) - C)  (one value per column)
+                 V = R * C / max(mean_rows(R), eps1)
+        0/1-D:   V = V + w * (g**2 - V)
+        u = g / sqrt(max(V, eps1**2))
+
+    A matrix of ``n x m`` keeps ``n + m`` numbers instead of ``n * m``; leaves of more
+    than two dimensions are factored over their last two axes, batched over the others.
+    Arithmetic runs in the leaf's dtype but at least float32.
+
+    Args:
+      beta2_decay: exponent of the averaging weight ``w = t**beta2_decay``, ``<= 0``.
+        Default -0.8.
+      eps1: floor of the row mean and of ``sqrt(V)``, ``>= 0``; ``None`` takes the
+        machine epsilon of each leaf's dtype (``jnp.finfo(dtype).eps``). Default None.
+
+    Returns:
+      An ``optax.GradientTransformation`` whose state is :class:`FactoredRmsState`.
+
+    References:
+      Shazeer & Stern, "Adafactor: Adaptive Learning Rates with Sublinear Memory Cost",
+      ICML 2018, https://arxiv.org/abs/1804.04235
+    """
+    check_range("beta2_decay", beta2_decay, low=-math.inf, high=0.0)
+    if eps1 is not None:
+        check_range("eps1", eps1, low=0.0)
+
+    def init(params):
+        def slots(p):
+            p = jnp.asarray(p)
+
+            def empty():  # a fresh buffer per slot: a donated state must not alias itself
+                return jnp.zeros((0,), p.dtype)
+
+            if p.ndim < 2:
+                return empty(), empty(), jnp.zeros_like(p)
+            row = jnp.zeros(p.shape[:-1] + (1,), p.dtype)
+            col = jnp.zeros(p.shape[:-2] + (1, p.shape[-1]), p.dtype)
+            return row, col, empty()
+
+        outer = jax.tree.structure(params)
+        row, col, full = jax.tree.transpose(
+            outer, jax.tree.structure((0, 0, 0)), jax.tree.map(slots, params)
+        )
+        return FactoredRmsState(jnp.zeros([], jnp.int32), row, col, full)
+
+    def update(grads, state, params=None):
+        del params
+        if jax.tree.structure(grads) != jax.tree.structure(state.full):
+            raise ValueError(
+                f"`grads` does not match the optimizer state: {jax.tree.structure(grads)} vs "
+                f"{jax.tree.structure(state.full)}. Pass grads with the params' structure."
+            )
+        count = safe_increment(state.count)
+        w = jnp.asarray(count, scalar_dtype()) ** jnp.asarray(beta2_decay, scalar_dtype())
+
+        def leaf(g, row, col, full):
+            g = jnp.asarray(g)
+            stored = full.dtype
+            dtype = compute_dtype(stored)
+            floor = as_scalar(jnp.finfo(stored).eps if eps1 is None else eps1, dtype)
+            gc = g.astype(dtype)
+            g2 = jnp.square(gc)
+            weight = w.astype(dtype)
+            if g.ndim >= 2:
+                r = ema(row, _mean(g2, -1), weight)
+                c = ema(col, _mean(g2, -2), weight)
+                v = r * c / jnp.maximum(_mean(r, -2), floor)
+                row, col = r.astype(stored), c.astype(stored)
+            else:
+                v = ema(full, g2, weight)
+                full = v.astype(stored)
+            u = gc / jnp.sqrt(jnp.maximum(v, floor * floor))
+            return u.astype(g.dtype), row, col, full
+
+        quads = jax.tree.map(leaf, grads, state.row, state.col, state.full)
+        u, row, col, full = jax.tree.transpose(
+            jax.tree.structure(state.full), jax.tree.structure((0, 0, 0, 0)), quads
+        )
+        return u, FactoredRmsState(count, row, col, full)
+
+    return optax.GradientTransformation(init, update)
+
+
+def clip_by_block_rms(threshold: float = 1.0) -> optax.GradientTransformation:
+    """Shrink each leaf whose root mean square exceeds ``threshold`` back to it.
+
+    Per leaf::
+
+        u = u / max(1, RMS(u) / threshold)        RMS(u) = sqrt(mean(u**2))
+
+    Adafactor's update clipping (``d`` in the paper and PyTorch): it replaces the first
+    moment as the guard against the rare huge step. Same rule as
+    ``optax.clip_by_block_rms``; computed in the leaf's dtype but at least float32.
+
+    Args:
+      threshold: the largest RMS a leaf keeps, ``>= 1``. Default 1.
+
+    Returns:
+      A stateless ``optax.GradientTransformation``.
+    """
+    check_range("threshold", threshold, low=1.0)
+
+    def leaf(u):
+        u = jnp.asarray(u)
+        dtype = compute_dtype(u.dtype)
+        uc = u.astype(dtype)
+        denom = jnp.maximum(1, _rms(uc) / as_scalar(threshold, dtype))
+        return (uc / denom).astype(u.dtype)
+
+    def update(updates, state, params=None):
+        del params
+        return jax.tree.map(leaf, updates), state
+
+    return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
+
+
+def scale_by_param_block_rms(min_scale: float = 1e-3) -> optax.GradientTransformation:
+    """Multiply each leaf's update by the root mean square of its parameter.
+
+    Per leaf::
+
+        u = u * max(min_scale, RMS(p))
+
+    Adafactor's relative step: a step size of ``lr`` moves a tensor by about
+    ``lr * RMS(p)``, and a tensor at zero by ``lr * min_scale``. Same rule as
+    ``optax.scale_by_param_block_rms``; computed in the leaf's dtype but at least float32.
+
+    Args:
+      min_scale: the floor of the scale, ``>= 0`` (``eps[1]`` of :func:`adafactor`).
+        Default 1e-3.
+
+    Returns:
+      A stateless ``optax.GradientTransformation`` that needs ``params`` in ``update``.
+    """
+    check_range("min_scale", min_scale, low=0.0)
+
+    def leaf(u, p):
+        u, p = jnp.asarray(u), jnp.asarray(p)
+        dtype = compute_dtype(u.dtype)
+        scale = jnp.maximum(as_scalar(min_scale, dtype), _rms(p.astype(dtype)))
+        return (u.astype(dtype) * scale).astype(u.dtype)
+
+    def update(updates, state, params=None):
+        require_params(params, "adamx.scale_by_param_block_rms")
+        check_trees_match(params, updates, "params", "the updates")
+        return jax.tree.map(leaf, updates, params), state
+
+    return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
+
+
+def _learning_rate(learning_rate, count):
+    return learning_rate(count) if callable(learning_rate) else learning_rate
+
+
+def scale_by_relative_step(learning_rate: ScalarOrSchedule = 1e-2) -> optax.GradientTransformation:
+    """Multiply the updates by minus Adafactor's step size ``min(lr, 1 / sqrt(t))``.
+
+    Per leaf, with ``t`` the step number (1 on the first update) and ``lr`` read at
+    ``t - 1`` when it is a schedule::
+
+        u = -min(lr, 1 / sqrt(t)) * u
+
+    The ``1 / sqrt(t)`` cap decays the step of a large ``lr``; with PyTorch's default
+    ``lr = 1e-2`` it binds only after 10,000 steps. The factor is formed in float32
+    (float64 under ``jax_enable_x64``) and the product in the leaf's dtype but at least
+    float32.
+
+    Args:
+      learning_rate: a number ``>= 0`` or a schedule of the step count. Default 1e-2.
+
+    Returns:
+      An ``optax.GradientTransformation`` whose state is :class:`adamx.ScheduleState`.
+    """
+    check_learning_rate(learning_rate)
+
+    def update(updates, state, params=None):
+        del params
+        dtype = scalar_dtype()
+        t = jnp.asarray(state.count, dtype) + 1
+        lr = jnp.asarray(_learning_rate(learning_rate, state.count), dtype)
+        rho = jnp.minimum(lr, 1 / jnp.sqrt(t))
+
+        def leaf(u):
+            u = jnp.asarray(u)
+            d = compute_dtype(u.dtype)
+            return (-rho.astype(d) * u.astype(d)).astype(u.dtype)
+
+        return jax.tree.map(leaf, updates), ScheduleState(count=safe_increment(state.count))
+
+    return optax.GradientTransformation(
+        lambda params: ScheduleState(count=jnp.zeros([], jnp.int32)), update
+    )
+
+
+def shrink_weights(
+    learning_rate: ScalarOrSchedule, weight_decay: float
+) -> list[optax.GradientTransformation]:
+    """``[block]`` subtracting ``lr * wd * p`` from the updates, or ``[]`` when
+    ``weight_decay`` is the Python number 0 (validated either way).
+
+    Per leaf, with ``lr`` read at ``t - 1`` when it is a schedule::
+
+        u = u - lr * wd * p          (so p <- p * (1 - lr * wd) + u)
+
+    Decoupled decay at the pace of the raw learning rate, after the step size of the
+    direction has been applied: Adafactor's, where the direction's step is relative and
+    the decay's is not. Put it last in a recipe. Arrays (as ``optax.inject_hyperparams``
+    passes) always keep the block, so the state's structure does not depend on it.
+    """
+    check_learning_rate(learning_rate)
+    check_range("weight_decay", weight_decay, low=0.0)
+    if isinstance(weight_decay, (int, float)) and weight_decay == 0:
+        return []
+
+    def update(updates, state, params=None):
+        require_params(params, f"Weight decay (weight_decay={weight_decay!r})")
+        check_trees_match(params, updates, "params", "the updates")
+        dtype = scalar_dtype()
+        lr = jnp.asarray(_learning_rate(learning_rate, state.count), dtype)
+        factor = lr * jnp.asarray(weight_decay, dtype)
+
+        def leaf(u, p):
+            u, p = jnp.asarray(u), jnp.asarray(p)
+            d = compute_dtype(u.dtype)
+            return (u.astype(d) - factor.astype(d) * p.astype(d)).astype(u.dtype)
+
+        return jax.tree.map(leaf, updates, params), ScheduleState(safe_increment(state.count))
+
+    init = lambda params: ScheduleState(count=jnp.zeros([], jnp.int32))  # noqa: E731
+    return [optax.GradientTransformation(init, update)]
+
+
+def adafactor(
+    learning_rate: ScalarOrSchedule = 1e-2,
+    *,
+    beta2_decay: float = -0.8,
+    eps: tuple[float | None, float] = (None, 1e-3),
+    d: float = 1.0,
+    weight_decay: float = 0.0,
+    maximize: bool = False,
+) -> optax.GradientTransformation:
+    """Adafactor as in ``torch.optim.Adafactor``: factored ``v``, no ``m``, relative steps.
+
+    Per leaf, with ``t`` the step number (1 on the first update), ``eps = (eps1, eps2)``
+    and ``RMS(x) = sqrt(mean(x**2))``::
+
+        w   = t**beta2_decay                       (replaces 1 - b2; 1 on the first step)
+        V   = factored (>= 2-D) or full (0/1-D) average of g**2 with weight w
+        U   = g / sqrt(max(V, eps1**2))
+        U   = U / max(1, RMS(U) / d)               (update clipping)
+        p   = p * (1 - lr * wd) - min(lr, 1/sqrt(t)) * max(eps2, RMS(p)) * U
+
+    The recipe: Adam's moments, bias correction and ``normalize`` become one factored
+    block, and the learning rate becomes relative to the parameter's scale::
+
+        negate()                                  # only if maximize
+        scale_by_factored_rms(beta2_decay, eps1)
+        clip_by_block_rms(d)
+        scale_by_param_block_rms(eps2)
+        scale_by_relative_step(learning_rate)
+        shrink_weights(learning_rate, weight_decay)   # decoupled, at the raw lr; omitted when 0
+
+    Args:
+      learning_rate: a number ``>= 0`` or a schedule of the step count; the step is
+        ``min(lr, 1/sqrt(t))`` times the parameter's RMS. Default 1e-2.
+      beta2_decay: ``<= 0``. Default -0.8.
+      eps: ``(eps1, eps2)``: ``eps1 >= 0`` floors the second moment (``None``: the
+        machine epsilon of the params' dtype), ``eps2 >= 0`` floors the parameter scale.
+        Default ``(None, 1e-3)``.
+      d: clipping threshold of the update's RMS, ``>= 1``. Default 1.
+      weight_decay: decoupled decay ``>= 0``, scaled by the raw ``lr`` (not by the
+        relative step). Default 0.
+      maximize: ascend instead of descend. Default False.
+
+    Returns:
+      An ``optax.GradientTransformation`` that needs ``params`` in ``update``.
+
+    Example:
+      >>> import jax.numpy as jnp, adamx
+      >>> params = {"w": jnp.ones((3, 4))}
+      >>> opt = adamx.adafactor(learning_rate=0.1)
+      >>> state = opt.init(params)
+      >>> state[0].row["w"].shape, state[0].col["w"].shape  # 3 + 4 numbers, not 12
+      ((3, 1), (1, 4))
+      >>> updates, state = opt.update({"w": jnp.full((3, 4), 5.0)}, state, params)
+      >>> round(float(updates["w"][0, 0]), 4)  # -lr * RMS(p) * g / |g|
+      -0.1
+
+    .. warning::
+       ``optax.adafactor`` is another reading of the paper: it factors only when both of
+       the two largest axes are ``>= 128`` (``min_dim_size_to_factor``) and factors those
+       rather than the last two, adds ``eps = 1e-30`` to ``g**2`` inside the average,
+       uses ``1 - (t+1)**-0.8``-style decay with ``decay_offset``, normalises the factored
+       estimate by the mean of the row statistic without PyTorch's ``eps1`` floor, takes
+       ``learning_rate`` as an external step (no ``min(lr, 1/sqrt(t))``), and defaults to
+       ``learning_rate=None`` (no scaling). Its trajectories differ from these. Hugging
+       Face's ``transformers.Adafactor`` also differs (``relative_step``, ``warmup_init``).
+
+    References:
+      Shazeer & Stern, "Adafactor: Adaptive Learning Rates with Sublinear Memory Cost",
+      ICML 2018, https://arxiv.org/abs/1804.04235
+    """
+    check_learning_rate(learning_rate)
+    if not isinstance(eps, (tuple, list)) or len(eps) != 2:
+        raise ValueError(
+            f"`eps` must be a pair (eps1, eps2) with eps1 None or >= 0 and eps2 >= 0, "
+            f"got eps={eps!r}."
+        )
+    eps1, eps2 = eps
+    if eps1 is not None:
+        check_range("eps[0]", eps1, low=0.0)
+    check_range("eps[1]", eps2, low=0.0)
+    check_range("d", d, low=1.0)
+    return optax.chain(
+        *maximize_block(maximize),
+        scale_by_factored_rms(beta2_decay, eps1),
+        clip_by_block_rms(d),
+        scale_by_param_block_rms(eps2),
+        scale_by_relative_step(learning_rate),
+        *shrink_weights(learning_rate, weight_decay),
+    )

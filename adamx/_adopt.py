@@ -1,0 +1,197 @@
+"""ADOPT: normalise the gradient by the previous second moment, then average it."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from adamx._base import (
+    PyTree,
+    ScalarOrSchedule,
+    as_scalar,
+    check_decay,
+    check_learning_rate,
+    check_moments,
+    check_range,
+    check_trees_match,
+    compute_dtype,
+    one_minus,
+    safe_increment,
+    scalar_dtype,
+)
+from adamx._moments import ema, scale_by_moments
+from adamx._schedule import scale_by_learning_rate
+
+
+class PreviousRmsState(NamedTuple):
+    """State of :func:`normalize_by_previous_rms`.
+
+    Attributes:
+      count: int32 number of updates taken so far (saturates at the int32 maximum).
+      nu: second moment ``v``, a tree like the params, stored in the params' dtypes.
+    """
+
+    count: jax.Array
+    nu: PyTree
+
+
+def normalize_by_previous_rms(
+    b2: float = 0.9999, eps: float = 1e-6, *, clip_exponent: float | None = 0.25
+) -> optax.GradientTransformation:
+    """Divide the gradient by the root of the second moment *before* it sees the gradient.
+
+    Per leaf, with ``t`` the number of earlier updates (0 on the first)::
+
+        t = 0:   d = 0;                          v = g**2
+        t >= 1:  d = g / max(sqrt(v), eps)       (v of the previous step)
+                 d = clip(d, -t**a, t**a)        (a = clip_exponent; skipped when None)
+                 v = b2 * v + (1 - b2) * g**2
+
+    Leaving the current gradient out of its own denominator is what lets ADOPT converge
+    for any ``b2``. The first update only initialises ``v`` and returns zeros. Arithmetic
+    runs in the leaf's dtype but at least float32; ``d`` is cast to the gradient's dtype.
+
+    Args:
+      b2: decay of the second moment, ``[0, 1)``. Default 0.9999.
+      eps: floor of the root, ``>= 0``. Default 1e-6.
+      clip_exponent: the bound on ``|d|`` is ``t**clip_exponent``, ``>= 0``; ``None``
+        clips nothing (the first version of the paper). Default 0.25.
+
+    Returns:
+      An ``optax.GradientTransformation`` whose state is :class:`PreviousRmsState`.
+
+    References:
+      Taniguchi et al., "ADOPT: Modified Adam Can Converge with Any beta_2 with the
+      Optimal Rate", NeurIPS 2024, https://arxiv.org/abs/2411.02853
+    """
+    check_decay("b2", b2)
+    check_range("eps", eps, low=0.0)
+    if clip_exponent is not None:
+        check_range("clip_exponent", clip_exponent, low=0.0)
+
+    def init(params):
+        return PreviousRmsState(
+            count=jnp.zeros([], jnp.int32),
+            nu=jax.tree.map(lambda p: jnp.zeros_like(jnp.asarray(p)), params),
+        )
+
+    def update(grads, state, params=None):
+        del params
+        check_trees_match(grads, state.nu, "grads", "the optimizer state")
+        first = state.count == 0
+        t = jnp.asarray(state.count, scalar_dtype())
+        bound = None if clip_exponent is None else t ** jnp.asarray(clip_exponent, t.dtype)
+
+        def leaf(g, v):
+            g = jnp.asarray(g)
+            dtype = compute_dtype(v.dtype)
+            gc, vc = g.astype(dtype), v.astype(dtype)
+            d = gc / jnp.maximum(jnp.sqrt(vc), as_scalar(eps, dtype))
+            if bound is not None:
+                d = jnp.clip(d, -bound.astype(dtype), bound.astype(dtype))
+            d = jnp.where(first, jnp.zeros_like(d), d)
+            g2 = jnp.square(gc)
+            v_new = jnp.where(first, g2, ema(vc, g2, one_minus(b2)))
+            return d.astype(g.dtype), v_new.astype(v.dtype)
+
+        pairs = jax.tree.map(leaf, grads, state.nu)
+        outer = jax.tree.structure(state.nu)
+        direction, nu = jax.tree.transpose(outer, jax.tree.structure((0, 0)), pairs)
+        return direction, PreviousRmsState(count=safe_increment(state.count), nu=nu)
+
+    return optax.GradientTransformation(init, update)
+
+
+def read_momentum() -> optax.GradientTransformation:
+    """The first moment of a :class:`adamx.Moments` record, as it is: ``d = mu``.
+
+    The read-out of momentum methods that normalise before averaging (ADOPT); cast to
+    the gradient's dtype.
+
+    Returns:
+      A stateless ``optax.GradientTransformation`` from a ``Moments`` record to updates.
+    """
+
+    def update(updates, state, params=None):
+        del params
+        rec = check_moments(updates, "adamx.read_momentum")
+        return jax.tree.map(lambda g, m: m.astype(g.dtype), rec.grad, rec.mu), state
+
+    return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
+
+
+def adopt(
+    learning_rate: ScalarOrSchedule = 1e-3,
+    b1: float = 0.9,
+    b2: float = 0.9999,
+    eps: float = 1e-6,
+    *,
+    clip_exponent: float | None = 0.25,
+) -> optax.GradientTransformation:
+    """ADOPT: Adam with the gradient normalised by the previous ``v`` before averaging.
+
+    Per leaf, with ``t`` the number of earlier updates (0 on the first)::
+
+        t = 0:   v = g**2;  no step (m stays 0, the update is 0)
+        t >= 1:  m = b1 * m + (1 - b1) * clip(g / max(sqrt(v), eps), t**(1/4))
+                 p = p - lr * m
+                 v = b2 * v + (1 - b2) * g**2
+
+    Adam normalises the averaged gradient by a ``v`` that already contains it; ADOPT
+    normalises each gradient by the ``v`` of the steps before, then averages. No bias
+    correction is needed (``v`` starts at ``g_0**2``, ``m`` holds normalised values). The
+    recipe::
+
+        normalize_by_previous_rms(b2, eps, clip_exponent=...)  # before the moments
+        scale_by_moments(b1, None)                             # first moment only
+        read_momentum()                                        # instead of normalize
+        scale_by_learning_rate(learning_rate)
+
+    Args:
+      learning_rate: a number ``>= 0`` or a schedule of the step count. Default 1e-3.
+      b1: decay of the first moment, ``[0, 1)``. Default 0.9.
+      b2: decay of the second moment, ``[0, 1)``. Default 0.9999.
+      eps: floor of ``sqrt(v)``, ``>= 0``. Default 1e-6.
+      clip_exponent: the normalised gradient is clipped to ``[-t**a, t**a]`` with
+        ``a = clip_exponent >= 0``, ``t`` counting the updates after the first (so the
+        bound is 1 on the first real step); ``None`` does not clip. Default 0.25.
+
+    Returns:
+      An ``optax.GradientTransformation``.
+
+    Example:
+      >>> import jax.numpy as jnp, adamx
+      >>> params = {"w": jnp.ones(2)}
+      >>> opt = adamx.adopt(learning_rate=0.1)
+      >>> state = opt.init(params)
+      >>> g = {"w": jnp.asarray([1.0, -4.0])}
+      >>> updates, state = opt.update(g, state, params)
+      >>> [float(u) for u in updates["w"]]  # the first step only records v = g**2
+      [-0.0, -0.0]
+      >>> updates, state = opt.update(g, state, params)
+      >>> [round(float(u), 4) for u in updates["w"]]  # -lr * (1 - b1) * g / |g|
+      [-0.01, 0.01]
+
+    .. warning::
+       The first call returns a zero update: ``optax.MultiSteps`` or a convergence check
+       see one idle step. The clip is the current version of the paper (arXiv v3 and the
+       authors' PyTorch code, ``clip_lambda=lambda step: step**0.25``);
+       ``clip_exponent=None`` is the unclipped first version. ``optax.contrib.adopt`` is
+       the same rule (``use_clipping=False`` for ``None``, ``clip_value_fn`` for other
+       schedules); its callable ``clip_value_fn`` is taken for a schedule by
+       ``optax.inject_hyperparams``, which is why this option is a number.
+
+    References:
+      Taniguchi et al., "ADOPT: Modified Adam Can Converge with Any beta_2 with the
+      Optimal Rate", NeurIPS 2024, https://arxiv.org/abs/2411.02853
+    """
+    check_learning_rate(learning_rate)
+    return optax.chain(
+        normalize_by_previous_rms(b2, eps, clip_exponent=clip_exponent),
+        scale_by_moments(b1, None),
+        read_momentum(),
+        scale_by_learning_rate(learning_rate),
+    )

@@ -1,0 +1,145 @@
+"""RMSProp: the gradient over the root of a moving average of its square."""
+
+from __future__ import annotations
+
+import jax
+import optax
+
+from adamx._adagrad import use_gradient
+from adamx._base import (
+    ScalarOrSchedule,
+    check_decay,
+    check_flag,
+    check_learning_rate,
+    check_moments,
+    check_range,
+)
+from adamx._decay import decay_block, maximize_block
+from adamx._moments import scale_by_moments
+from adamx._normalize import normalize
+from adamx._schedule import scale_by_learning_rate
+from adamx._sgd import momentum_block
+
+
+def center_second_moment() -> optax.GradientTransformation:
+    """Replace the second moment of a :class:`adamx.Moments` record by the variance.
+
+    Per leaf, with ``m`` and ``v`` the moving averages of ``g`` and ``g**2``::
+
+        v = v - m**2
+
+    Centered RMSProp divides by the root of this estimate of the gradient's variance
+    instead of its raw second moment. Only the record changes; the moment block's state
+    keeps the raw ``v``.
+
+    Returns:
+      A stateless ``optax.GradientTransformation`` from a ``Moments`` record to another.
+
+    References:
+      Graves, "Generating Sequences With Recurrent Neural Networks", 2013, eq. (38)-(41),
+      https://arxiv.org/abs/1308.0850
+    """
+
+    def update(updates, state, params=None):
+        del params
+        rec = check_moments(updates, "adamx.center_second_moment")
+        if rec.mu is None or rec.nu is None:
+            raise ValueError(
+                "adamx.center_second_moment needs both moments; build the moment block with "
+                "numeric `b1` and `b2`."
+            )
+        nu = jax.tree.map(lambda v, m: v - m * m, rec.nu, rec.mu)
+        return rec._replace(nu=nu), state
+
+    return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
+
+
+def rmsprop(
+    learning_rate: ScalarOrSchedule = 1e-2,
+    decay: float = 0.99,
+    eps: float = 1e-8,
+    *,
+    centered: bool = False,
+    momentum: float = 0.0,
+    eps_in_sqrt: bool = False,
+    weight_decay: float = 0.0,
+    maximize: bool = False,
+) -> optax.GradientTransformation:
+    """RMSProp, as ``torch.optim.RMSprop`` (``decay`` is PyTorch's ``alpha``).
+
+    Per leaf::
+
+        g   = -g                                       (maximize)
+        g   = g + wd * p                               (coupled L2, if weight_decay > 0)
+        v   = decay * v + (1 - decay) * g**2
+        m   = decay * m + (1 - decay) * g              (centered only)
+        a   = sqrt(v - m**2) + eps   if centered,  else  sqrt(v) + eps
+              (eps inside the root with eps_in_sqrt: sqrt(v - m**2 + eps), sqrt(v + eps))
+        b   = mu * b + g / a;   p = p - lr * b         (momentum mu > 0; b starts at 0)
+        p   = p - lr * g / a                           (momentum 0)
+
+    The recipe is Adam's chain with no bias correction, the gradient as numerator, and
+    SGD's momentum buffer on the direction::
+
+        negate()                                   # maximize only
+        add_decayed_weights(weight_decay)          # coupled L2, omitted when 0
+        scale_by_moments(b1=decay if centered else None, b2=decay)
+        center_second_moment()                     # centered only: v <- v - m**2
+        use_gradient()                             # m <- g
+        normalize(eps)                             # normalize(0, eps_root=eps)
+        trace_momentum(momentum)                   # omitted when momentum is 0
+        scale_by_learning_rate(learning_rate)
+
+    Args:
+      learning_rate: a number ``>= 0`` or a schedule of the step count. Default 1e-2.
+      decay: of both moving averages, ``[0, 1)``. Default 0.99 (PyTorch's; optax and
+        Keras use 0.9).
+      eps: ``>= 0``, added to the root (inside it with ``eps_in_sqrt``). Default 1e-8.
+      centered: divide by the root of the variance ``v - m**2``. Default False.
+      momentum: ``mu`` in ``[0, 1)``; the buffer holds the directions, not the steps, so
+        a schedule scales each step by its own rate. Default 0.
+      eps_in_sqrt: put ``eps`` inside the root (optax's reading). Default False.
+      weight_decay: coupled L2 coefficient, ``>= 0``. Default 0.
+      maximize: ascend instead of descend. Default False.
+
+    Returns:
+      An ``optax.GradientTransformation``.
+
+    Example:
+      >>> import jax.numpy as jnp, adamx
+      >>> opt = adamx.rmsprop(learning_rate=0.01, decay=0.75)
+      >>> params = {"w": jnp.ones(2)}
+      >>> state = opt.init(params)
+      >>> updates, state = opt.update({"w": jnp.array([1.0, -3.0])}, state, params)
+      >>> [round(float(u), 4) for u in updates["w"]]   # g / sqrt(0.25 g**2) = 2 sign(g)
+      [-0.02, 0.02]
+
+    .. warning::
+       optax.rmsprop puts ``eps`` inside the root by default and uses ``decay=0.9``:
+       ``rmsprop(lr, decay=0.9, eps=e, eps_in_sqrt=True)`` is ``optax.rmsprop(lr,
+       decay=0.9, eps=e)``, centered or not. optax's momentum trace comes after the
+       learning rate and so holds ``lr``-scaled steps: with momentum the two agree only
+       for a constant learning rate. Keras: ``rho=0.9``, ``epsilon=1e-7`` inside the
+       root, and ``lr`` inside the momentum buffer.
+
+    References:
+      Hinton, Srivastava & Swersky, "Neural Networks for Machine Learning", lecture 6e,
+      2012, https://www.cs.toronto.edu/~tijmen/csc321/slides/lecture_slides_lec6.pdf;
+      centered: Graves, "Generating Sequences With Recurrent Neural Networks", 2013,
+      https://arxiv.org/abs/1308.0850
+    """
+    check_learning_rate(learning_rate)
+    check_decay("decay", decay)
+    check_range("eps", eps, low=0.0)
+    check_flag("centered", centered)
+    check_flag("eps_in_sqrt", eps_in_sqrt)
+    return optax.chain(
+        *maximize_block(maximize),
+        *decay_block(weight_decay),
+        scale_by_moments(b1=decay if centered else None, b2=decay),
+        *([center_second_moment()] if centered else []),
+        use_gradient(),
+        normalize(0.0, eps_root=eps) if eps_in_sqrt else normalize(eps),
+        *momentum_block(momentum),
+        scale_by_learning_rate(learning_rate),
+    )
