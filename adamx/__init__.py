@@ -25,8 +25,11 @@ from adamx._adagrad import (
 from adamx._adam import adam, adamw
 from adamx._adopt import PreviousRmsState, adopt, normalize_by_previous_rms, read_momentum
 from adamx._base import Moments
+from adamx._checkpoint import restore_state
 from adamx._correction import bias_correction, correct_bias
 from adamx._decay import add_decayed_weights, negate
+from adamx._faults import SkipNonfiniteState, skip_nonfinite
+from adamx._inspect import Diagnostics, inspect, summarize
 from adamx._lamb_lion import (
     LionMomentsState,
     lamb,
@@ -42,6 +45,7 @@ from adamx._moments import (
     ema_of_squares,
     scale_by_moments,
     second_moment_dtype,
+    second_moment_zeros,
 )
 from adamx._normalize import normalize
 from adamx._rmsprop import center_second_moment, rmsprop
@@ -89,6 +93,7 @@ __all__ = [
     "rmsprop",
     "sgd",
     "yogi",
+    "Diagnostics",
     "FactoredRmsState",
     "LionMomentsState",
     "MaxNuState",
@@ -98,6 +103,7 @@ __all__ = [
     "NesterovState",
     "PreviousRmsState",
     "ScheduleState",
+    "SkipNonfiniteState",
     "SecondMomentRule",
     "UpdateRmsState",
     "add_decayed_weights",
@@ -110,6 +116,7 @@ __all__ = [
     "ema_of_belief",
     "ema_of_squares",
     "infinity_norm",
+    "inspect",
     "keep_max_nu",
     "negate",
     "normalize",
@@ -118,6 +125,7 @@ __all__ = [
     "normalize_rectified",
     "read_momentum",
     "read_sign",
+    "restore_state",
     "scale_by_factored_rms",
     "scale_by_lazy_moments",
     "scale_by_learning_rate",
@@ -127,9 +135,12 @@ __all__ = [
     "scale_by_relative_step",
     "scale_by_trust_ratio",
     "second_moment_dtype",
+    "second_moment_zeros",
     "shrink_weights",
+    "skip_nonfinite",
     "scale_by_update_rms",
     "sum_of_squares",
+    "summarize",
     "trace_momentum",
     "use_gradient",
     "yogi_squares",

@@ -22,7 +22,8 @@ from adamx._base import (
     scalar_dtype,
 )
 from adamx._decay import maximize_block
-from adamx._moments import ema
+from adamx._guard import recipe
+from adamx._moments import ema, second_moment_dtype, second_moment_zeros
 from adamx._schedule import ScheduleState
 
 
@@ -42,10 +43,11 @@ class FactoredRmsState(NamedTuple):
     Attributes:
       count: int32 number of updates taken so far (saturates at the int32 maximum).
       row: per leaf of at least 2 dimensions, the mean of ``g**2`` over the last axis,
-        shape ``(..., n, 1)``; an empty ``(0,)`` array for other leaves.
+        shape ``(..., n, 1)``; an unused ``(1,)`` placeholder for other leaves.
       col: likewise over the second-to-last axis, shape ``(..., 1, m)``.
       full: per leaf of 0 or 1 dimensions, the moving average of ``g**2`` itself;
-        ``(0,)`` for factored leaves. All stored in the params' dtypes.
+        a ``(1,)`` placeholder for factored leaves. Stored in the params' dtypes (float32
+        for float16 params). Placeholders are not empty arrays, which Orbax cannot save.
     """
 
     count: jax.Array
@@ -94,12 +96,13 @@ def scale_by_factored_rms(
             p = jnp.asarray(p)
 
             def empty():  # a fresh buffer per slot: a donated state must not alias itself
-                return jnp.zeros((0,), p.dtype)
+                return jnp.zeros((1,), p.dtype)
 
             if p.ndim < 2:
-                return empty(), empty(), jnp.zeros_like(p)
-            row = jnp.zeros(p.shape[:-1] + (1,), p.dtype)
-            col = jnp.zeros(p.shape[:-2] + (1, p.shape[-1]), p.dtype)
+                return empty(), empty(), second_moment_zeros(p)
+            dtype = second_moment_dtype(p.dtype)  # squared gradients: float32 for float16
+            row = jnp.zeros(p.shape[:-1] + (1,), dtype)
+            col = jnp.zeros(p.shape[:-2] + (1, p.shape[-1]), dtype)
             return row, col, empty()
 
         outer = jax.tree.structure(params)
@@ -120,9 +123,8 @@ def scale_by_factored_rms(
 
         def leaf(g, row, col, full):
             g = jnp.asarray(g)
-            stored = full.dtype
-            dtype = compute_dtype(stored)
-            floor = as_scalar(jnp.finfo(stored).eps if eps1 is None else eps1, dtype)
+            dtype = compute_dtype(g.dtype)
+            floor = as_scalar(jnp.finfo(g.dtype).eps if eps1 is None else eps1, dtype)
             gc = g.astype(dtype)
             g2 = jnp.square(gc)
             weight = w.astype(dtype)
@@ -130,10 +132,10 @@ def scale_by_factored_rms(
                 r = ema(row, _mean(g2, -1), weight)
                 c = ema(col, _mean(g2, -2), weight)
                 v = r * c / jnp.maximum(_mean(r, -2), floor)
-                row, col = r.astype(stored), c.astype(stored)
+                row, col = r.astype(row.dtype), c.astype(col.dtype)
             else:
                 v = ema(full, g2, weight)
-                full = v.astype(stored)
+                full = v.astype(full.dtype)
             u = gc / jnp.sqrt(jnp.maximum(v, floor * floor))
             return u.astype(g.dtype), row, col, full
 
@@ -295,6 +297,7 @@ def shrink_weights(
     return [optax.GradientTransformation(init, update)]
 
 
+@recipe
 def adafactor(
     learning_rate: ScalarOrSchedule = 1e-2,
     *,

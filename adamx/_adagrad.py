@@ -22,7 +22,8 @@ from adamx._base import (
     scalar_dtype,
 )
 from adamx._decay import decay_block, maximize_block
-from adamx._moments import SecondMomentRule, scale_by_moments
+from adamx._guard import recipe
+from adamx._moments import SecondMomentRule, scale_by_moments, second_moment_zeros
 from adamx._normalize import normalize
 from adamx._schedule import scale_by_learning_rate
 
@@ -101,6 +102,7 @@ def _inverse_time_decay(learning_rate: ScalarOrSchedule, lr_decay) -> ScalarOrSc
     return schedule
 
 
+@recipe
 def adagrad(
     learning_rate: ScalarOrSchedule = 1e-2,
     *,
@@ -221,7 +223,7 @@ def scale_by_update_rms(rho: float = 0.9, eps: float = 1e-6) -> optax.GradientTr
     check_range("eps", eps, low=0.0)
 
     def init(params):
-        return UpdateRmsState(acc=jax.tree.map(lambda p: jnp.zeros_like(jnp.asarray(p)), params))
+        return UpdateRmsState(acc=jax.tree.map(second_moment_zeros, params))
 
     def direction(g, v, acc):
         dtype = v.dtype
@@ -245,6 +247,7 @@ def scale_by_update_rms(rho: float = 0.9, eps: float = 1e-6) -> optax.GradientTr
     return optax.GradientTransformation(init, update)
 
 
+@recipe
 def adadelta(
     learning_rate: ScalarOrSchedule = 1.0,
     rho: float = 0.9,

@@ -10,12 +10,14 @@ import optax
 from adamx._base import ScalarOrSchedule, check_flag, check_learning_rate
 from adamx._correction import correct_bias
 from adamx._decay import decay_block, maximize_block
+from adamx._guard import recipe
 from adamx._moments import scale_by_moments
 from adamx._normalize import normalize
 from adamx._rules import correct_bias_nesterov
 from adamx._schedule import scale_by_learning_rate
 
 
+@recipe
 def adam(
     learning_rate: ScalarOrSchedule = 1e-3,
     b1: float = 0.9,
@@ -100,6 +102,7 @@ def adam(
     )
 
 
+@recipe
 def adamw(
     learning_rate: ScalarOrSchedule = 1e-3,
     b1: float = 0.9,

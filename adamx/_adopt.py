@@ -22,7 +22,8 @@ from adamx._base import (
     safe_increment,
     scalar_dtype,
 )
-from adamx._moments import ema, scale_by_moments
+from adamx._guard import recipe
+from adamx._moments import ema, scale_by_moments, second_moment_zeros
 from adamx._schedule import scale_by_learning_rate
 
 
@@ -75,7 +76,7 @@ def normalize_by_previous_rms(
     def init(params):
         return PreviousRmsState(
             count=jnp.zeros([], jnp.int32),
-            nu=jax.tree.map(lambda p: jnp.zeros_like(jnp.asarray(p)), params),
+            nu=jax.tree.map(second_moment_zeros, params),
         )
 
     def update(grads, state, params=None):
@@ -123,6 +124,7 @@ def read_momentum() -> optax.GradientTransformation:
     return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
 
 
+@recipe
 def adopt(
     learning_rate: ScalarOrSchedule = 1e-3,
     b1: float = 0.9,

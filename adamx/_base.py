@@ -126,9 +126,18 @@ def check_learning_rate(value) -> None:
     check_range("learning_rate", value, low=0.0)
 
 
-def check_trees_match(tree: PyTree, reference: PyTree, name: str, reference_name: str) -> None:
+def check_trees_match(
+    tree: PyTree, reference: PyTree, name: str, reference_name: str, *, dtypes: bool = False
+) -> None:
     """Raise ``ValueError`` naming the first path where ``tree`` and ``reference`` differ in
-    structure or leaf shape. Runs at trace time: it costs nothing inside a jitted step."""
+    structure or leaf shape (and dtype, with ``dtypes=True``). Runs at trace time: it costs
+    nothing inside a jitted step."""
+
+    def expects(path) -> str:  # "params['w'] has" or "the optimizer state expects"
+        if reference_name.isidentifier():
+            return f"{reference_name}{jax.tree_util.keystr(path)} has"
+        return f"{reference_name} expects"
+
     leaves, treedef = jax.tree_util.tree_flatten_with_path(tree)
     ref_leaves, ref_treedef = jax.tree_util.tree_flatten_with_path(reference)
     paths = [p for p, _ in leaves]
@@ -159,8 +168,15 @@ def check_trees_match(tree: PyTree, reference: PyTree, name: str, reference_name
         shape, ref_shape = jnp.shape(leaf), jnp.shape(ref_leaf)
         if shape != ref_shape:
             raise ValueError(
-                f"{name}{jax.tree_util.keystr(path)} has shape {shape} but {reference_name} "
-                f"expects {ref_shape}."
+                f"{name}{jax.tree_util.keystr(path)} has shape {shape} but "
+                f"{expects(path)} {ref_shape}."
+            )
+        dtype, ref_dtype = jnp.result_type(leaf), jnp.result_type(ref_leaf)
+        if dtypes and dtype != ref_dtype:
+            raise ValueError(
+                f"{name}{jax.tree_util.keystr(path)} has dtype {dtype.name} but "
+                f"{expects(path)} {ref_dtype.name}. Cast the gradients to the params' "
+                f"dtypes, e.g. `jax.tree.map(lambda g, p: g.astype(p.dtype), grads, params)`."
             )
 
 

@@ -24,6 +24,7 @@ from adamx._base import (
 )
 from adamx._correction import correct_bias
 from adamx._decay import decay_block
+from adamx._guard import recipe
 from adamx._moments import ema, scale_by_moments
 from adamx._normalize import normalize
 from adamx._schedule import scale_by_learning_rate
@@ -69,6 +70,7 @@ def scale_by_trust_ratio() -> optax.GradientTransformation:
     return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
 
 
+@recipe
 def lamb(
     learning_rate: ScalarOrSchedule = 1e-3,
     b1: float = 0.9,
@@ -222,6 +224,7 @@ def read_sign() -> optax.GradientTransformation:
     return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
 
 
+@recipe
 def lion(
     learning_rate: ScalarOrSchedule = 1e-4,
     b1: float = 0.9,

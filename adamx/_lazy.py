@@ -9,6 +9,7 @@ import optax
 from adamx._base import ScalarOrSchedule, check_learning_rate
 from adamx._correction import correct_bias
 from adamx._decay import maximize_block
+from adamx._guard import recipe
 from adamx._moments import MomentsState, scale_by_moments
 from adamx._normalize import normalize
 from adamx._schedule import scale_by_learning_rate
@@ -64,6 +65,7 @@ def scale_by_lazy_moments(b1: float = 0.9, b2: float = 0.999) -> optax.GradientT
     return optax.GradientTransformation(dense.init, update)
 
 
+@recipe
 def lazy_adam(
     learning_rate: ScalarOrSchedule = 1e-3,
     b1: float = 0.9,

@@ -32,6 +32,12 @@ def second_moment_dtype(dtype) -> jnp.dtype:
     return jnp.dtype(jnp.float32) if dtype == jnp.float16 else dtype
 
 
+def second_moment_zeros(p) -> jax.Array:
+    """Zeros shaped like the param ``p``, in :func:`second_moment_dtype` of its dtype."""
+    p = jnp.asarray(p)
+    return jnp.zeros(p.shape, second_moment_dtype(p.dtype))
+
+
 class MomentsState(NamedTuple):
     """State of :func:`scale_by_moments`.
 
@@ -140,9 +146,10 @@ def scale_by_moments(
 
     def update(grads, state, params=None):
         del params
-        reference = state.mu if b1 is not None else state.nu
-        if reference is not None:
-            check_trees_match(grads, reference, "grads", "the optimizer state")
+        if b1 is not None:  # m is stored in the params' dtypes
+            check_trees_match(grads, state.mu, "grads", "the optimizer state", dtypes=True)
+        elif b2 is not None:
+            check_trees_match(grads, state.nu, "grads", "the optimizer state")
         grads = jax.tree.map(jnp.asarray, grads)
         cast = lambda g, ref: g.astype(compute_dtype(ref.dtype))  # noqa: E731
         mu = None

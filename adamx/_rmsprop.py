@@ -15,6 +15,7 @@ from adamx._base import (
     check_range,
 )
 from adamx._decay import decay_block, maximize_block
+from adamx._guard import recipe
 from adamx._moments import scale_by_moments
 from adamx._normalize import normalize
 from adamx._schedule import scale_by_learning_rate
@@ -54,6 +55,7 @@ def center_second_moment() -> optax.GradientTransformation:
     return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
 
 
+@recipe
 def rmsprop(
     learning_rate: ScalarOrSchedule = 1e-2,
     decay: float = 0.99,

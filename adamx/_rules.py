@@ -37,7 +37,7 @@ from adamx._base import (
     scalar_dtype,
 )
 from adamx._correction import bias_correction
-from adamx._moments import SecondMomentRule, ema
+from adamx._moments import SecondMomentRule, ema, second_moment_zeros
 
 
 # ----------------------------------------------------------------------------- second moments
@@ -170,7 +170,7 @@ def keep_max_nu() -> optax.GradientTransformation:
     """
 
     def init(params):
-        return MaxNuState(nu_max=jax.tree.map(lambda p: jnp.zeros_like(jnp.asarray(p)), params))
+        return MaxNuState(nu_max=jax.tree.map(second_moment_zeros, params))
 
     def update(updates, state, params=None):
         del params

@@ -23,6 +23,7 @@ from adamx._base import (
     safe_increment,
 )
 from adamx._decay import decay_block, maximize_block
+from adamx._guard import recipe
 from adamx._schedule import scale_by_learning_rate
 
 
@@ -129,6 +130,7 @@ def momentum_block(momentum, *, dampening=0.0, nesterov=False) -> list:
     return [block]
 
 
+@recipe
 def sgd(
     learning_rate: ScalarOrSchedule = 1e-3,
     momentum: float = 0.0,

@@ -22,6 +22,7 @@ import optax
 from adamx._base import ScalarOrSchedule, check_flag, check_learning_rate, check_range
 from adamx._correction import correct_bias
 from adamx._decay import decay_block, maximize_block
+from adamx._guard import recipe
 from adamx._moments import scale_by_moments
 from adamx._normalize import normalize
 from adamx._rules import (
@@ -38,6 +39,7 @@ from adamx._schedule import scale_by_learning_rate
 Mask = Any | Callable[[Any], Any] | None
 
 
+@recipe
 def amsgrad(
     learning_rate: ScalarOrSchedule = 1e-3,
     b1: float = 0.9,
@@ -100,6 +102,7 @@ def amsgrad(
     )
 
 
+@recipe
 def adamax(
     learning_rate: ScalarOrSchedule = 2e-3,
     b1: float = 0.9,
@@ -167,6 +170,7 @@ def adamax(
     )
 
 
+@recipe
 def nadam(
     learning_rate: ScalarOrSchedule = 2e-3,
     b1: float = 0.9,
@@ -244,6 +248,7 @@ def nadam(
     )
 
 
+@recipe
 def nadamw(
     learning_rate: ScalarOrSchedule = 2e-3,
     b1: float = 0.9,
@@ -301,6 +306,7 @@ def nadamw(
     )
 
 
+@recipe
 def radam(
     learning_rate: ScalarOrSchedule = 1e-3,
     b1: float = 0.9,
@@ -384,6 +390,7 @@ def radam(
     )
 
 
+@recipe
 def adabelief(
     learning_rate: ScalarOrSchedule = 1e-3,
     b1: float = 0.9,
@@ -446,6 +453,7 @@ def adabelief(
     )
 
 
+@recipe
 def yogi(
     learning_rate: ScalarOrSchedule = 1e-2,
     b1: float = 0.9,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import doctest
 import pathlib
 import re
+import textwrap
 
 import jax
 import jax.numpy as jnp
@@ -17,7 +18,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 def python_blocks(text: str) -> list[str]:
-    return re.findall(r"```python\n(.*?)```", text, flags=re.DOTALL)
+    return [textwrap.dedent(b) for b in re.findall(r"```python\n(.*?)```", text, flags=re.DOTALL)]
 
 
 @pytest.mark.parametrize("index", range(len(python_blocks((ROOT / "README.md").read_text()))))

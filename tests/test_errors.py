@@ -69,7 +69,7 @@ def test_low_precision_decay_from_inject_hyperparams_is_rejected():
     [
         (
             {"dense": {"kernel": jnp.ones((3, 4))}, "bias": jnp.ones(4)},
-            "grads['dense']['kernel'] has shape (3, 4) but the optimizer state expects (4, 3)",
+            "grads['dense']['kernel'] has shape (3, 4) but params['dense']['kernel'] has (4, 3)",
         ),
         ({"dense": {"W": jnp.ones((4, 3))}, "bias": jnp.ones(4)}, "grads['dense']['W']"),
         ({"dense": {"kernel": jnp.ones((4, 3))}}, "['dense']['kernel']"),
@@ -103,3 +103,75 @@ def test_adam_without_weight_decay_needs_no_params():
 def test_read_out_block_without_moments_explains_the_order():
     with pytest.raises(TypeError, match="after a moment block"):
         adamx.normalize().update({"w": jnp.ones(3)}, optax.EmptyState())
+
+
+ALIASES = [getattr(adamx, name) for name in adamx.OPTIMIZERS]
+ALIAS_IDS = list(adamx.OPTIMIZERS)
+
+
+@pytest.mark.parametrize("alias", ALIASES, ids=ALIAS_IDS)
+@pytest.mark.parametrize(
+    ("leaf", "kind"),
+    [
+        (jnp.arange(3), "int32"),
+        (jnp.ones(3, bool), "bool"),
+        (jnp.ones(2, jnp.complex64), "complex"),
+    ],
+    ids=["int", "bool", "complex"],
+)
+def test_non_float_params_rejected_at_init_with_path(alias, leaf, kind):
+    params = {"w": jnp.ones(3), "extra": {"step": leaf}}
+    with pytest.raises(ValueError) as info:
+        alias().init(params)
+    message = str(info.value)
+    assert "params['extra']['step']" in message
+    assert kind in message
+    assert "optax.masked" in message
+
+
+@pytest.mark.parametrize("alias", ALIASES, ids=ALIAS_IDS)
+def test_non_float_leaves_pass_through_optax_masked(alias):
+    params = {"w": jnp.linspace(0.5, 1.0, 3), "step": jnp.asarray(7)}
+    opt = optax.masked(alias(), {"w": True, "step": False})
+    state = opt.init(params)
+    grads = {"w": jnp.ones(3), "step": jnp.asarray(0)}
+    for _ in range(2):  # ADOPT's first update is zero by design
+        updates, state = opt.update(grads, state, params)
+    assert updates["step"] == 0
+    assert jnp.all(jnp.isfinite(updates["w"])) and jnp.any(updates["w"] != 0)
+
+
+@pytest.mark.parametrize("alias", ALIASES, ids=ALIAS_IDS)
+def test_grads_of_another_dtype_name_the_path(alias):
+    params = {"a": jnp.ones(2), "b": {"c": jnp.ones(3)}}
+    opt = alias()
+    state = opt.init(params)
+    grads = {"a": jnp.ones(2), "b": {"c": jnp.ones(3, jnp.bfloat16)}}
+    with pytest.raises(ValueError, match=r"grads\['b'\]\['c'\] has dtype bfloat16"):
+        opt.update(grads, state, params)
+
+
+@pytest.mark.parametrize("alias", ALIASES, ids=ALIAS_IDS)
+def test_grads_of_another_shape_name_the_path(alias):
+    params = {"a": jnp.ones(2), "b": {"c": jnp.ones((3, 2))}}
+    opt = alias()
+    state = opt.init(params)
+    grads = {"a": jnp.ones(2), "b": {"c": jnp.ones((2, 3))}}
+    with pytest.raises(ValueError, match=r"grads\['b'\]\['c'\] has shape \(2, 3\)"):
+        opt.update(grads, state, params)
+
+
+def test_grads_dtype_checked_against_state_without_params():
+    opt = adamx.adam()
+    state = opt.init({"w": jnp.ones(3)})
+    with pytest.raises(ValueError, match=r"grads\['w'\] has dtype bfloat16"):
+        opt.update({"w": jnp.ones(3, jnp.bfloat16)}, state)
+
+
+def test_mismatched_grads_without_params_checked_against_state():
+    opt = adamx.adam()
+    state = opt.init({"dense": {"kernel": jnp.ones((4, 3))}})
+    with pytest.raises(ValueError) as info:
+        opt.update({"dense": {"kernel": jnp.ones((3, 4))}}, state)
+    expected = "grads['dense']['kernel'] has shape (3, 4) but the optimizer state expects (4, 3)"
+    assert expected in str(info.value)

@@ -457,9 +457,9 @@ def test_adafactor_keeps_factored_statistics():
     state = adafactor().init(params)
     factored = state[0]
     shapes = lambda tree: jax.tree.map(jnp.shape, tree)  # noqa: E731
-    assert shapes(factored.row) == {"m": (6, 1), "t": (2, 3, 1), "v": (0,), "s": (0,)}
-    assert shapes(factored.col) == {"m": (1, 5), "t": (2, 1, 4), "v": (0,), "s": (0,)}
-    assert shapes(factored.full) == {"m": (0,), "t": (0,), "v": (7,), "s": ()}
+    assert shapes(factored.row) == {"m": (6, 1), "t": (2, 3, 1), "v": (1,), "s": (1,)}
+    assert shapes(factored.col) == {"m": (1, 5), "t": (2, 1, 4), "v": (1,), "s": (1,)}
+    assert shapes(factored.full) == {"m": (1,), "t": (1,), "v": (7,), "s": ()}
 
 
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])

@@ -9,6 +9,7 @@ every step.
 from __future__ import annotations
 
 import functools
+import inspect
 import zlib
 from typing import Any, NamedTuple
 
@@ -185,7 +186,8 @@ def reference_rule(name, kw):
 def run_torch(name, kw, prob, sign, steps=STEPS):
     torch = pytest.importorskip("torch")
     kw = dict(kw)
-    lr = kw.pop("learning_rate", ALIASES[name].__defaults__[0])
+    default_lr = inspect.signature(ALIASES[name]).parameters["learning_rate"].default
+    lr = kw.pop("learning_rate", default_lr)
     if name == "rmsprop" and "decay" in kw:
         kw["alpha"] = kw.pop("decay")
     lr_at = lr if callable(lr) else (lambda k: lr)
