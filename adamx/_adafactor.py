@@ -17,6 +17,7 @@ from adamx._base import (
     check_range,
     check_trees_match,
     compute_dtype,
+    map_unzip,
     require_params,
     safe_increment,
     scalar_dtype,
@@ -30,6 +31,18 @@ from adamx._schedule import ScheduleState
 def _mean(x: jax.Array, axis: int) -> jax.Array:
     """Mean over one axis, kept as a size-1 axis; 0 (not NaN) over an empty axis."""
     return jnp.sum(x, axis=axis, keepdims=True) / max(x.shape[axis], 1)
+
+
+def _saturate(x: jax.Array, storage) -> jax.Array:
+    """``min(x, 1 / tiny)``, ``tiny`` the smallest normal number of the ``storage`` dtype
+    (``2**126 ~ 8.5e37`` for float32 and bfloat16).
+
+    Squares and their means stay finite in the state, so no ``inf - inf`` or ``inf / inf``
+    follows; and below ``1 / tiny`` a divisor keeps a normal reciprocal (XLA turns the
+    division by the row mean, a broadcast, into a product with its reciprocal, which is
+    flushed to 0 past ``1 / tiny``).
+    """
+    return jnp.minimum(x, as_scalar(1 / float(jnp.finfo(storage).tiny), x.dtype))
 
 
 def _rms(x: jax.Array) -> jax.Array:
@@ -72,7 +85,11 @@ def scale_by_factored_rms(
 
     A matrix of ``n x m`` keeps ``n + m`` numbers instead of ``n * m``; leaves of more
     than two dimensions are factored over their last two axes, batched over the others.
-    Arithmetic runs in the leaf's dtype but at least float32.
+    Arithmetic runs in the leaf's dtype but at least float32. ``V`` is formed as
+    ``R * (C / max(mean_rows(R), eps1))``, and ``g**2`` and its means are saturated at
+    ``2**126 ~ 8.5e37`` (float32, bfloat16): past ``|g| ~ 9e18`` the estimate is a floor,
+    not ``inf * inf / inf = NaN``; ``u`` stays finite, and the update clipping that
+    follows makes the step finite (0 where ``RMS(u)`` itself overflows).
 
     Args:
       beta2_decay: exponent of the averaging weight ``w = t**beta2_decay``, ``<= 0``.
@@ -105,10 +122,7 @@ def scale_by_factored_rms(
             col = jnp.zeros(p.shape[:-2] + (1, p.shape[-1]), dtype)
             return row, col, empty()
 
-        outer = jax.tree.structure(params)
-        row, col, full = jax.tree.transpose(
-            outer, jax.tree.structure((0, 0, 0)), jax.tree.map(slots, params)
-        )
+        row, col, full = map_unzip(slots, 3, params)
         return FactoredRmsState(jnp.zeros([], jnp.int32), row, col, full)
 
     def update(grads, state, params=None):
@@ -126,12 +140,13 @@ def scale_by_factored_rms(
             dtype = compute_dtype(g.dtype)
             floor = as_scalar(jnp.finfo(g.dtype).eps if eps1 is None else eps1, dtype)
             gc = g.astype(dtype)
-            g2 = jnp.square(gc)
+            storage = second_moment_dtype(g.dtype)
+            g2 = _saturate(jnp.square(gc), storage)
             weight = w.astype(dtype)
             if g.ndim >= 2:
-                r = ema(row, _mean(g2, -1), weight)
-                c = ema(col, _mean(g2, -2), weight)
-                v = r * c / jnp.maximum(_mean(r, -2), floor)
+                r = ema(row, _saturate(_mean(g2, -1), storage), weight)
+                c = ema(col, _saturate(_mean(g2, -2), storage), weight)
+                v = r * (c / jnp.maximum(_saturate(_mean(r, -2), storage), floor))
                 row, col = r.astype(row.dtype), c.astype(col.dtype)
             else:
                 v = ema(full, g2, weight)
@@ -139,10 +154,7 @@ def scale_by_factored_rms(
             u = gc / jnp.sqrt(jnp.maximum(v, floor * floor))
             return u.astype(g.dtype), row, col, full
 
-        quads = jax.tree.map(leaf, grads, state.row, state.col, state.full)
-        u, row, col, full = jax.tree.transpose(
-            jax.tree.structure(state.full), jax.tree.structure((0, 0, 0, 0)), quads
-        )
+        u, row, col, full = map_unzip(leaf, 4, grads, state.row, state.col, state.full)
         return u, FactoredRmsState(count, row, col, full)
 
     return optax.GradientTransformation(init, update)

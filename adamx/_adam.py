@@ -50,9 +50,17 @@ def adam(
         negate()                            # only if maximize
         add_decayed_weights(weight_decay)   # coupled L2, omitted when 0
         scale_by_moments(b1, b2)
-        correct_bias(b1, b2)                # correct_bias_nesterov(b1, b2) if nesterov
-        normalize(eps, eps_root)
+        correct_bias(b1, None)              # correct_bias_nesterov(b1, None) if nesterov
+        normalize(eps, eps_root, b2=b2)
         scale_by_learning_rate(learning_rate)
+
+    ``v^`` is never formed: :func:`adamx.normalize` divides ``sqrt(v)`` by
+    ``sqrt(1 - b2**t)``, as PyTorch does, and ``v`` is averaged as
+    ``b2 * v + ((1 - b2) * g) * g``. In float32 and bfloat16 the steps are therefore
+    those of the rule as long as ``v`` itself fits: a single gradient up to
+    ``|g| ~ 5.8e20`` at ``b2 = 0.999`` (``g**2`` alone overflows past ``1.8e19``), or
+    ``1.8e19`` for one that stays that large (``v`` tends to ``g**2``). Past that
+    ``v = inf`` and that element's steps are 0 from then on, as in PyTorch; never NaN.
 
     Args:
       learning_rate: a number ``>= 0`` or a schedule of the step count. Default 1e-3.
@@ -96,8 +104,8 @@ def adam(
         *maximize_block(maximize),
         *decay_block(weight_decay),
         scale_by_moments(b1, b2),
-        correct_bias_nesterov(b1, b2) if nesterov else correct_bias(b1, b2),
-        normalize(eps, eps_root),
+        correct_bias_nesterov(b1, None) if nesterov else correct_bias(b1, None),
+        normalize(eps, eps_root, b2=b2),
         scale_by_learning_rate(learning_rate),
     )
 
@@ -147,8 +155,8 @@ def adamw(
     return optax.chain(
         *maximize_block(maximize),
         scale_by_moments(b1, b2),
-        correct_bias(b1, b2),
-        normalize(eps, eps_root),
+        correct_bias(b1, None),
+        normalize(eps, eps_root, b2=b2),
         *decay_block(weight_decay, mask),
         scale_by_learning_rate(learning_rate),
     )

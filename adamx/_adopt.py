@@ -18,12 +18,12 @@ from adamx._base import (
     check_range,
     check_trees_match,
     compute_dtype,
-    one_minus,
+    map_unzip,
     safe_increment,
     scalar_dtype,
 )
 from adamx._guard import recipe
-from adamx._moments import ema, scale_by_moments, second_moment_zeros
+from adamx._moments import ema_square, scale_by_moments, second_moment_zeros
 from adamx._schedule import scale_by_learning_rate
 
 
@@ -54,6 +54,8 @@ def normalize_by_previous_rms(
     Leaving the current gradient out of its own denominator is what lets ADOPT converge
     for any ``b2``. The first update only initialises ``v`` and returns zeros. Arithmetic
     runs in the leaf's dtype but at least float32; ``d`` is cast to the gradient's dtype.
+    The average is taken in PyTorch's order (:func:`adamx.ema_of_squares`): a ``v`` that
+    overflows becomes ``inf`` (and that element's steps 0), never NaN.
 
     Args:
       b2: decay of the second moment, ``[0, 1)``. Default 0.9999.
@@ -94,13 +96,10 @@ def normalize_by_previous_rms(
             if bound is not None:
                 d = jnp.clip(d, -bound.astype(dtype), bound.astype(dtype))
             d = jnp.where(first, jnp.zeros_like(d), d)
-            g2 = jnp.square(gc)
-            v_new = jnp.where(first, g2, ema(vc, g2, one_minus(b2)))
+            v_new = jnp.where(first, jnp.square(gc), ema_square(vc, gc, b2))
             return d.astype(g.dtype), v_new.astype(v.dtype)
 
-        pairs = jax.tree.map(leaf, grads, state.nu)
-        outer = jax.tree.structure(state.nu)
-        direction, nu = jax.tree.transpose(outer, jax.tree.structure((0, 0)), pairs)
+        direction, nu = map_unzip(leaf, 2, grads, state.nu)
         return direction, PreviousRmsState(count=safe_increment(state.count), nu=nu)
 
     return optax.GradientTransformation(init, update)

@@ -198,3 +198,18 @@ def check_moments(updates, who: str) -> Moments:
             f"block in the chain."
         )
     return updates
+
+
+def map_unzip(f, n: int, tree: PyTree, *rest: PyTree) -> tuple:
+    """``jax.tree.map(f, tree, *rest)`` for an ``f`` returning an ``n``-tuple per leaf,
+    split into ``n`` trees shaped like ``tree``.
+
+    ``jax.tree.transpose`` of the mapped tree does the same but raises on a tree without
+    leaves (``{}``, ``[None]``), which ``optax.masked`` hands an optimizer whose leaves are
+    all masked out; here such a tree gives ``n`` empty trees of its structure.
+    """
+    leaves, treedef = jax.tree.flatten(tree)
+    others = [treedef.flatten_up_to(r) for r in rest]
+    tuples = [f(*args) for args in zip(leaves, *others)]
+    columns = list(zip(*tuples)) if tuples else [()] * n
+    return tuple(jax.tree.unflatten(treedef, list(column)) for column in columns)

@@ -33,6 +33,11 @@ def correct_bias(b1: float | None = 0.9, b2: float | None = 0.999) -> optax.Grad
     Moments that start at zero underestimate their target by the factor ``1 - b**t``;
     dividing it out makes the first steps full-sized.
 
+    ``v^`` is about ``g**2`` and overflows float32 and bfloat16 once ``|g| > 1.8e19``,
+    even where ``v`` itself fits (``(1 - b2) * g**2``, up to ``|g| ~ 5.8e20`` for
+    ``b2 = 0.999``). The recipes therefore pass ``b2=None`` here and correct ``v`` inside
+    the root instead, with ``normalize(eps, b2=b2)``, as PyTorch does.
+
     Args:
       b1: decay the first moment was averaged with, or ``None`` to leave ``m`` as it is.
       b2: decay of the second moment, or ``None`` to leave ``v`` as it is.

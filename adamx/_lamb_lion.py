@@ -92,8 +92,8 @@ def lamb(
     learning rate::
 
         scale_by_moments(b1, b2)
-        correct_bias(b1, b2)
-        normalize(eps)
+        correct_bias(b1, None)
+        normalize(eps, b2=b2)
         add_decayed_weights(weight_decay, mask)   # decoupled, inside the ratio; omitted when 0
         scale_by_trust_ratio()
         scale_by_learning_rate(learning_rate)
@@ -136,8 +136,8 @@ def lamb(
     check_learning_rate(learning_rate)
     return optax.chain(
         scale_by_moments(b1, b2),
-        correct_bias(b1, b2),
-        normalize(eps),
+        correct_bias(b1, None),
+        normalize(eps, b2=b2),
         *decay_block(weight_decay, mask),
         scale_by_trust_ratio(),
         scale_by_learning_rate(learning_rate),

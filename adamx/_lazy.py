@@ -89,8 +89,8 @@ def lazy_adam(
 
         negate()                          # only if maximize
         scale_by_lazy_moments(b1, b2)     # instead of scale_by_moments
-        correct_bias(b1, b2)
-        normalize(eps)
+        correct_bias(b1, None)
+        normalize(eps, b2=b2)
         scale_by_learning_rate(learning_rate)
 
     Args:
@@ -127,7 +127,7 @@ def lazy_adam(
     return optax.chain(
         *maximize_block(maximize),
         scale_by_lazy_moments(b1, b2),
-        correct_bias(b1, b2),
-        normalize(eps),
+        correct_bias(b1, None),
+        normalize(eps, b2=b2),
         scale_by_learning_rate(learning_rate),
     )

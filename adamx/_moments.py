@@ -55,10 +55,30 @@ class MomentsState(NamedTuple):
 
 def ema(moment: jax.Array, target: jax.Array, weight) -> jax.Array:
     """``moment + weight * (target - moment)``, the moving average of one leaf, in the
-    compute dtype (``weight`` is ``1 - decay``)."""
+    compute dtype (``weight`` is ``1 - decay``).
+
+    The lerp form of PyTorch's first moment. Not for squares: an overflowed ``target``
+    meeting an overflowed ``moment`` gives ``inf - inf = NaN`` (see :func:`ema_square`).
+    """
     dtype = compute_dtype(moment.dtype)
     m = moment.astype(dtype)
     return m + as_scalar(weight, dtype) * (target.astype(dtype) - m)
+
+
+def ema_square(moment: jax.Array, x: jax.Array, decay) -> jax.Array:
+    """``decay * moment + ((1 - decay) * x) * x``, the moving average of ``x**2`` for one
+    leaf, in the compute dtype.
+
+    PyTorch's order (``v.mul_(b2).addcmul_(x, x, value=1 - b2)``): the weight meets ``x``
+    before ``x`` meets itself, so ``(1 - b2) * x**2`` is formed without ``x**2``, which
+    overflows float32 and bfloat16 once ``|x| > 1.8e19``; with ``b2 = 0.999`` a term up to
+    ``|x| ~ 5.8e20`` fits. A term or moment past the range gives ``inf``, never
+    ``inf - inf = NaN`` as the lerp form :func:`ema` would.
+    """
+    dtype = compute_dtype(moment.dtype)
+    m = moment.astype(dtype)
+    x = x.astype(dtype)
+    return as_scalar(decay, dtype) * m + (as_scalar(one_minus(decay), dtype) * x) * x
 
 
 class SecondMomentRule(NamedTuple):
@@ -78,11 +98,15 @@ class SecondMomentRule(NamedTuple):
 
 
 def ema_of_squares() -> SecondMomentRule:
-    """Adam's second moment: ``v = b2 * v + (1 - b2) * g**2``, starting at 0."""
+    """Adam's second moment: ``v = b2 * v + (1 - b2) * g**2``, starting at 0.
+
+    Computed as :func:`ema_square` (PyTorch's order, ``b2 * v + ((1 - b2) * g) * g``):
+    correct while ``(1 - b2) * g**2`` and ``v`` fit the dtype, ``inf`` (never NaN) beyond.
+    """
 
     def update(v, g, m, b2):
         del m
-        return ema(v, jnp.square(g), one_minus(b2))
+        return ema_square(v, g, b2)
 
     return SecondMomentRule("ema_of_squares", update)
 

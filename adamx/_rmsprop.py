@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import jax
+import jax.numpy as jnp
 import optax
 
 from adamx._adagrad import use_gradient
@@ -31,7 +32,8 @@ def center_second_moment() -> optax.GradientTransformation:
 
     Centered RMSProp divides by the root of this estimate of the gradient's variance
     instead of its raw second moment. Only the record changes; the moment block's state
-    keeps the raw ``v``.
+    keeps the raw ``v``. Where ``v`` has overflowed to ``inf`` it is kept (not
+    ``inf - inf = NaN``), so the step there is 0.
 
     Returns:
       A stateless ``optax.GradientTransformation`` from a ``Moments`` record to another.
@@ -49,7 +51,8 @@ def center_second_moment() -> optax.GradientTransformation:
                 "adamx.center_second_moment needs both moments; build the moment block with "
                 "numeric `b1` and `b2`."
             )
-        nu = jax.tree.map(lambda v, m: v - m * m, rec.nu, rec.mu)
+        # an overflowed v (inf) is kept: v - m*m would be inf - inf = NaN where m*m is inf too
+        nu = jax.tree.map(lambda v, m: jnp.where(jnp.isinf(v), v, v - m * m), rec.nu, rec.mu)
         return rec._replace(nu=nu), state
 
     return optax.GradientTransformation(lambda params: optax.EmptyState(), update)

@@ -37,7 +37,7 @@ from adamx._base import (
     scalar_dtype,
 )
 from adamx._correction import bias_correction
-from adamx._moments import SecondMomentRule, ema, second_moment_zeros
+from adamx._moments import SecondMomentRule, ema_square, second_moment_zeros
 
 
 # ----------------------------------------------------------------------------- second moments
@@ -79,7 +79,9 @@ def ema_of_belief(eps: float = 1e-16) -> SecondMomentRule:
         s = b2 * s + (1 - b2) * (g - m)**2 + eps
 
     The ``eps`` added at every step accumulates in ``s`` (as in the paper's Algorithm 2
-    and the authors' code); a recipe then bias-corrects ``s`` like Adam's ``v``.
+    and the authors' code); a recipe then bias-corrects ``s`` like Adam's ``v``. The
+    average is taken in PyTorch's order (:func:`adamx.ema_of_squares`): a huge ``g - m``
+    gives ``s = inf``, never NaN.
 
     Args:
       eps: added to ``s`` at every step, ``>= 0``. Default 1e-16.
@@ -99,8 +101,7 @@ def ema_of_belief(eps: float = 1e-16) -> SecondMomentRule:
                 "`ema_of_belief` measures g against the first moment m: use it with "
                 "`scale_by_moments(b1=...)`, not `b1=None`."
             )
-        d = s.dtype
-        return ema(s, jnp.square(g - m), one_minus(b2)) + as_scalar(eps, d)
+        return ema_square(s, g - m, b2) + as_scalar(eps, s.dtype)
 
     return SecondMomentRule("ema_of_belief", update)
 
@@ -114,7 +115,9 @@ def yogi_squares(initial_value: float = 1e-6) -> SecondMomentRule:
 
     Unlike Adam's average, ``v`` moves by at most ``(1 - b2) * g**2`` per step, so a burst of
     small gradients cannot shrink it multiplicatively. ``v`` stays ``>= 0`` when it starts
-    there.
+    there. The step is formed as ``((1 - b2) * g) * g`` and the sign by comparing ``v``
+    with ``g**2``, so a gradient whose square overflows still moves ``v`` up (and an
+    overflowed ``v`` stays ``inf``) without ``inf - inf = NaN``.
 
     Args:
       initial_value: the value every element of ``v`` starts at, ``>= 0``. Default 1e-6.
@@ -130,8 +133,9 @@ def yogi_squares(initial_value: float = 1e-6) -> SecondMomentRule:
 
     def update(v, g, m, b2):
         del m
-        g2 = jnp.square(g)
-        return v - as_scalar(one_minus(b2), v.dtype) * jnp.sign(v - g2) * g2
+        g2 = jnp.square(g)  # only compared with v: inf where it overflows is right
+        step = (as_scalar(one_minus(b2), v.dtype) * g) * g
+        return jnp.where(v > g2, v - step, jnp.where(v < g2, v + step, v))
 
     return SecondMomentRule("yogi_squares", update, initial_value)
 
@@ -222,7 +226,13 @@ def correct_bias_nesterov(
 
     ``P_t`` is kept as a running product in the state, in float32 (float64 under
     ``jax_enable_x64``), like PyTorch's ``mu_product``; the factors are formed at that
-    precision and cast to each leaf's compute dtype.
+    precision and cast to each leaf's compute dtype. ``m^`` is clamped to the largest
+    finite value of its dtype: near the top of the range (``|g| ~ 3e38`` in float32) the
+    sum of the two terms overflows, and ``inf / sqrt(inf)`` would be NaN.
+
+    The recipes pass ``b2=None`` and let :func:`adamx.normalize` correct ``v`` inside
+    the root (``normalize(eps, b2=b2)``), so that ``v / (1 - b2**t)``, which overflows
+    in the first steps where ``v`` does not, is never formed.
 
     Args:
       b1: the momentum ``b1`` the first moment was averaged with, ``[0, 1)``. Default 0.9.
@@ -280,7 +290,8 @@ def correct_bias_nesterov(
 
         def look_ahead(m, g):
             d = m.dtype
-            return c_m.astype(d) * m + c_g.astype(d) * g.astype(d)
+            top = as_scalar(jnp.finfo(d).max, d)  # the sum of two huge terms: not inf
+            return jnp.clip(c_m.astype(d) * m + c_g.astype(d) * g.astype(d), -top, top)
 
         mu = jax.tree.map(look_ahead, rec.mu, rec.grad)
         nu = rec.nu

@@ -6,8 +6,8 @@ Each is Adam's chain (see :func:`adamx.adam`) with one block changed::
     add_decayed_weights(wd)             # coupled L2
     scale_by_moments(b1, b2)            # nu_rule: infinity_norm | ema_of_belief | yogi_squares
     [keep_max_nu()]                     # AMSGrad
-    correct_bias(b1, b2)                # NAdam: correct_bias_nesterov
-    normalize(eps)                      # Adamax: normalize_inf; RAdam: normalize_rectified
+    correct_bias(b1, None)              # NAdam: correct_bias_nesterov
+    normalize(eps, b2=b2)               # Adamax: normalize_inf; RAdam: normalize_rectified
     [add_decayed_weights(wd, mask)]     # decoupled (NAdamW)
     scale_by_learning_rate(lr)
 """
@@ -65,8 +65,8 @@ def amsgrad(
         add_decayed_weights(wd)   # coupled L2, omitted when 0
         scale_by_moments(b1, b2)
         keep_max_nu()
-        correct_bias(b1, b2)
-        normalize(eps)
+        correct_bias(b1, None)
+        normalize(eps, b2=b2)
         scale_by_learning_rate(learning_rate)
 
     Args:
@@ -96,8 +96,8 @@ def amsgrad(
         *decay_block(weight_decay),
         scale_by_moments(b1, b2),
         keep_max_nu(),
-        correct_bias(b1, b2),
-        normalize(eps),
+        correct_bias(b1, None),
+        normalize(eps, b2=b2),
         scale_by_learning_rate(learning_rate),
     )
 
@@ -202,8 +202,8 @@ def nadam(
         negate()                  # if maximize
         add_decayed_weights(wd)   # coupled L2, omitted when 0
         scale_by_moments(b1, b2)
-        correct_bias_nesterov(b1, b2, momentum_decay=momentum_decay)
-        normalize(eps)
+        correct_bias_nesterov(b1, None, momentum_decay=momentum_decay)
+        normalize(eps, b2=b2)
         scale_by_learning_rate(learning_rate)
 
     Args:
@@ -242,8 +242,8 @@ def nadam(
         *maximize_block(maximize),
         *decay_block(weight_decay),
         scale_by_moments(b1, b2),
-        correct_bias_nesterov(b1, b2, momentum_decay=momentum_decay),
-        normalize(eps),
+        correct_bias_nesterov(b1, None, momentum_decay=momentum_decay),
+        normalize(eps, b2=b2),
         scale_by_learning_rate(learning_rate),
     )
 
@@ -271,8 +271,8 @@ def nadamw(
 
         negate()                  # if maximize
         scale_by_moments(b1, b2)
-        correct_bias_nesterov(b1, b2, momentum_decay=momentum_decay)
-        normalize(eps)
+        correct_bias_nesterov(b1, None, momentum_decay=momentum_decay)
+        normalize(eps, b2=b2)
         add_decayed_weights(wd, mask)
         scale_by_learning_rate(learning_rate)
 
@@ -299,8 +299,8 @@ def nadamw(
     return optax.chain(
         *maximize_block(maximize),
         scale_by_moments(b1, b2),
-        correct_bias_nesterov(b1, b2, momentum_decay=momentum_decay),
-        normalize(eps),
+        correct_bias_nesterov(b1, None, momentum_decay=momentum_decay),
+        normalize(eps, b2=b2),
         *decay_block(weight_decay, mask),
         scale_by_learning_rate(learning_rate),
     )
@@ -414,8 +414,8 @@ def adabelief(
 
         add_decayed_weights(wd)   # coupled L2, omitted when 0
         scale_by_moments(b1, b2, nu_rule=ema_of_belief(eps))
-        correct_bias(b1, b2)
-        normalize(eps)
+        correct_bias(b1, None)
+        normalize(eps, b2=b2)
         scale_by_learning_rate(learning_rate)
 
     Args:
@@ -447,8 +447,8 @@ def adabelief(
     return optax.chain(
         *decay_block(weight_decay),
         scale_by_moments(b1, b2, nu_rule=ema_of_belief(eps if eps_root is None else eps_root)),
-        correct_bias(b1, b2),
-        normalize(eps),
+        correct_bias(b1, None),
+        normalize(eps, b2=b2),
         scale_by_learning_rate(learning_rate),
     )
 
@@ -473,8 +473,8 @@ def yogi(
     The chain is Adam's with the second-moment rule swapped::
 
         scale_by_moments(b1, b2, nu_rule=yogi_squares(initial_accumulator_value))
-        correct_bias(b1, b2)
-        normalize(eps)
+        correct_bias(b1, None)
+        normalize(eps, b2=b2)
         scale_by_learning_rate(learning_rate)
 
     Args:
@@ -501,7 +501,7 @@ def yogi(
     check_learning_rate(learning_rate)
     return optax.chain(
         scale_by_moments(b1, b2, nu_rule=yogi_squares(initial_accumulator_value)),
-        correct_bias(b1, b2),
-        normalize(eps),
+        correct_bias(b1, None),
+        normalize(eps, b2=b2),
         scale_by_learning_rate(learning_rate),
     )

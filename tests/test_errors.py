@@ -31,6 +31,7 @@ BAD_HYPERPARAMETERS = [
     (adamx.scale_by_moments, "b1", 2.0, "[0.0, 1.0)"),
     (adamx.correct_bias, "b2", -0.5, "[0.0, 1.0)"),
     (adamx.normalize, "eps", -1.0, "[0.0, inf)"),
+    (adamx.normalize, "b2", 1.0, "[0.0, 1.0)"),
     (adamx.scale_by_learning_rate, "learning_rate", math.nan, "[0.0, inf)"),
     (adamx.add_decayed_weights, "weight_decay", -2.0, "[0.0, inf)"),
 ]

@@ -169,27 +169,9 @@ def test_structure_shapes_and_dtypes_are_kept_with_float64(name, specs, seed, st
 
 
 NO_ARRAYS = {"empty_dict": {}, "empty_list": [], "nones": (None, [None]), "nested": {"a": [{}]}}
-# jax.tree.transpose of the per-leaf results fails for a tree with no leaves: "Too few leaves
-# for PyTreeDef; expected 3, got 0" (2 for adopt).
-NO_ARRAYS_FAILS = {
-    "adafactor": "scale_by_factored_rms.init/update split per-leaf tuples with jax.tree.transpose, "
-    "which raises on a tree with no leaves (optax.masked / multi_transform with a label that "
-    "has no params hand the optimizer exactly such a tree)",
-    "adopt": "normalize_by_previous_rms.update splits per-leaf pairs with jax.tree.transpose, "
-    "which raises on a tree with no leaves (optax.masked / multi_transform with a label that "
-    "has no params hand the optimizer exactly such a tree)",
-}
 
 
-def no_arrays_cases():
-    for name in ROWS:
-        mark = ()
-        if name in NO_ARRAYS_FAILS:
-            mark = pytest.mark.xfail(strict=True, raises=ValueError, reason=NO_ARRAYS_FAILS[name])
-        yield pytest.param(name, id=name, marks=mark)
-
-
-@pytest.mark.parametrize("name", list(no_arrays_cases()))
+@pytest.mark.parametrize("name", ROWS)
 def test_trees_without_arrays(name):
     for params in NO_ARRAYS.values():
         opt = make(name)
