@@ -1,0 +1,101 @@
+"""What the benchmark measures: the workloads' shapes, the optimizers and their peers.
+
+Shared by ``run.py`` (the orchestrator) and ``worker.py`` (one contender in one process).
+Nothing here imports jax or torch, so the orchestrator stays light.
+"""
+
+from __future__ import annotations
+
+import math
+
+# Bytes moved per parameter by one ideal single-pass step (see ../shared/REFERENCE.md):
+#   adam, adamw: read p g m v, write p m v            -> 7 x 4 B = 28
+#   amsgrad:     read p g m v vmax, write p m v vmax  -> 9 x 4 B = 36
+#   lion, sgd:   read p g buf, write p buf            -> 5 x 4 B = 20
+BYTES_PER_PARAM = {"adam": 28, "adamw": 28, "amsgrad": 36, "lion": 20, "sgd": 20}
+
+# One set of hyperparameters per optimizer, passed unchanged to every contender.
+HYPER = {
+    "adam": dict(lr=1e-3, b1=0.9, b2=0.999, eps=1e-8),
+    "adamw": dict(lr=1e-3, b1=0.9, b2=0.999, eps=1e-8, weight_decay=1e-2),
+    "amsgrad": dict(lr=1e-3, b1=0.9, b2=0.999, eps=1e-8),
+    "lion": dict(lr=1e-4, b1=0.9, b2=0.99, weight_decay=0.0),
+    "sgd": dict(lr=1e-2, momentum=0.9),
+}
+
+# The contenders, in table order.
+CONTENDERS = ("adamx", "optax", "torch fused", "torch foreach")
+
+
+def contenders_for(optimizer: str, has_torch: bool) -> list[str]:
+    """Who runs a case: adamx and optax always; torch fused where torch.optim has the
+    optimizer (it has no Lion); torch foreach for Adam only (workloads a, b, c), as it is
+    10-20x slower on CPU and would take most of the run's time budget in (d)."""
+    torch = {"adam": ["torch fused", "torch foreach"], "lion": []}.get(optimizer, ["torch fused"])
+    return ["adamx", "optax", *(torch if has_torch else [])]
+
+
+# A case is an optimizer on a workload; (d) is four more optimizers on workload (a).
+CASES = {
+    "a": [("a", "adam")],
+    "b": [("b", "adam")],
+    "c": [("c", "adam")],
+    "d": [("a", "adamw"), ("a", "amsgrad"), ("a", "lion"), ("a", "sgd")],
+}
+
+WORKLOAD_TITLES = {
+    "a": "transformer-like pytree",
+    "b": "1,000 small leaves",
+    "c": "one 16M leaf",
+}
+
+
+def transformer_shapes(d: int, vocab: int, context: int, layers: int) -> dict:
+    """A GPT-style parameter tree: embeddings, a final norm, and per block the fused qkv
+    and output projections, the two MLP matrices and two layer norms (100 leaves for 12
+    blocks)."""
+    block = {
+        "attn_qkv": (d, 3 * d),
+        "attn_out": (d, d),
+        "mlp_in": (d, 4 * d),
+        "mlp_out": (4 * d, d),
+        "ln1_scale": (d,),
+        "ln1_bias": (d,),
+        "ln2_scale": (d,),
+        "ln2_bias": (d,),
+    }
+    return {
+        "token_embed": (vocab, d),
+        "pos_embed": (context, d),
+        "ln_f_scale": (d,),
+        "ln_f_bias": (d,),
+        "blocks": [dict(block) for _ in range(layers)],
+    }
+
+
+def workload_shapes(workload: str, quick: bool) -> dict | list:
+    """The tree of shapes of a workload: the full size, or a small one for ``--quick``."""
+    if workload == "a":  # 100 leaves; 57.8M params (quick: 2.8M)
+        if quick:
+            return transformer_shapes(d=128, vocab=2048, context=256, layers=12)
+        return transformer_shapes(d=576, vocab=16384, context=1024, layers=12)
+    if workload == "b":  # 1,000 leaves of 10k params (quick: 200 of 5k)
+        n, size = (200, 5_000) if quick else (1_000, 10_000)
+        return [(size,) for _ in range(n)]
+    if workload == "c":  # one leaf of 2**24 params (quick: 2**21)
+        return {"w": (2**21 if quick else 2**24,)}
+    raise ValueError(f"unknown workload {workload!r}: expected one of 'a', 'b', 'c'")
+
+
+def leaf_shapes(tree) -> list[tuple[int, ...]]:
+    """The shapes of a tree of shapes, in a fixed (depth-first, sorted-key) order."""
+    if isinstance(tree, tuple):
+        return [tree]
+    items = (tree[k] for k in sorted(tree)) if isinstance(tree, dict) else tree
+    return [shape for sub in items for shape in leaf_shapes(sub)]
+
+
+def count_params(workload: str, quick: bool) -> tuple[int, int]:
+    """(number of leaves, number of parameters) of a workload."""
+    shapes = leaf_shapes(workload_shapes(workload, quick))
+    return len(shapes), sum(math.prod(s) for s in shapes)
