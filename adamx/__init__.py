@@ -29,7 +29,9 @@ from adamx._checkpoint import restore_state
 from adamx._correction import bias_correction, correct_bias
 from adamx._decay import add_decayed_weights, negate
 from adamx._faults import SkipNonfiniteState, skip_nonfinite
+from adamx._fused import step
 from adamx._inspect import Diagnostics, inspect, summarize
+from adamx._kernel import FusedKernelWarning, KernelInfo, kernel_info
 from adamx._lamb_lion import (
     LionMomentsState,
     lamb,
@@ -93,8 +95,12 @@ __all__ = [
     "rmsprop",
     "sgd",
     "yogi",
+    "step",
+    "kernel_info",
     "Diagnostics",
     "FactoredRmsState",
+    "FusedKernelWarning",
+    "KernelInfo",
     "LionMomentsState",
     "MaxNuState",
     "MomentumState",

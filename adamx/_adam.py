@@ -10,6 +10,7 @@ import optax
 from adamx._base import ScalarOrSchedule, check_flag, check_learning_rate
 from adamx._correction import correct_bias
 from adamx._decay import decay_block, maximize_block
+from adamx._fused import COUPLED, DECOUPLED, NO_DECAY, AdamRule, check_fused, fuse
 from adamx._guard import recipe
 from adamx._moments import scale_by_moments
 from adamx._normalize import normalize
@@ -28,6 +29,7 @@ def adam(
     weight_decay: float = 0.0,
     nesterov: bool = False,
     maximize: bool = False,
+    fused: bool | None = None,
 ) -> optax.GradientTransformation:
     """Adam, with optional coupled (L2) weight decay, as in ``torch.optim.Adam``.
 
@@ -73,6 +75,11 @@ def adam(
       nesterov: read the first moment with Nesterov's look-ahead. Default False.
       maximize: ascend the objective instead of descending it (PyTorch's ``maximize``).
         Default False.
+      fused: the single-pass CPU kernel. ``None`` (default): used when it applies
+        (float32 leaves, one CPU device, not ``nesterov``) and the XLA path otherwise;
+        ``False``: always the XLA path; ``True``: the kernel or an error saying why not
+        (e.g. per shard inside ``shard_map``). Same results either way (see
+        :func:`adamx.step` and the README's Performance section).
 
     Returns:
       An ``optax.GradientTransformation``.
@@ -100,14 +107,24 @@ def adam(
     """
     check_learning_rate(learning_rate)
     check_flag("nesterov", nesterov)
-    return optax.chain(
-        *maximize_block(maximize),
-        *decay_block(weight_decay),
+    check_fused(fused)
+    head = [*maximize_block(maximize), *decay_block(weight_decay)]
+    blocks = [
+        *head,
         scale_by_moments(b1, b2),
         correct_bias_nesterov(b1, None) if nesterov else correct_bias(b1, None),
         normalize(eps, eps_root, b2=b2),
         scale_by_learning_rate(learning_rate),
-    )
+    ]
+    tx = optax.chain(*blocks)
+    if nesterov:  # the kernel computes Adam's read-out only
+        if fused:
+            raise ValueError("fused=True is not available with nesterov=True; use fused=None.")
+        return tx
+    decay = COUPLED if len(head) > int(maximize) else NO_DECAY
+    rule = AdamRule(b1, b2, eps, eps_root, learning_rate, weight_decay, decay, None, maximize,
+                    moments_at=len(head), lr_at=len(blocks) - 1)  # fmt: skip
+    return fuse(tx, rule, fused)
 
 
 @recipe
@@ -121,6 +138,7 @@ def adamw(
     *,
     mask: Any | Callable[[Any], Any] | None = None,
     maximize: bool = False,
+    fused: bool | None = None,
 ) -> optax.GradientTransformation:
     """AdamW: Adam with decoupled weight decay, as in ``torch.optim.AdamW``.
 
@@ -143,6 +161,8 @@ def adamw(
         only ``True`` leaves are decayed (commonly: not biases and norm scales).
       maximize: ascend instead of descend (PyTorch's ``maximize``); the decay still
         shrinks the weights. Default False.
+      fused: the single-pass CPU kernel, as in :func:`adam` (a ``mask`` must then give
+        Python bools per leaf; a traced mask takes the XLA path).
 
     Returns:
       An ``optax.GradientTransformation`` that needs ``params`` in ``update``.
@@ -152,11 +172,18 @@ def adamw(
       https://arxiv.org/abs/1711.05101
     """
     check_learning_rate(learning_rate)
-    return optax.chain(
-        *maximize_block(maximize),
+    check_fused(fused)
+    head = maximize_block(maximize)
+    tail = decay_block(weight_decay, mask)
+    blocks = [
+        *head,
         scale_by_moments(b1, b2),
         correct_bias(b1, None),
         normalize(eps, eps_root, b2=b2),
-        *decay_block(weight_decay, mask),
+        *tail,
         scale_by_learning_rate(learning_rate),
-    )
+    ]
+    decay = DECOUPLED if tail else NO_DECAY
+    rule = AdamRule(b1, b2, eps, eps_root, learning_rate, weight_decay, decay, mask, maximize,
+                    moments_at=len(head), lr_at=len(blocks) - 1)  # fmt: skip
+    return fuse(optax.chain(*blocks), rule, fused)

@@ -39,11 +39,18 @@ def guard(tx: optax.GradientTransformation, who: str) -> optax.GradientTransform
         check_params_are_real_floats(params, who)
         return tx.init(params)
 
-    def update(grads, state, params=None):
-        if params is not None:
-            check_trees_match(grads, params, "grads", "params", dtypes=True)
-        return tx.update(grads, state, params)
+    def checked(inner):
+        def update(grads, state, params=None):
+            if params is not None:
+                check_trees_match(grads, params, "grads", "params", dtypes=True)
+            return inner(grads, state, params)
 
+        return update
+
+    update = checked(tx.update)
+    apply_step = getattr(tx.update, "apply_step", None)
+    if apply_step is not None:  # the in-place step of a fused recipe (see adamx.step)
+        update.apply_step = checked(apply_step)
     return optax.GradientTransformation(init, update)
 
 

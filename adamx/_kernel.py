@@ -1,0 +1,220 @@
+"""The fused CPU kernel: built on first use with the system C++ compiler, cached, loaded.
+
+``adamx/_kernels/adam_cpu.cc`` is an XLA FFI handler. Nothing is compiled at install time
+(the README's one install command stays the same): the first Adam/AdamW step traced for
+the CPU compiles it (about 3 s) into a cache directory and registers it with
+``jax.ffi``; later processes load the cached library. If that fails (no compiler, headers
+missing, a read-only cache) adamx keeps working through the XLA path and says so once
+with a :class:`FusedKernelWarning`.
+
+Environment:
+  ``ADAMX_FUSED=0``: never use the kernel (no build, no warning).
+  ``ADAMX_CACHE_DIR``: where the built library goes (default
+  ``$XDG_CACHE_HOME/adamx`` or ``~/.cache/adamx``).
+  ``CXX``: the compiler (default ``c++``).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import platform
+import shlex
+import shutil
+import subprocess
+import tempfile
+import threading
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import jax
+
+_SOURCE = Path(__file__).parent / "_kernels" / "adam_cpu.cc"
+_SYMBOL = "AdamxAdamStep"
+TARGET = "adamx_adam_step_v1"
+# -ffp-contract=off: no fused multiply-adds, so each element is exactly the float32
+# formula, operation by operation (tested bitwise against NumPy). -fno-math-errno lets
+# sqrt vectorise without changing its results.
+_FLAGS = (
+    "-O3", "-march=native", "-fno-math-errno", "-ffp-contract=off", "-std=c++17",
+    "-shared", "-fPIC", "-w",
+)  # fmt: skip
+
+
+class FusedKernelWarning(UserWarning):
+    """The fused CPU kernel could not be built or loaded; adamx uses the XLA path."""
+
+
+@dataclass(frozen=True)
+class KernelInfo:
+    """What :func:`adamx.kernel_info` reports.
+
+    Attributes:
+      available: the kernel is built, loaded and registered with ``jax.ffi``.
+      reason: why not, when it is not (``""`` when it is).
+      path: the shared library in the cache, when built.
+      build_seconds: time spent compiling it in this process (0 when it came from the
+        cache).
+    """
+
+    available: bool
+    reason: str
+    path: str | None = None
+    build_seconds: float = 0.0
+
+
+_lock = threading.Lock()
+_state: KernelInfo | None = None
+_registered: set[str] = set()
+
+
+def disabled_by_env() -> bool:
+    """``ADAMX_FUSED`` is set to 0 / false / off."""
+    return os.environ.get("ADAMX_FUSED", "").strip().lower() in {"0", "false", "off", "no"}
+
+
+def cache_dir() -> Path:
+    """Where built kernels are kept."""
+    if os.environ.get("ADAMX_CACHE_DIR"):
+        return Path(os.environ["ADAMX_CACHE_DIR"])
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "adamx"
+
+
+def _cpu_fingerprint() -> str:
+    """A cache key part for ``-march=native``: the CPU model and its feature flags."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return platform.machine() + platform.processor()
+    lines = [ln for ln in text.splitlines() if ln.startswith(("model name", "flags", "Features"))]
+    return platform.machine() + "".join(sorted(set(lines)))
+
+
+def _compiler() -> list[str]:
+    return shlex.split(os.environ.get("CXX") or "c++")
+
+
+def _jaxlib_version() -> str:
+    import jaxlib
+
+    return getattr(jaxlib, "__version__", "")
+
+
+def _library_path(include: str) -> Path:
+    key = hashlib.sha256()
+    for part in (
+        _SOURCE.read_bytes(),
+        " ".join(_compiler() + list(_FLAGS)).encode(),
+        include.encode(),
+        jax.__version__.encode(),
+        _jaxlib_version().encode(),
+        _cpu_fingerprint().encode(),
+    ):
+        key.update(part)
+        key.update(b"\0")
+    return cache_dir() / f"adam_cpu-{key.hexdigest()[:16]}.so"
+
+
+def _build(path: Path, include: str) -> float:
+    """Compile the kernel into ``path`` (atomically: a temp file, then a rename)."""
+    import time
+
+    compiler = _compiler()
+    if shutil.which(compiler[0]) is None:
+        raise RuntimeError(
+            f"no C++ compiler: {compiler[0]!r} is not on PATH (set CXX, or install g++/clang)"
+        )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=path.stem + ".", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    command = [*compiler, *_FLAGS, f"-I{include}", str(_SOURCE), "-o", tmp]
+    start = time.perf_counter()
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+        if done.returncode != 0:
+            tail = (done.stderr or done.stdout).strip().splitlines()[-5:]
+            raise RuntimeError(f"`{' '.join(command)}` failed: " + " | ".join(tail))
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return time.perf_counter() - start
+
+
+def _load() -> KernelInfo:
+    if disabled_by_env():
+        return KernelInfo(False, "disabled by ADAMX_FUSED=0")
+    if not _SOURCE.exists():
+        return KernelInfo(False, f"kernel source missing: {_SOURCE}")
+    try:
+        include = jax.ffi.include_dir()
+        path = _library_path(include)
+        seconds = 0.0
+        if not path.exists():
+            seconds = _build(path, include)
+        library = ctypes.CDLL(str(path))
+        handler = getattr(library, _SYMBOL)
+        if TARGET not in _registered:  # a target is registered once per process
+            jax.ffi.register_ffi_target(TARGET, jax.ffi.pycapsule(handler), platform="cpu")
+            _registered.add(TARGET)
+    except Exception as error:  # noqa: BLE001 - any failure means: use the XLA path
+        return KernelInfo(False, f"{type(error).__name__}: {error}")
+    return KernelInfo(True, "", str(path), seconds)
+
+
+def kernel_info() -> KernelInfo:
+    """Build (first call only), load and register the fused CPU kernel; say how it went.
+
+    Returns:
+      A :class:`KernelInfo`. Never raises: a kernel that cannot be had leaves
+      ``available=False`` and the reason, and the optimizers use the XLA path.
+
+    Example:
+      >>> import adamx
+      >>> info = adamx.kernel_info()
+      >>> isinstance(info.available, bool)
+      True
+    """
+    global _state
+    with _lock:
+        if _state is None:
+            _state = _load()
+        return _state
+
+
+_warned = False
+
+
+def ensure_kernel(required: bool) -> bool:
+    """Whether the kernel can be used; for an automatic choice (``required=False``) a
+    kernel that failed is said once per process, for ``fused=True`` it is an error."""
+    global _warned
+    info = kernel_info()
+    if info.available:
+        return True
+    if required:
+        raise RuntimeError(
+            f"fused=True, but the fused CPU kernel is unavailable: {info.reason}. Use "
+            f"fused=None (automatic) to fall back to the XLA path."
+        )
+    if not _warned and not disabled_by_env():
+        _warned = True
+        warnings.warn(
+            f"adamx: the fused CPU kernel is unavailable ({info.reason}); Adam/AdamW run "
+            f"through the XLA path instead (same results, slower). Set ADAMX_FUSED=0 to "
+            f"choose that path and silence this.",
+            FusedKernelWarning,
+            stacklevel=4,
+        )
+    return False
+
+
+def reset_for_tests() -> None:
+    """Forget the loaded state and the warning (tests only)."""
+    global _state, _warned
+    with _lock:
+        _state = None
+        _warned = False

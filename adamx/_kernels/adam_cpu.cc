@@ -1,0 +1,233 @@
+// adamx: the Adam / AdamW step as one pass over memory, for XLA on CPU.
+//
+// An XLA FFI handler (called through jax.ffi.ffi_call, see adamx/_fused.py) that updates
+// any number of float32 leaves in a single call. Per element it reads p, g, m, v once and
+// writes p, m, v (in place: the outputs alias the donated inputs), 28 bytes per element,
+// computing the operations of the XLA path in the same order, each rounded as float32:
+//
+//   g = -g                              (maximize)
+//   g = g + wd * p                      (decay mode 1: coupled L2)
+//   m = m + w1 * (g - m)                (w1 = 1 - b1)
+//   v = b2 * v + (w2 * g) * g           (w2 = 1 - b2)
+//   d = (m / bc1) / (sqrt(v + eps_root * bc2) / sqrt(bc2) + eps)
+//   d = d + wd * p                      (decay mode 2: decoupled, AdamW)
+//   u = -lr * d;  p = p + u
+//
+// The scalars (lr, bias corrections, ...) arrive as a float32 operand computed by the
+// jitted program, so schedules and traced hyperparameters need no recompilation. Work is
+// cut into chunks of whole cache lines and spread over XLA's intra-op thread pool; the
+// handler returns a future that completes when the last chunk is done.
+
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+#include "xla/ffi/api/ffi.h"
+
+namespace ffi = xla::ffi;
+
+namespace {
+
+// Indices into the scalar operand; adamx/_fused.py writes them in this order.
+enum Scalar : int {
+  kNegLr = 0,   // -lr
+  kW1 = 1,      // 1 - b1
+  kB2 = 2,      // b2
+  kW2 = 3,      // 1 - b2
+  kBc1 = 4,     // 1 - b1**t
+  kErBc2 = 5,   // eps_root * (1 - b2**t)
+  kSqBc2 = 6,   // sqrt(1 - b2**t)
+  kEps = 7,     // eps
+  kWd = 8,      // weight decay
+  kNumScalars = 9,
+};
+
+struct Scalars {
+  float neg_lr, w1, b2, w2, bc1, er_bc2, sq_bc2, eps, wd;
+};
+
+struct Leaf {
+  const float* p;
+  const float* g;
+  float* m;
+  float* v;
+  float* out;  // the new params; the same buffer as p when the params were donated
+  int64_t size;
+};
+
+template <int kDecay, bool kMaximize>
+void Step(const Leaf& leaf, int64_t lo, int64_t hi, const Scalars& s) {
+  // out[i] may be p[i] (in place); every iteration reads its own elements
+  // before writing them, so there is no dependence between iterations.
+  const float* pp = leaf.p;
+  const float* gp = leaf.g;
+  float* mp = leaf.m;
+  float* vp = leaf.v;
+  float* out = leaf.out;
+#pragma GCC ivdep
+  for (int64_t i = lo; i < hi; ++i) {
+    float g = gp[i];
+    if (kMaximize) g = -g;
+    const float p = pp[i];
+    if (kDecay == 1) g = g + s.wd * p;
+    float m = mp[i];
+    m = m + s.w1 * (g - m);
+    float v = vp[i];
+    v = s.b2 * v + (s.w2 * g) * g;
+    mp[i] = m;
+    vp[i] = v;
+    float d = (m / s.bc1) / (std::sqrt(v + s.er_bc2) / s.sq_bc2 + s.eps);
+    if (kDecay == 2) d = d + s.wd * p;
+    float u = s.neg_lr * d;
+    out[i] = p + u;
+  }
+}
+
+using StepFn = void (*)(const Leaf&, int64_t, int64_t, const Scalars&);
+
+template <bool kMaximize>
+StepFn PickDecay(int decay) {
+  switch (decay) {
+    case 1:
+      return &Step<1, kMaximize>;
+    case 2:
+      return &Step<2, kMaximize>;
+    default:
+      return &Step<0, kMaximize>;
+  }
+}
+
+StepFn Pick(int decay, bool maximize) {
+  return maximize ? PickDecay<true>(decay) : PickDecay<false>(decay);
+}
+
+struct Chunk {
+  int32_t leaf;
+  int64_t lo, hi;
+};
+
+// Everything a worker needs, shared by the caller and the pool tasks.
+struct Job {
+  std::vector<Leaf> leaves;
+  std::vector<Chunk> chunks;
+  std::vector<StepFn> fns;  // per leaf (decayed or not)
+  Scalars s;
+  std::atomic<size_t> next{0};
+
+  void Work() {
+    for (size_t c = next.fetch_add(1, std::memory_order_relaxed); c < chunks.size();
+         c = next.fetch_add(1, std::memory_order_relaxed)) {
+      const Chunk& k = chunks[c];
+      fns[k.leaf](leaves[k.leaf], k.lo, k.hi, s);
+    }
+  }
+};
+
+// 64 Ki elements (256 KiB per stream) per chunk: large enough that claiming a chunk costs
+// nothing, small enough to balance two to a few dozen threads on ~1e6-element leaves.
+constexpr int64_t kChunk = int64_t{1} << 16;
+// Below this many elements in all, the call runs on the caller's thread alone.
+constexpr int64_t kSerialBelow = int64_t{1} << 17;
+
+ffi::Future Ready() {
+  ffi::Promise promise;
+  ffi::Future future(promise);
+  promise.SetAvailable();
+  return future;
+}
+
+ffi::Future Failed(ffi::Error error) {
+  ffi::Promise promise;
+  ffi::Future future(promise);
+  promise.SetError(std::move(error));
+  return future;
+}
+
+ffi::Future AdamImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> scalars,
+                     ffi::RemainingArgs args, ffi::RemainingRets rets, int64_t decay,
+                     bool maximize, ffi::Span<const int64_t> decay_mask) {
+  if (scalars.element_count() != kNumScalars) {
+    return Failed(ffi::Error::InvalidArgument("adamx adam kernel: wrong scalar count"));
+  }
+  const size_t n = args.size() / 4;
+  if (args.size() != 4 * n || rets.size() != 3 * n || decay_mask.size() != n) {
+    return Failed(ffi::Error::InvalidArgument("adamx adam kernel: wrong operand count"));
+  }
+  auto job = std::make_shared<Job>();
+  const float* sc = scalars.typed_data();
+  job->s = Scalars{sc[kNegLr], sc[kW1], sc[kB2], sc[kW2], sc[kBc1],
+                   sc[kErBc2], sc[kSqBc2], sc[kEps], sc[kWd]};
+  job->leaves.reserve(n);
+  job->fns.reserve(n);
+  int64_t total = 0;
+  for (size_t i = 0; i < n; ++i) {
+    auto p = args.get<ffi::Buffer<ffi::F32>>(4 * i);
+    auto g = args.get<ffi::Buffer<ffi::F32>>(4 * i + 1);
+    auto m = args.get<ffi::Buffer<ffi::F32>>(4 * i + 2);
+    auto v = args.get<ffi::Buffer<ffi::F32>>(4 * i + 3);
+    auto out = rets.get<ffi::Buffer<ffi::F32>>(3 * i);
+    auto mo = rets.get<ffi::Buffer<ffi::F32>>(3 * i + 1);
+    auto vo = rets.get<ffi::Buffer<ffi::F32>>(3 * i + 2);
+    if (!p.has_value()) return Failed(p.error());
+    if (!g.has_value()) return Failed(g.error());
+    if (!m.has_value()) return Failed(m.error());
+    if (!v.has_value()) return Failed(v.error());
+    if (!out.has_value()) return Failed(out.error());
+    if (!mo.has_value()) return Failed(mo.error());
+    if (!vo.has_value()) return Failed(vo.error());
+    const int64_t size = g->element_count();
+    // m and v are updated in place: copy them into their outputs first if XLA did not
+    // alias the buffers (it aliases them whenever the state was donated).
+    float* m_out = (*mo)->typed_data();
+    float* v_out = (*vo)->typed_data();
+    if (m_out != m->typed_data()) std::copy_n(m->typed_data(), size, m_out);
+    if (v_out != v->typed_data()) std::copy_n(v->typed_data(), size, v_out);
+    if (p->element_count() != size || m->element_count() != size ||
+        v->element_count() != size || (*out)->element_count() != size) {
+      return Failed(ffi::Error::InvalidArgument("adamx adam kernel: leaf sizes differ"));
+    }
+    job->leaves.push_back(
+        Leaf{p->typed_data(), g->typed_data(), m_out, v_out, (*out)->typed_data(), size});
+    job->fns.push_back(Pick(decay_mask[i] != 0 ? static_cast<int>(decay) : 0, maximize));
+    total += size;
+  }
+  for (size_t i = 0; i < n; ++i) {
+    const int64_t size = job->leaves[i].size;
+    for (int64_t lo = 0; lo < size; lo += kChunk) {
+      job->chunks.push_back(Chunk{static_cast<int32_t>(i), lo, std::min(size, lo + kChunk)});
+    }
+  }
+  const int64_t threads = pool.num_threads();
+  int64_t tasks = std::min<int64_t>(threads, static_cast<int64_t>(job->chunks.size()) - 1);
+  if (total < kSerialBelow || tasks <= 0) {
+    job->Work();
+    return Ready();
+  }
+  // `tasks` pool tasks plus the caller; the last one to finish completes the future.
+  ffi::CountDownPromise done(tasks + 1);
+  ffi::Future future(done);
+  for (int64_t t = 0; t < tasks; ++t) {
+    pool.Schedule([job, done]() mutable {
+      job->Work();
+      done.CountDown();
+    });
+  }
+  job->Work();
+  done.CountDown();
+  return future;
+}
+
+}  // namespace
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(AdamxAdamStep, AdamImpl,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .RemainingArgs()
+                                  .RemainingRets()
+                                  .Attr<int64_t>("decay")
+                                  .Attr<bool>("maximize")
+                                  .Attr<ffi::Span<const int64_t>>("decay_mask"));
