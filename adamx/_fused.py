@@ -41,7 +41,7 @@ from adamx._schedule import ScheduleState
 # Leaves per kernel call. One call over thousands of leaves makes XLA's compile time grow
 # fast with the number of aliased operands (33 s for 1,000 leaves, measured); calls of a
 # few dozen leaves compile in under a second and cost a few microseconds each.
-GROUP = 32
+GROUP = 8
 
 NO_DECAY, COUPLED, DECOUPLED = 0, 1, 2
 
@@ -301,7 +301,9 @@ def step(
     36 through ``update`` + ``apply_updates``, or about 40 through XLA); donate the params
     and state to the jitted step (``jax.jit(..., donate_argnums=...)``) so that in place
     means no copy. Any other optimizer (an ``optax.chain``, a wrapper, another recipe)
-    takes the two calls above.
+    takes the two calls above, as does ``optax.inject_hyperparams(adamx.adam)(...)`` (its
+    wrapper hides the fused step: build ``adamx.adam`` from array hyperparameters inside the
+    jitted function instead to keep it).
 
     Args:
       optimizer: any ``optax.GradientTransformation``.
@@ -317,8 +319,9 @@ def step(
       >>> opt = adamx.adam(learning_rate=0.1)
       >>> params = {"w": jnp.ones(3)}
       >>> state = opt.init(params)
-      >>> train = jax.jit(lambda g, s, p: adamx.step(opt, g, s, p), donate_argnums=(1, 2))
-      >>> params, state = train({"w": jnp.array([1.0, -2.0, 0.0])}, state, params)
+      >>> # donated arguments in the order of the results, so each buffer is reused in place
+      >>> train = jax.jit(lambda p, s, g: adamx.step(opt, g, s, p), donate_argnums=(0, 1))
+      >>> params, state = train(params, state, {"w": jnp.array([1.0, -2.0, 0.0])})
       >>> [round(float(x), 4) for x in params["w"]]
       [0.9, 1.1, 1.0]
     """

@@ -4,12 +4,17 @@ One command measures everything in one run and writes ``benchmarks/RESULTS.md``:
 
     python benchmarks/run.py [--quick] [--workloads a,b,c,d] [--out benchmarks/RESULTS.md]
 
-Each contender of a case runs in its own process (``worker.py``, under ``/usr/bin/time -v``
-for its peak RSS). The processes are started one after the other (so compile times are not
-disturbed), then visited in turn: every round each contender times a few steps while the
-others wait, and the order rotates from round to round, so machine noise hits all alike.
-The roofline probe (``../shared/tools/roofline.c``, compiled here in the same run) takes a
-turn in some rounds with the same parameter count. See README.md for how to read the tables.
+The contenders: ``adamx`` (``adamx.step``: the fused CPU kernel for Adam/AdamW), ``adamx xla``
+(adamx's Adam/AdamW through XLA, ``fused=False``), ``optax``, ``torch fused`` and ``torch
+foreach``. Each contender of a case runs in its own process (``worker.py``, under
+``/usr/bin/time -v`` for its peak RSS). The processes are started one after the other (so
+compile times are not disturbed), then visited in turn: every round each contender times a
+few steps while the others wait, and the order rotates from round to round, so machine
+noise hits all alike. In some rounds the JAX contenders also time their step run
+``loop_steps`` times inside one jitted ``fori_loop`` (no Python dispatch between steps) and a
+jitted no-op on the same trees (the dispatch floor). The roofline probe
+(``../shared/tools/roofline.c``, compiled here in the same run) takes a turn in some rounds
+with the same parameter count. See README.md for how to read the tables.
 """
 
 from __future__ import annotations
@@ -118,6 +123,8 @@ class Worker:
                 cwd=HERE,
             )
         self.times: list[float] = []
+        self.loop_times: list[float] = []
+        self.floor_times: list[float] = []
         self.ready = self.read()
 
     def read(self) -> dict:
@@ -136,8 +143,20 @@ class Worker:
     def run(self, steps: int) -> None:
         self.times += self.send(f"run {steps}")["times"]
 
+    def run_loop(self, calls: int, floor_calls: int) -> None:
+        """Time ``calls`` calls of the in-loop steps and ``floor_calls`` of the no-op."""
+        found = self.send(f"loop {calls} {floor_calls}")
+        self.loop_times += found["loop_times"]
+        self.floor_times += found["floor_times"]
+
     def finish(self) -> dict:
-        result = dict(self.ready, **self.send("quit"), times=self.times)
+        result = dict(
+            self.ready,
+            **self.send("quit"),
+            times=self.times,
+            loop_times=self.loop_times,
+            floor_times=self.floor_times,
+        )
         self.proc.stdin.close()
         self.proc.wait()
         result["max_rss_kb"] = None
@@ -166,6 +185,7 @@ def measure_case(workload, optimizer, contenders, probe, cfg, workdir) -> dict:
                 optimizer=optimizer,
                 quick=cfg["quick"],
                 warmup=cfg["warmup"],
+                loop_steps=cfg["loop_steps"],
             )
             log(f"  start {name}")
             try:
@@ -176,11 +196,14 @@ def measure_case(workload, optimizer, contenders, probe, cfg, workdir) -> dict:
         load_start = load_average()[0]
         probes, probes_1t = [], []
         rounds = cfg["rounds"]
-        probe_rounds = {
-            round(i * (rounds - 1) / max(cfg["probe_runs"] - 1, 1))
-            for i in range(cfg["probe_runs"])
-        }
-        log(f"  {rounds} rounds of {cfg['steps_per_visit']} step(s) each")
+        probe_rounds, loop_rounds = (
+            {round(i * (rounds - 1) / max(runs - 1, 1)) for i in range(runs)}
+            for runs in (cfg["probe_runs"], min(cfg["loop_runs"], rounds))
+        )
+        log(
+            f"  {rounds} rounds of {cfg['steps_per_visit']} step(s) each; in {len(loop_rounds)} "
+            f"of them also {cfg['loop_steps']} steps in one loop and {cfg['floor_calls']} no-ops"
+        )
         for r in range(rounds):
             names = list(workers)
             names = names[r % len(names) :] + names[: r % len(names)] if names else []
@@ -191,6 +214,8 @@ def measure_case(workload, optimizer, contenders, probe, cfg, workdir) -> dict:
                     probes.append(run_probe(probe, n_params))
                 else:
                     workers[name].run(cfg["steps_per_visit"])
+                    if r in loop_rounds and name in workloads.JAX_CONTENDERS:
+                        workers[name].run_loop(1, cfg["floor_calls"])
             if cfg["probe_one_thread"] and r == rounds // 2:
                 probes_1t.append(run_probe(probe, n_params, threads=1))
         for name, worker in workers.items():
@@ -223,9 +248,46 @@ def markdown(head: list[str], rows: list[list[str]]) -> list[str]:
     return lines + ["| " + " | ".join(row) + " |" for row in rows]
 
 
-def median_ms(entry: dict | None) -> float | None:
-    ok = entry and "error" not in entry and entry.get("times")
-    return statistics.median(entry["times"]) * 1e3 if ok else None
+def fmt_ms(x):
+    """Milliseconds: two decimals below 10 ms, one above."""
+    return fmt(x, 2 if x is not None and x < 10 else 1)
+
+
+def median_ms(entry: dict | None, key: str = "times") -> float | None:
+    """The median of a contender's ``times`` (per call), ``loop_times`` (in-loop, per
+    step) or ``floor_times`` (the no-op), in ms; None where it has none."""
+    ok = entry and "error" not in entry and entry.get(key)
+    return statistics.median(entry[key]) * 1e3 if ok else None
+
+
+# The peers of the ratio columns, where they ran: per call, and in the loop (JAX only).
+RATIO_PEERS = ("adamx xla", "optax", "torch fused")
+LOOP_PEERS = ("adamx xla", "optax")
+
+
+def kernel_cell(entry: dict) -> str:
+    """Whether the compiled step calls adamx's fused kernel (n/a for torch)."""
+    calls = entry.get("kernel_calls")
+    if calls is None:
+        return "n/a"
+    cell = f"yes ({calls} call{'s' if calls > 1 else ''})" if calls else "no"
+    if entry.get("loop_kernel_calls", calls) != calls:
+        cell += f"; in-loop program: {entry['loop_kernel_calls']} calls"
+    return cell
+
+
+def kernel_notes(case: dict) -> list[str]:
+    """Say so where adamx's Adam/AdamW step does not call the fused kernel."""
+    e = case["contenders"].get("adamx")
+    if not e or "error" in e or case["optimizer"] not in workloads.FUSED_OPTIMIZERS:
+        return []
+    if e.get("kernel_calls") and e.get("loop_kernel_calls"):
+        return []
+    if e.get("kernel_calls"):
+        return ["- **adamx's in-loop program does not call the fused kernel** (its step does)."]
+    kernel = e.get("kernel") or {}
+    why = kernel.get("reason") or "the kernel is available: adamx.step chose the XLA path"
+    return [f"- **adamx did not use the fused kernel** in this case ({why})."]
 
 
 def measured(case: dict) -> list[tuple[str, dict]]:
@@ -253,25 +315,53 @@ def probe_gbps(case: dict | None) -> float | None:
 def timing_table(case: dict) -> list[str]:
     n, bpp, bw = case["n_params"], case["bytes_per_param"], probe_gbps(case)
     probe_ms = n * bpp / (bw * 1e9) * 1e3 if bw else None
-    rows, meds = [], {c: median_ms(e) for c, e in measured(case)}
-    for c, e in measured(case):
-        med = meds[c]
-        gbps = n * bpp / (med / 1e3) / 1e9
+    found = measured(case)
+    meds = {c: median_ms(e) for c, e in found}
+    loops = {c: median_ms(e, "loop_times") for c, e in found}
+    peers = [c for c in RATIO_PEERS if c in meds]
+    loop_peers = [c for c in LOOP_PEERS if loops.get(c)]
+
+    def gbps(ms):
+        return n * bpp / (ms / 1e3) / 1e9 if ms else None
+
+    def share(ms):
+        return 100 * gbps(ms) / bw if bw and ms else None
+
+    def over(x, y):
+        return x / y if x and y else None
+
+    rows = []
+    for c, e in found:
+        med, lp = meds[c], loops[c]
         rows.append([
-            c, fmt(med, 1), fmt(min(e["times"]) * 1e3, 1), str(len(e["times"])), fmt(gbps, 1),
-            fmt(100 * gbps / bw if bw else None, 0, "%"),
-            fmt(med / probe_ms if probe_ms else None, 2, "x"),
-            *[fmt(med / m, 2, "x") for m in meds.values()], fmt(e["cores_busy"], 2),
+            c, kernel_cell(e), fmt_ms(med), fmt_ms(min(e["times"]) * 1e3), str(len(e["times"])),
+            fmt_ms(lp), fmt_ms(median_ms(e, "floor_times")), fmt(gbps(med), 1),
+            fmt(share(med), 0, "%"), fmt(share(lp), 0, "%"), fmt(over(med, probe_ms), 2, "x"),
+            *[fmt(over(med, meds[p]), 2, "x") for p in peers],
+            *[fmt(over(lp, loops[p]), 2, "x") for p in loop_peers], fmt(e["cores_busy"], 2),
         ])  # fmt: skip
     if bw:
         rows.append([
-            "probe (best run)", fmt(probe_ms, 1), "", "",
-            fmt(bw, 1), "100%", "1.00x", *[fmt(probe_ms / m, 2, "x") for m in meds.values()], "",
+            "probe (best run)", "", fmt_ms(probe_ms), "", "", "", "", fmt(bw, 1), "100%", "",
+            "1.00x", *[fmt(over(probe_ms, meds[p]), 2, "x") for p in peers],
+            *[fmt(over(probe_ms, loops[p]), 2, "x") for p in loop_peers], "",
         ])  # fmt: skip
-    head = ["contender", "median ms", "min ms", "steps", "eff. GB/s", "% of probe BW", "÷ probe",
-            *[f"÷ {c}" for c in meds], "cores busy"]  # fmt: skip
+    head = ["contender", "fused kernel", "median ms", "min ms", "steps", "in-loop ms/step",
+            "dispatch floor ms", "eff. GB/s", "% of probe BW", "in-loop % of probe BW",
+            "÷ probe", *[f"÷ {c}" for c in peers], *[f"in-loop ÷ {c}" for c in loop_peers],
+            "cores busy"]  # fmt: skip
     lines = markdown(head, rows)
     lines += [f"- {c}: failed: {e['error']}" for c, e in case["contenders"].items() if "error" in e]
+    lines += kernel_notes(case)
+    looped = [(c, e) for c, e in found if e.get("loop_times")]
+    if looped:
+        c, e = looped[0]
+        lines += [
+            "",
+            f"In-loop: median over {len(e['loop_times'])} calls of {e['loop_steps']} steps in "
+            f"one jitted `fori_loop`, per step; dispatch floor: median over "
+            f"{len(e['floor_times'])} calls of a jitted no-op on the same donated trees.",
+        ]
     if bw:
         runs = ", ".join(
             f"{p['gbps']:.1f} ({p['threads']} thread{'s' if p['threads'] > 1 else ''})"
@@ -287,17 +377,22 @@ def timing_table(case: dict) -> list[str]:
 
 
 def compile_table(case: dict) -> list[str]:
+    found = measured(case)
+    optax_s = dict(found).get("optax", {}).get("compile_s")
     rows = []
-    for c, e in measured(case):
+    for c, e in found:
         first = e["first_step_s"] * 1e3
+        total = e["compile_s"]
         rows.append([
-            c, fmt(e["hlo_loops_per_leaf"], 1), fmt(e["hlo_bytes_per_param"], 1),
-            fmt(e["trace_lower_s"]), fmt(e["xla_compile_s"]), fmt(e["compile_s"]),
-            fmt(first, 1), fmt(first - median_ms(e), 1),
+            c, kernel_cell(e), fmt(e["hlo_loops_per_leaf"], 2), fmt(e["hlo_bytes_per_param"], 1),
+            fmt(e["trace_lower_s"]), fmt(e["xla_compile_s"]), fmt(total),
+            fmt(total / optax_s if total and optax_s else None, 2, "x"),
+            fmt(e.get("loop_compile_s")), fmt(first, 1), fmt(first - median_ms(e), 1),
         ])  # fmt: skip
-    head = ["contender", "loops / leaf", f"modeled B/param (ideal {case['bytes_per_param']})",
-            "trace + lower s", "XLA compile s", "compile total s", "first step ms",
-            "first step - median ms"]  # fmt: skip
+    head = ["contender", "fused kernel", "loops / leaf",
+            f"modeled B/param (ideal {case['bytes_per_param']})", "trace + lower s",
+            "XLA compile s", "compile total s", "compile ÷ optax", "in-loop program compile s",
+            "first step ms", "first step - median ms"]  # fmt: skip
     return markdown(head, rows)
 
 
@@ -315,10 +410,13 @@ def memory_table(case: dict) -> list[str]:
             fmt(e["max_rss_kb"] * 1e3 / MB if e["max_rss_kb"] else None, 0),
             fmt(xla["temp_bytes"] / MB if xla else None, 1),
             fmt(xla["alias_bytes"] / MB if xla else None, 0),
+            fmt((e["peak_loop_kb"] * 1e3 - base) / MB if e.get("peak_loop_kb") else None, 0),
+            fmt(e["loop_temp_bytes"] / MB if e.get("loop_temp_bytes") is not None else None, 1),
         ])  # fmt: skip
     head = ["contender", "p+g+state MB", "steady MB", "steady anon MB", "step peak MB",
             "step peak - steady MB", "step peak ÷ p+g+state", "setup peak MB",
-            "baseline RSS MB", "max RSS MB (time -v)", "XLA temp MB", "XLA aliased MB"]  # fmt: skip
+            "baseline RSS MB", "max RSS MB (time -v)", "XLA temp MB", "XLA aliased MB",
+            "in-loop peak MB", "in-loop XLA temp MB"]  # fmt: skip
     return markdown(head, rows)
 
 
@@ -339,6 +437,11 @@ def target_rows(cases: list[dict], quick: bool) -> list[str]:
         tx, ty = times(case, x), times(case, y)
         return how(tx) / how(ty) if tx and ty else None
 
+    def loop_ratio(case, x, y):
+        ex, ey = ((case["contenders"].get(c) or {}) if case else {} for c in (x, y))
+        lx, ly = median_ms(ex, "loop_times"), median_ms(ey, "loop_times")
+        return lx / ly if lx and ly else None
+
     for case, peer, limit, label in (
         (a, "torch fused", 1.0, "(a) adamx step <= 1.0x torch fused"),
         (a, "optax", 0.75, "(a) adamx step <= 0.75x optax.adam"),
@@ -353,19 +456,25 @@ def target_rows(cases: list[dict], quick: bool) -> list[str]:
         if spreads and max(spreads.values()) > SPREAD_LIMIT:
             worst = max(spreads, key=spreads.get)
             ok += f" (unreliable: {worst}'s median is {spreads[worst]:.1f}x its min)"
-        rows.append([label, f"{fmt(r, 2, 'x')} (mins: {fmt(r_min, 2, 'x')})", ok])
+        text = f"{fmt(r, 2, 'x')} (mins: {fmt(r_min, 2, 'x')}"
+        if peer in workloads.JAX_CONTENDERS:
+            text += f"; in-loop: {fmt(loop_ratio(case, 'adamx', peer), 2, 'x')}"
+        rows.append([label, text + ")", ok])
 
     bw, t = probe_gbps(a), times(a, "adamx")
+    loop_s = median_ms(a["contenders"].get("adamx") if a else None, "loop_times")
     share = [
         a["n_params"] * 28 / how(t) / 1e9 / bw if bw and t else None
         for how in (statistics.median, min)
     ]
+    share.append(a["n_params"] * 28 / (loop_s / 1e3) / 1e9 / bw if bw and loop_s else None)
     percent = [fmt(100 * x if x else None, 0, "%") for x in share]
     ok = verdict(None if share[0] is None else share[0] >= 0.9)
     if t and statistics.median(t) / min(t) > SPREAD_LIMIT:
         ok += f" (unreliable: adamx's median is {statistics.median(t) / min(t):.1f}x its min)"
     rows.insert(2, [
-        "(a) adamx bandwidth >= 90% of the probe's", f"{percent[0]} (min step: {percent[1]})", ok,
+        "(a) adamx bandwidth >= 90% of the probe's",
+        f"{percent[0]} (min step: {percent[1]}; in-loop: {percent[2]})", ok,
     ])  # fmt: skip
 
     ca, co = (
@@ -447,41 +556,72 @@ METHOD = """
 
 - Every contender gets the same parameters and gradients (float32, fixed seed) and the same
   hyperparameters (lr 1e-3, b1 0.9, b2 0.999, eps 1e-8; AdamW weight decay 1e-2; Lion lr 1e-4,
-  b 0.9/0.99, no decay; SGD lr 1e-2, momentum 0.9). JAX steps are `update` +
-  `optax.apply_updates` in one `jax.jit` with params and state donated (gradients are inputs,
-  not donated); torch steps are `opt.step()` with `.grad` set. AMSGrad: adamx and
+  b 0.9/0.99, no decay; SGD lr 1e-2, momentum 0.9). AMSGrad: adamx and
   `torch.optim.Adam(amsgrad=True)` keep the max of the raw `v`, `optax.amsgrad` of the
   bias-corrected `v` (another rule, the same traffic).
+- The contenders. `adamx`: `adamx.step(opt, grads, state, params)` in one `jax.jit` with
+  params and state donated (gradients are inputs, not donated). For Adam and AdamW that is
+  adamx's fused single-pass CPU kernel (an XLA FFI custom call, `adamx_adam_step_v1`, that
+  updates p, m and v in place), where it applies; for the other optimizers it is `update` +
+  `optax.apply_updates`. The `fused kernel` column says whether the compiled step calls the
+  kernel, and how many times (one call per group of leaves). `adamx xla` (Adam and AdamW
+  only): the same adamx optimizer with `fused=False`, `update` + `optax.apply_updates` in one
+  `jax.jit`, donated: the XLA path that the kernel replaces (same numbers). `optax`: optax's
+  optimizer, the same way. torch: `opt.step()` with `.grad` set. The kernel is built or
+  loaded (`adamx.kernel_info()`) in the adamx process before anything is timed, so no compile
+  time below includes its C++ build.
 - Each contender runs in its own process. The processes are started one after the other, then
   visited in rotating order, {steps_per_visit} timed step(s) per visit, {rounds} rounds, after
   {warmup} warm-up step(s); the others wait while one runs. Every step is timed alone (JAX:
-  until `jax.block_until_ready`). Median and min over all timed steps.
+  until `jax.block_until_ready`), Python dispatch included. Median and min over all timed
+  steps.
+- `in-loop ms/step` (JAX only): the same step run {loop_steps} times inside one jitted
+  `jax.lax.fori_loop` (params and state carried and donated, the gradients passed once and
+  put behind an `optimization_barrier` each iteration so that XLA cannot hoist work on them
+  out of the loop), timed per call and divided by {loop_steps}; median over {loop_runs}
+  calls, one in each of {loop_runs} of the rounds, right after that round's steps. It leaves
+  out what a call from Python adds to a step (median ms - in-loop ms/step): the dispatch of
+  a jitted call, which grows with the number of arrays (thousands in (b)) and is the same
+  for every JAX contender, and the launch and wait of a program that does work.
+  `dispatch floor ms`: a jitted no-op `lambda p, s, g: (p, s)` with the same donated trees,
+  called and awaited like a step ({floor_calls} calls after each loop call; median): the
+  part of that overhead that any program on these trees pays.
 - Effective GB/s = params x bytes/param / median step, with the bytes of an ideal single pass
   (REFERENCE.md): Adam, AdamW 28 (read p g m v, write p m v); AMSGrad 36 (read p g m v vmax,
   write p m v vmax); Lion, SGD-momentum 20 (read p g buf, write p buf). Counters and scalars
   are ignored. A contender that moves more bytes than that shows a lower effective GB/s.
+  `in-loop % of probe BW` is the same figure from the in-loop time.
 - The probe is `roofline.c` (one fused fp32 Adam pass, OpenMP) with the same parameter
   count, run on all cores in {probe_runs} of the rounds (and, in (a)-(c), once on one
   thread); each run prints its best of 10 steps, and the best of those runs is the probe's
   bandwidth (load from elsewhere only slows a run down), turned into a time for each case's
   bytes/param. Being a best, it is an upper bound: a contender's median reaching it is at
   the machine's limit.
-- `÷ X`: this row's median over X's median (below 1 = faster than X). `cores busy`: the
-  process's CPU time over wall time during its timed steps.
-- Compile: JAX `jit(...).lower()` (trace + lower) and `.compile()` timed apart; torch has no
-  compile, its first step allocates the state. `first step - median`: the one-off cost of the
-  first call after compiling.
-- Memory, per process, in MB above its runtime baseline (RSS after importing the framework and
-  running one tiny op, before any workload array): `steady` (RSS before the timed steps, after
-  the warm-up and `malloc_trim`); `steady anon` (the same, anonymous memory only: without the
-  pages of libtorch/jaxlib code touched since the baseline); `step peak` (VmHWM over the timed
-  steps, reset just before them through `/proc/self/clear_refs`); `step peak - steady` (what
+- `÷ X`: this row's median over X's median (below 1 = faster than X); `in-loop ÷ X`: the
+  same with the in-loop times. `cores busy`: the process's CPU time over wall time during
+  its timed steps (not the loop calls).
+- Compile: JAX `jit(...).lower()` (trace + lower) and `.compile()` of the step, timed apart;
+  `compile ÷ optax` is the total over optax's. `in-loop program compile s`: lower + compile
+  of the `fori_loop` program, done after the step's first call and counted in no other
+  column. torch has no compile, its first step allocates the state. `first step - median`:
+  the one-off cost of the first call after compiling. `loops / leaf` and `modeled B/param`
+  read the step's compiled HLO: the ops that write a leaf-sized array (a kernel call counts
+  one per leaf it updates), and the bytes every top-level op reads and writes.
+- Memory, per process, in MB above its runtime baseline (RSS after importing the framework,
+  running one tiny op and, for adamx, loading the kernel; before any workload array):
+  `steady` (RSS before the timed steps, after the warm-up and `malloc_trim`); `steady anon`
+  (the same, anonymous memory only: without the pages of libtorch/jaxlib code touched since
+  the baseline); `step peak` (VmHWM over the timed steps, reset just before them through
+  `/proc/self/clear_refs`, and kept apart from the loop calls); `step peak - steady` (what
   the steps allocate beyond the live buffers); `setup peak` (VmHWM before the reset: data
-  creation, compile, warm-up). `step peak ÷ p+g+state` is conservative: it includes code pages
-  and compiled executables, a fixed few tens of MB that matter at small sizes only. `max RSS`
-  is `/usr/bin/time -v`'s figure, baseline included; as the reset clears the kernel's
-  high-water mark, it is the peak from the reset on, not the setup's. XLA temp and aliased:
-  `compiled.memory_analysis()`; aliased = output bytes that reuse donated input buffers.
+  creation, compiles, warm-up). `step peak ÷ p+g+state` is conservative: it includes code
+  pages and compiled executables, a fixed few tens of MB that matter at small sizes only.
+  `max RSS` is `/usr/bin/time -v`'s figure, baseline included; as the resets clear Linux's
+  high-water mark, it is the peak since the last reset (after the last loop visit), not the
+  setup's. XLA temp and aliased: `compiled.memory_analysis()` of the step; aliased = output
+  bytes that reuse donated input buffers. `in-loop peak`: VmHWM over the loop and no-op
+  calls; `in-loop XLA temp`: the loop program's temp (a large one would mean that the loop
+  does more than repeat the step).
 """
 
 
@@ -489,6 +629,25 @@ def load_average() -> list[float]:
     """The 1, 5 and 15 minute load averages (zeros where /proc/loadavg is missing)."""
     path = Path("/proc/loadavg")
     return [float(x) for x in path.read_text().split()[:3]] if path.exists() else [0.0] * 3
+
+
+def kernel_line(cases) -> str:
+    """How adamx's fused kernel was had in this run (from the first adamx process)."""
+    found = [
+        e["kernel"]
+        for c in cases
+        if (e := c["contenders"].get("adamx")) and "error" not in e and e.get("kernel")
+    ]
+    if not found:
+        return "- adamx fused kernel: not measured"
+    k = found[0]
+    if not k["available"]:
+        return f"- adamx fused kernel: **unavailable** ({k['reason']}): adamx ran the XLA path"
+    how = f"built in {k['build_s']:.1f} s" if k["build_s"] else "loaded from the cache"
+    return (
+        f"- adamx fused kernel: available, {how} (`adamx.kernel_info()`, "
+        f"{k['info_s']:.2f} s, before any timing) from `{k['path']}`"
+    )
 
 
 def write_report(path: Path, cases, meta) -> None:
@@ -504,6 +663,7 @@ def write_report(path: Path, cases, meta) -> None:
         f"- wall time of the whole run: {meta['wall_s']:.0f} s",
         *machine(),
         *versions(),
+        kernel_line(cases),
         f"- jax platform: {meta['platform']}; torch threads: {meta['torch_threads'] or 'n/a'}; "
         f"probe compiled in {meta['probe_compile_s']:.2f} s",
         f"- load average (1, 5, 15 min) before: {meta['load_before']}, after: "
@@ -570,6 +730,11 @@ def main() -> None:
         "steps_per_visit": 1 if args.quick else 2,
         "warmup": 1 if args.quick else 2,
         "probe_runs": 1 if args.quick else 4,
+        # JAX: steps per call of the in-loop program, rounds with a loop call, no-op calls
+        # after each loop call.
+        "loop_steps": 10,
+        "loop_runs": 2 if args.quick else 3,
+        "floor_calls": 3 if args.quick else 5,
     }
     has_torch = importlib.util.find_spec("torch") is not None
     meta = dict(

@@ -1,10 +1,18 @@
-"""One contender (adamx, optax, torch fused or torch foreach) on one case, in its own process.
+"""One contender (adamx, adamx xla, optax, torch fused or torch foreach) on one case, in its
+own process.
 
 Started by ``run.py`` under ``/usr/bin/time -v`` so that its peak RSS is its own. It builds
 the workload, compiles the step, warms up, then obeys commands on stdin, one per line:
 
-  ``run K``  time K steps, one by one, and answer the list of seconds
-  ``quit``   answer the memory figures of the timed steps and exit
+  ``run K``     time K steps, one by one, and answer the list of seconds
+  ``loop C F``  (JAX only) time C calls of the jitted loop of ``loop_steps`` steps (answer
+                seconds per step) and F calls of the jitted no-op (the dispatch floor)
+  ``quit``      answer the memory figures of the timed steps and exit
+
+The JAX contenders: ``adamx`` is ``adamx.step(opt, grads, state, params)`` (the fused CPU
+kernel for Adam/AdamW where it applies, else update + apply_updates); ``adamx xla`` is
+adamx's Adam/AdamW with ``fused=False``, and ``optax`` is optax's optimizer, both as
+``update`` + ``optax.apply_updates``. Each is one ``jax.jit`` with params and state donated.
 
 Answers are single lines starting with ``@@ `` followed by JSON (anything else on stdout,
 such as a library's warning, is ignored by the orchestrator). Only one worker runs at a
@@ -64,13 +72,24 @@ DTYPE_BYTES = {"f64": 8, "s64": 8, "u64": 8, "f32": 4, "s32": 4, "u32": 4, "bf16
 SHAPE = re.compile(r"\b(" + "|".join(DTYPE_BYTES) + r")\[([\d,]*)\]")
 INSTRUCTION = re.compile(r"^\s*(?:ROOT )?%([\w.\-]+) = (\([^()]*\)|\S+) ([a-z][\w\-]*)\((.*?)\)")
 NO_TRAFFIC = {"parameter", "tuple", "get-tuple-element", "constant", "bitcast"}
+# The custom-call target of adamx's fused Adam/AdamW kernel (adamx/_kernel.py).
+KERNEL_TARGET = "adamx_adam_step_v1"
 
 
-def hlo_traffic(hlo: str) -> tuple[int, int]:
+def kernel_calls(hlo: str) -> int:
+    """How many calls of adamx's fused kernel a compiled program makes."""
+    return hlo.count(f'custom_call_target="{KERNEL_TARGET}"')
+
+
+def hlo_traffic(hlo: str, leaf_sizes: set[int]) -> tuple[int, int]:
     """Model the memory traffic of a compiled program from its optimized HLO text: every
-    top-level fusion, copy or other op reads its operands once and writes its outputs once.
+    top-level fusion, copy, custom call or other op reads its operands once and writes its
+    outputs once.
 
-    Returns (bytes moved, number of ops writing an array, i.e. the loops over memory)."""
+    Returns (bytes moved, loops over the leaves). A loop is an op that writes an array of
+    a leaf's size (``leaf_sizes``: element counts), so the small vectors of scalars do not
+    count; a call of adamx's kernel counts one loop per leaf it updates (it writes p, m
+    and v of each leaf in one pass)."""
     sizes, moved, loops = {}, 0, 0
     for line in hlo[hlo.index("\nENTRY") :].splitlines():
         found = INSTRUCTION.match(line)
@@ -87,7 +106,11 @@ def hlo_traffic(hlo: str) -> tuple[int, int]:
         if opcode in NO_TRAFFIC:
             continue
         moved += sizes[name] + sum(sizes.get(o, 0) for o in re.findall(r"%([\w.\-]+)", operands))
-        loops += any(n > 1 for n in arrays)
+        written = sum(n in leaf_sizes for n in arrays)
+        if opcode == "custom-call" and KERNEL_TARGET in line:
+            loops += max(written // 3, 1)
+        else:
+            loops += written > 0
     return moved, loops
 
 
@@ -104,21 +127,44 @@ def numpy_leaves(spec: dict):
 
 
 def jax_contender(spec: dict):
-    """Build, compile and warm up a jitted, donated ``update + apply_updates`` step."""
+    """Build, compile and warm up a jitted, donated step (``adamx.step`` for ``adamx``,
+    ``update`` + ``apply_updates`` for the others), its in-loop version and the no-op."""
     import jax
     import optax
 
     import adamx
 
     jax.block_until_ready(jax.jit(lambda x: x + 1)(np.float32(0)))  # start the runtime
+    name = spec["contender"]
+    kernel = None
+    if name == "adamx":
+        # Build (first use ever: seconds) or load the fused kernel now, so that the trace
+        # and compile times below do not include a C++ build. Before the baseline: the
+        # loaded library counts with the runtime's code.
+        t0 = time.perf_counter()
+        k = adamx.kernel_info()
+        kernel = {
+            "available": k.available,
+            "reason": k.reason,
+            "path": k.path,
+            "build_s": k.build_seconds,
+            "info_s": time.perf_counter() - t0,
+        }
     baseline_kb = (proc_status_kb("VmRSS"), proc_status_kb("RssAnon"))
 
     h = workloads.HYPER[spec["optimizer"]]
-    lib = adamx if spec["contender"] == "adamx" else optax
+    lib = adamx if name.startswith("adamx") else optax
+    # adamx xla: adamx's own Adam/AdamW on the XLA path (what the fused kernel replaces).
+    xla_only = {"fused": False} if name == "adamx xla" else {}
     opt = {
-        "adam": lambda: lib.adam(h["lr"], b1=h["b1"], b2=h["b2"], eps=h["eps"]),
+        "adam": lambda: lib.adam(h["lr"], b1=h["b1"], b2=h["b2"], eps=h["eps"], **xla_only),
         "adamw": lambda: lib.adamw(
-            h["lr"], b1=h["b1"], b2=h["b2"], eps=h["eps"], weight_decay=h["weight_decay"]
+            h["lr"],
+            b1=h["b1"],
+            b2=h["b2"],
+            eps=h["eps"],
+            weight_decay=h["weight_decay"],
+            **xla_only,
         ),
         "amsgrad": lambda: lib.amsgrad(h["lr"], b1=h["b1"], b2=h["b2"], eps=h["eps"]),
         "lion": lambda: lib.lion(h["lr"], b1=h["b1"], b2=h["b2"], weight_decay=0.0),
@@ -138,9 +184,29 @@ def jax_contender(spec: dict):
     buffers = jax.tree_util.tree_leaves((params, grads, state))
     pgs_bytes = sum(x.nbytes for x in buffers)
 
-    def step(params, state, grads):
-        updates, state = opt.update(grads, state, params)
-        return optax.apply_updates(params, updates), state
+    if name == "adamx":
+
+        def step(params, state, grads):
+            return adamx.step(opt, grads, state, params)
+
+    else:
+
+        def step(params, state, grads):
+            updates, state = opt.update(grads, state, params)
+            return optax.apply_updates(params, updates), state
+
+    def loop(params, state, grads, n):
+        """``n`` steps in one program (``n`` is traced: one compile for any count)."""
+
+        def body(_, carry):
+            params, state = carry
+            # The barrier hides from XLA that the gradients are the same at every
+            # iteration; else it hoists work on them (g * g, for v) out of the loop, and
+            # an iteration would be less than a step.
+            params, g = jax.lax.optimization_barrier((params, grads))
+            return step(params, state, g)
+
+        return jax.lax.fori_loop(0, n, body, (params, state))
 
     t0 = time.perf_counter()
     lowered = jax.jit(step, donate_argnums=(0, 1)).lower(params, state, grads)
@@ -157,7 +223,9 @@ def jax_contender(spec: dict):
             "temp_bytes": analysis.temp_size_in_bytes,
         }
 
-    moved, loops = hlo_traffic(compiled.as_text())
+    hlo = compiled.as_text()
+    leaf_sizes = {x.size for x in jax.tree_util.tree_leaves(params)}
+    moved, loops = hlo_traffic(hlo, leaf_sizes)
     n_params = sum(x.size for x in jax.tree_util.tree_leaves(params))
     n_leaves = len(jax.tree_util.tree_leaves(params))
 
@@ -171,18 +239,55 @@ def jax_contender(spec: dict):
     t3 = time.perf_counter()
     run_step()
     first_step_s = time.perf_counter() - t3
+
+    # The same step, loop_steps times in one call (no Python dispatch between steps), and
+    # a no-op with the same donated trees (the dispatch alone). Compiled after the step's
+    # timings, so they do not disturb them.
+    t4 = time.perf_counter()
+    looped = (
+        jax.jit(loop, donate_argnums=(0, 1))
+        .lower(carry["params"], carry["state"], grads, np.int32(1))
+        .compile()
+    )
+    loop_compile_s = time.perf_counter() - t4
+    loop_analysis = looped.memory_analysis()
+    noop = (
+        jax.jit(lambda p, s, g: (p, s), donate_argnums=(0, 1))
+        .lower(carry["params"], carry["state"], grads)
+        .compile()
+    )
+    k_steps = np.int32(spec["loop_steps"])
+
+    def run_loop(n=k_steps) -> None:
+        carry["params"], carry["state"] = looped(carry["params"], carry["state"], grads, n)
+        jax.block_until_ready(carry["params"])
+
+    def run_noop() -> None:
+        carry["params"], carry["state"] = noop(carry["params"], carry["state"], grads)
+        jax.block_until_ready(carry["params"])
+
+    run_loop(np.int32(1))  # the first call of each program pays one-off costs
+    run_noop()
+    extra = {"loop": run_loop, "noop": run_noop, "loop_steps": int(k_steps)}
+
     info = {
         "trace_lower_s": t1 - t0,
         "xla_compile_s": t2 - t1,
         "compile_s": t2 - t0,
         "first_step_s": first_step_s,
+        "loop_compile_s": loop_compile_s,
+        "loop_steps": int(k_steps),
         "xla_memory": xla,
+        "loop_temp_bytes": loop_analysis.temp_size_in_bytes if loop_analysis else None,
         "hlo_bytes_per_param": moved / n_params,
         "hlo_loops_per_leaf": loops / n_leaves,
+        "kernel_calls": kernel_calls(hlo),
+        "loop_kernel_calls": kernel_calls(looped.as_text()),
+        "kernel": kernel,
         "threads": None,
         "platform": jax.devices()[0].platform,
     }
-    return run_step, baseline_kb, pgs_bytes, info
+    return run_step, baseline_kb, pgs_bytes, info, extra
 
 
 def torch_contender(spec: dict):
@@ -226,13 +331,13 @@ def torch_contender(spec: dict):
         "threads": torch.get_num_threads(),
         "platform": "cpu",
     }
-    return opt.step, baseline_kb, pgs_bytes, info
+    return opt.step, baseline_kb, pgs_bytes, info, None
 
 
 def main() -> None:
     spec = json.loads(sys.argv[1])
     build = torch_contender if spec["contender"].startswith("torch") else jax_contender
-    run_step, baseline_kb, pgs_bytes, info = build(spec)
+    run_step, baseline_kb, pgs_bytes, info, extra = build(spec)
     for _ in range(spec["warmup"]):
         run_step()
     release_free_heap()
@@ -248,24 +353,40 @@ def main() -> None:
         **info,
     )
 
+    def timed(call, n: int, per: int = 1) -> list[float]:
+        times = []
+        for _ in range(n):
+            t0 = time.perf_counter()
+            call()
+            times.append((time.perf_counter() - t0) / per)
+        return times
+
     cpu_s = wall_s = 0.0
+    # The high-water marks of the plain steps and of the loop visits, kept apart: before a
+    # loop visit the mark so far is the steps', and it is reset again after the visit.
+    peak_steps_kb, peak_loop_kb = 0, None
     for line in sys.stdin:
         command = line.split()
         if command[0] == "run":
-            times = []
             c0, w0 = time.process_time(), time.perf_counter()
-            for _ in range(int(command[1])):
-                t0 = time.perf_counter()
-                run_step()
-                times.append(time.perf_counter() - t0)
+            times = timed(run_step, int(command[1]))
             cpu_s += time.process_time() - c0
             wall_s += time.perf_counter() - w0
             answer(times=times)
+        elif command[0] == "loop":
+            peak_steps_kb = max(peak_steps_kb, proc_status_kb("VmHWM"))
+            reset_peak_rss()
+            loop_times = timed(extra["loop"], int(command[1]), extra["loop_steps"])
+            floor_times = timed(extra["noop"], int(command[2]))
+            peak_loop_kb = max(peak_loop_kb or 0, proc_status_kb("VmHWM"))
+            reset_peak_rss()
+            answer(loop_times=loop_times, floor_times=floor_times)
         elif command[0] == "quit":
             answer(
                 before_steps_kb=before_steps_kb,
                 setup_peak_kb=setup_peak_kb,
-                peak_steps_kb=proc_status_kb("VmHWM"),
+                peak_steps_kb=max(peak_steps_kb, proc_status_kb("VmHWM")),
+                peak_loop_kb=peak_loop_kb,
                 peak_was_reset=peak_was_reset,
                 cores_busy=cpu_s / wall_s if wall_s else None,
             )

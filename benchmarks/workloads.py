@@ -23,16 +23,25 @@ HYPER = {
     "sgd": dict(lr=1e-2, momentum=0.9),
 }
 
-# The contenders, in table order.
-CONTENDERS = ("adamx", "optax", "torch fused", "torch foreach")
+# The contenders, in table order. "adamx" is ``adamx.step`` (the fused CPU kernel for Adam
+# and AdamW where it applies); "adamx xla" is adamx's update + optax.apply_updates with
+# ``fused=False``, the XLA path the kernel replaces.
+CONTENDERS = ("adamx", "adamx xla", "optax", "torch fused", "torch foreach")
+JAX_CONTENDERS = ("adamx", "adamx xla", "optax")
+
+# The optimizers that adamx.step runs through its fused kernel; for the others adamx.step
+# is update + apply_updates already, so "adamx xla" would time the same program twice.
+FUSED_OPTIMIZERS = ("adam", "adamw")
 
 
 def contenders_for(optimizer: str, has_torch: bool) -> list[str]:
-    """Who runs a case: adamx and optax always; torch fused where torch.optim has the
-    optimizer (it has no Lion); torch foreach for Adam only (workloads a, b, c), as it is
-    10-20x slower on CPU and would take most of the run's time budget in (d)."""
+    """Who runs a case: adamx and optax always; adamx xla for Adam and AdamW; torch fused
+    where torch.optim has the optimizer (it has no Lion); torch foreach for Adam only
+    (workloads a, b, c), as it is 10-20x slower on CPU and would take most of the run's
+    time budget in (d)."""
     torch = {"adam": ["torch fused", "torch foreach"], "lion": []}.get(optimizer, ["torch fused"])
-    return ["adamx", "optax", *(torch if has_torch else [])]
+    xla = ["adamx xla"] if optimizer in FUSED_OPTIMIZERS else []
+    return ["adamx", *xla, "optax", *(torch if has_torch else [])]
 
 
 # A case is an optimizer on a workload; (d) is four more optimizers on workload (a).
