@@ -4,6 +4,7 @@ Every optimizer is a chain of small blocks: moment estimation, bias correction,
 normalisation, weight decay and the learning rate. See the README for the recipes.
 """
 
+from adamx import storage  # noqa: E402  (the storage policies: adamx.storage.blockwise8, ...)
 from adamx._adafactor import (
     FactoredRmsState,
     adafactor,
@@ -41,6 +42,13 @@ from adamx._lamb_lion import (
     scale_by_trust_ratio,
 )
 from adamx._lazy import lazy_adam, scale_by_lazy_moments
+from adamx._lowmem import (
+    StorageError,
+    StorageState,
+    state_bytes_per_param,
+    storage_error,
+    with_storage,
+)
 from adamx._moments import (
     MomentsState,
     SecondMomentRule,
@@ -96,6 +104,12 @@ __all__ = [
     "sgd",
     "yogi",
     "step",
+    "with_storage",
+    "state_bytes_per_param",
+    "storage",
+    "StorageState",
+    "StorageError",
+    "storage_error",
     "kernel_info",
     "Diagnostics",
     "FactoredRmsState",

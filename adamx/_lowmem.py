@@ -1,0 +1,312 @@
+"""Low-memory optimizer state: any recipe's moments stored through a storage policy.
+
+The algebra of a recipe and the storage of its state are separate: :func:`with_storage`
+wraps any optimizer whose state keeps moments (``mu``/``nu`` fields of its NamedTuple
+states, as :class:`adamx.MomentsState` has) and stores those leaves in another form
+(bfloat16 with stochastic rounding, 8-bit blockwise, factored, ...). Each update decodes
+them to their working dtype, runs the inner update unchanged, and encodes the new moments,
+all inside the same jitted step.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from adamx._base import PyTree
+from adamx.storage import Storage, resolve
+
+# Which NamedTuple fields of a state hold moments, and which policy argument stores them.
+FIRST_MOMENT_FIELDS = ("mu", "trace")  # Adam's m, Lion's m, SGD's momentum buffer
+SECOND_MOMENT_FIELDS = ("nu", "nu_max", "acc")  # Adam's v, AMSGrad's max, AdaDelta's
+_ROLE = {**dict.fromkeys(FIRST_MOMENT_FIELDS, "mu"), **dict.fromkeys(SECOND_MOMENT_FIELDS, "nu")}
+
+
+class StorageError(NamedTuple):
+    """How far the stored moments of one role are from the values the step computed.
+
+    Attributes:
+      relative_rms: ``sqrt(sum((stored - x)**2) / sum(x**2))`` over every element of every
+        leaf of the role (0 when all ``x`` are 0).
+      max_abs: the largest ``|stored - x|``.
+    """
+
+    relative_rms: jax.Array
+    max_abs: jax.Array
+
+
+class StorageState(NamedTuple):
+    """State of :func:`with_storage`.
+
+    Attributes:
+      inner: the wrapped optimizer's state, its moment leaves in stored form.
+      key: a raw ``uint32[2]`` PRNG key for stochastic rounding (advanced every update), or
+        an empty array when no policy rounds stochastically.
+      error: with ``track_error=True``, a dict from ``"mu"`` / ``"nu"`` (the roles that
+        have a policy) to the :class:`StorageError` of the last encode; else ``{}``.
+    """
+
+    inner: PyTree
+    key: jax.Array
+    error: dict
+
+
+def _is_state(x) -> bool:
+    return isinstance(x, tuple) and hasattr(x, "_fields")
+
+
+def _walk(fn, x, *refs):
+    """Rebuild the state tree ``x`` with every moment field ``f`` (of a NamedTuple state,
+    at any depth: chains, ``optax.masked``, ``inject_hyperparams``) replaced by
+    ``fn(role, value, *ref_values)``; ``refs`` are trees with the same skeleton, read
+    alongside."""
+    if _is_state(x):
+        new = {}
+        for f in x._fields:
+            value, ref_values = getattr(x, f), [getattr(r, f) for r in refs]
+            if f in _ROLE and value is not None:
+                new[f] = fn(_ROLE[f], value, *ref_values)
+            else:
+                new[f] = _walk(fn, value, *ref_values)
+        return x._replace(**new)
+    if isinstance(x, (list, tuple)):
+        return type(x)(_walk(fn, a, *(r[i] for r in refs)) for i, a in enumerate(x))
+    if isinstance(x, dict):
+        return {k: _walk(fn, v, *(r[k] for r in refs)) for k, v in x.items()}
+    return x
+
+
+def _moment_roles(state) -> set[str]:
+    """The roles (``"mu"``, ``"nu"``) of the moment fields found in a state tree."""
+    roles: set[str] = set()
+
+    def note(role, value, *_):
+        roles.add(role)
+        return value
+
+    _walk(note, state)
+    return roles
+
+
+def _policies(mu, nu) -> dict[str, Storage | None]:
+    """The policies by role, checked against it and given its defaults (8-bit: the signed
+    code for ``mu``, the unsigned one for ``nu``)."""
+    policies = {}
+    for role, spec in (("mu", mu), ("nu", nu)):
+        policy = resolve(spec)
+        policies[role] = None if policy is None else policy.for_moment(role)
+    return policies
+
+
+def _probe_roles(opt: optax.GradientTransformation) -> set[str] | None:
+    """The moment roles an optimizer's state has, from its ``init`` on a small probe tree;
+    None when ``init`` cannot run on the probe (a mask or a partition of other params)."""
+    probe = {"w": jax.ShapeDtypeStruct((4, 4), jnp.float32)}
+    try:
+        state = jax.eval_shape(opt.init, probe)
+    except Exception:  # noqa: BLE001 - the check moves to init time
+        return None
+    return _moment_roles(state)
+
+
+def _check_roles(roles: set[str], policies, who: str) -> None:
+    for role, policy in policies.items():
+        if policy is not None and role not in roles:
+            fields = FIRST_MOMENT_FIELDS if role == "mu" else SECOND_MOMENT_FIELDS
+            raise ValueError(
+                f"with_storage({role}={policy.name!r}): {who} keeps no "
+                f"{'first' if role == 'mu' else 'second'} moment (no state field named "
+                f"{' / '.join(fields)}). Pass {role}=None, or wrap an optimizer that has one."
+            )
+
+
+def with_storage(
+    optimizer: optax.GradientTransformation,
+    *,
+    mu: str | Storage | None = None,
+    nu: str | Storage | None = None,
+    seed: int = 0,
+    track_error: bool = False,
+) -> optax.GradientTransformation:
+    """Store an optimizer's moments through storage policies; the algebra is unchanged.
+
+    Per update::
+
+        m, v = decode(stored_m), decode(stored_v)         # to the state's working dtype
+        updates, (m, v) = inner.update(grads, (m, v))     # the recipe, as it is
+        stored_m, stored_v = encode(m), encode(v)         # rounding / quantizing here
+
+    ``mu`` applies to first moments (state fields ``mu``, ``trace``), ``nu`` to second
+    moments (``nu``, ``nu_max``, ``acc``). A policy is a name or an object from
+    ``adamx.storage``:
+
+    * ``"float32"``, ``"bfloat16"``, ``"float16"``: a cast; ``"bfloat16_sr"``,
+      ``"float16_sr"``: a cast with stochastic rounding (unbiased; deterministic given the
+      key kept in this state, advanced every step, started from ``seed``);
+    * ``"8bit"``: blockwise 8-bit quantization (blocks of 256, one float32 absmax per
+      block, a signed dynamic code for ``mu`` and an unsigned one for ``nu`` that never
+      rounds a non-zero value to zero); leaves under 4,096 elements stay float32;
+    * ``"factored"`` (``nu`` only): row and column means of each matrix of at least
+      128 x 128 (others stay float32). With Adam's ``v = b2 * v + (1 - b2) * g**2`` the
+      stored rows and columns are exactly Adafactor's moving averages of the row and column
+      means of ``g**2``; a step uses ``b2 * R C^T / mean(R) + (1 - b2) * g**2``, the
+      rebuilt history plus the current gradient at full rank.
+
+    Args:
+      optimizer: any optimizer whose state keeps the moments asked for.
+      mu: the first moments' policy, or None to keep them as they are.
+      nu: the second moments' policy, or None.
+      seed: the seed of the stochastic-rounding key.
+      track_error: also record, every step, how far the stored moments are from the
+        computed ones (:class:`StorageError` in ``state.error``; read it with
+        :func:`adamx.storage_error`). Costs a decode per step. Default False.
+
+    Returns:
+      An ``optax.GradientTransformation`` whose state is :class:`StorageState`.
+
+    Raises:
+      ValueError: at construction, for an unknown policy, a policy that does not fit the
+        moment (``mu="factored"``), or an optimizer without that moment.
+
+    Example:
+      >>> import jax.numpy as jnp, adamx
+      >>> opt = adamx.with_storage(adamx.adam(1e-3), mu="8bit", nu="8bit")
+      >>> params = {"w": jnp.zeros((256, 256))}
+      >>> state = opt.init(params)
+      >>> round(adamx.state_bytes_per_param(state, params), 2)  # float32 Adam: 8.0
+      2.03
+
+    References:
+      Dettmers et al., "8-bit Optimizers via Block-wise Quantization", ICLR 2022,
+      https://arxiv.org/abs/2110.02861; Shazeer & Stern, "Adafactor", ICML 2018,
+      https://arxiv.org/abs/1804.04235; Zamirai et al., "Revisiting BFloat16 Training",
+      2020, https://arxiv.org/abs/2010.06192 (stochastic rounding of optimizer state).
+    """
+    policies = _policies(mu, nu)
+    who = getattr(optimizer, "__name__", None) or "the optimizer"
+    roles = _probe_roles(optimizer)
+    if roles is not None:
+        _check_roles(roles, policies, who)
+    stochastic = any(p is not None and p.stochastic for p in policies.values())
+
+    def encode_all(inner, key):
+        """Encode every moment leaf (the tree holds them in working form); with
+        ``track_error`` also measure what the encoding lost."""
+        index = [0]
+        sums = {role: [] for role, policy in policies.items() if policy is not None}
+
+        def encode(role, value):
+            policy = policies[role]
+            leaves, treedef = jax.tree.flatten(value)
+            out = []
+            for x in leaves:
+                leaf_key = None
+                if policy is not None and policy.stochastic:
+                    leaf_key = jax.random.fold_in(jax.random.wrap_key_data(key), index[0])
+                stored = x if policy is None else policy.encode(x, leaf_key)
+                if track_error and policy is not None:
+                    like = jax.ShapeDtypeStruct(jnp.shape(x), jnp.result_type(x))
+                    sums[role].append(_error_terms(x, policy.decode(stored, like)))
+                out.append(stored)
+                index[0] += 1
+            return jax.tree.unflatten(treedef, out)
+
+        encoded = _walk(encode, inner)
+        error = {role: _reduce_error(terms) for role, terms in sums.items()} if track_error else {}
+        return encoded, error
+
+    def decode_all(stored, like):
+        """Decode every moment leaf to the working shape and dtype given by ``like``."""
+
+        def decode(role, value, like_value):
+            policy = policies[role]
+            if policy is None:
+                return value
+            shapes, treedef = jax.tree.flatten(like_value)
+            parts = treedef.flatten_up_to(value)
+            return jax.tree.unflatten(treedef, [policy.decode(v, s) for v, s in zip(parts, shapes)])
+
+        return _walk(decode, stored, like)
+
+    def init(params):
+        inner = optimizer.init(params)
+        _check_roles(_moment_roles(inner), policies, who)
+        key = (
+            jax.random.key_data(jax.random.key(seed)) if stochastic else jnp.zeros([0], jnp.uint32)
+        )
+        encoded, error = encode_all(inner, key)
+        return StorageState(inner=encoded, key=key, error=error)
+
+    def update(grads, state, params=None):
+        # The working shapes and dtypes of the moments: those of a fresh init (the grads
+        # have the params' structure, shapes and dtypes).
+        like = jax.eval_shape(optimizer.init, grads)
+        inner = decode_all(state.inner, like)
+        updates, inner = optimizer.update(grads, inner, params)
+        key = sub = state.key
+        if stochastic:
+            key, sub = jax.random.split(jax.random.wrap_key_data(state.key))
+            key, sub = jax.random.key_data(key), jax.random.key_data(sub)
+        encoded, error = encode_all(inner, sub)
+        return updates, StorageState(inner=encoded, key=key, error=error)
+
+    return optax.GradientTransformation(init, update)
+
+
+def _error_terms(x, stored) -> tuple[jax.Array, jax.Array, jax.Array]:
+    x = jnp.asarray(x, jnp.float32)
+    diff = jnp.asarray(stored, jnp.float32) - x
+    return jnp.sum(diff * diff), jnp.sum(x * x), jnp.max(jnp.abs(diff), initial=0.0)
+
+
+def _reduce_error(terms) -> StorageError:
+    if not terms:
+        zero = jnp.zeros([], jnp.float32)
+        return StorageError(zero, zero)
+    err2 = sum(t[0] for t in terms)
+    ref2 = sum(t[1] for t in terms)
+    rel = jnp.where(ref2 > 0, jnp.sqrt(err2 / jnp.where(ref2 > 0, ref2, 1.0)), 0.0)
+    return StorageError(rel, jnp.max(jnp.stack([t[2] for t in terms])))
+
+
+def storage_error(state: PyTree) -> dict:
+    """The :class:`StorageError` of every role, from the first :class:`StorageState` found
+    in ``state`` (a :func:`with_storage` state, alone or inside chains and wrappers).
+
+    Returns ``{}`` when the state was made without ``track_error=True``.
+
+    Example:
+      >>> import jax.numpy as jnp, adamx
+      >>> opt = adamx.with_storage(adamx.adam(0.1), mu="8bit", nu="8bit", track_error=True)
+      >>> params = {"w": jnp.linspace(-1.0, 1.0, 8192)}
+      >>> state = opt.init(params)
+      >>> _, state = opt.update(params, state, params)
+      >>> err = adamx.storage_error(state)
+      >>> sorted(err), bool(err["mu"].relative_rms < 0.02)
+      (['mu', 'nu'], True)
+    """
+    found = []
+
+    def visit(x):
+        if isinstance(x, StorageState):
+            found.append(x)
+        return x
+
+    jax.tree.map(visit, state, is_leaf=lambda x: isinstance(x, StorageState))
+    if not found:
+        raise ValueError("storage_error: no with_storage state (StorageState) in `state`.")
+    return found[0].error
+
+
+def state_bytes_per_param(state: PyTree, params: PyTree) -> float:
+    """Bytes of every array in an optimizer state over the number of parameters, measured
+    from the arrays themselves (float32 Adam: 8 plus a few bytes for counters)."""
+    n = sum(int(np.prod(jnp.shape(x))) for x in jax.tree.leaves(params))
+    total = sum(
+        int(np.prod(jnp.shape(x))) * jnp.result_type(x).itemsize for x in jax.tree.leaves(state)
+    )
+    return total / max(n, 1)
