@@ -295,7 +295,8 @@ def step(
 
     ``params, state = adamx.step(opt, grads, state, params)`` is
     ``updates, state = opt.update(grads, state, params)`` followed by
-    ``params = optax.apply_updates(params, updates)``, with the same results. For
+    ``params = optax.apply_updates(params, updates)``: the same float32 operations, equal up
+    to rounding (XLA's own path is within an ulp or two of the kernel's exact float32). For
     :func:`adamx.adam` and :func:`adamx.adamw` on CPU it is one pass of the fused kernel
     that writes the new parameters in place (28 bytes per float32 parameter instead of
     36 through ``update`` + ``apply_updates``, or about 40 through XLA); donate the params

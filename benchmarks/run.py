@@ -2,7 +2,7 @@
 
 One command measures everything in one run and writes ``benchmarks/RESULTS.md``::
 
-    python benchmarks/run.py [--quick] [--workloads a,b,c,d] [--out benchmarks/RESULTS.md]
+    python benchmarks/run.py [--quick] [--workloads a,b,c,d,e] [--out benchmarks/RESULTS.md]
 
 The contenders: ``adamx`` (``adamx.step``: the fused CPU kernel for Adam/AdamW), ``adamx xla``
 (adamx's Adam/AdamW through XLA, ``fused=False``), ``optax``, ``torch fused`` and ``torch
@@ -298,8 +298,9 @@ def measured(case: dict) -> list[tuple[str, dict]]:
 
 def case_title(case: dict) -> str:
     w, opt = case["workload"], case["optimizer"]
+    key = {"adam": w, "adam storage": "e"}.get(opt, "d")
     return (
-        f"({w if opt == 'adam' else 'd'}) {opt} on {workloads.WORKLOAD_TITLES[w]}: "
+        f"({key}) {opt} on {workloads.WORKLOAD_TITLES[w]}: "
         f"{case['n_leaves']:,} leaves, {case['n_params'] / 1e6:.2f}M params, "
         f"{case['bytes_per_param']} B/param"
     )
@@ -715,7 +716,9 @@ def write_report(path: Path, cases, meta) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="small sizes, few steps: a smoke run")
-    parser.add_argument("--workloads", default="a,b,c,d", help="comma-separated subset of a,b,c,d")
+    parser.add_argument(
+        "--workloads", default="a,b,c,d,e", help="comma-separated subset of a,b,c,d,e"
+    )
     parser.add_argument("--out", type=Path, default=HERE / "RESULTS.md", help="report path")
     parser.add_argument("--rounds", type=int, help="rounds of visits (default 12; quick 3)")
     args = parser.parse_args()

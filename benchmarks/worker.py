@@ -158,6 +158,7 @@ def jax_contender(spec: dict):
     xla_only = {"fused": False} if name == "adamx xla" else {}
     opt = {
         "adam": lambda: lib.adam(h["lr"], b1=h["b1"], b2=h["b2"], eps=h["eps"], **xla_only),
+        "adam storage": lambda: lib.adam(h["lr"], b1=h["b1"], b2=h["b2"], eps=h["eps"], **xla_only),
         "adamw": lambda: lib.adamw(
             h["lr"],
             b1=h["b1"],
@@ -170,6 +171,8 @@ def jax_contender(spec: dict):
         "lion": lambda: lib.lion(h["lr"], b1=h["b1"], b2=h["b2"], weight_decay=0.0),
         "sgd": lambda: lib.sgd(h["lr"], momentum=h["momentum"]),
     }[spec["optimizer"]]()
+    if name in workloads.STORAGE_CONTENDERS:  # case (e): the moments in another storage
+        opt = adamx.with_storage(opt, **workloads.STORAGE_CONTENDERS[name])
 
     shapes = workloads.workload_shapes(spec["workload"], spec["quick"])
     treedef = jax.tree_util.tree_structure(shapes, is_leaf=lambda x: isinstance(x, tuple))

@@ -12,11 +12,19 @@ import math
 #   adam, adamw: read p g m v, write p m v            -> 7 x 4 B = 28
 #   amsgrad:     read p g m v vmax, write p m v vmax  -> 9 x 4 B = 36
 #   lion, sgd:   read p g buf, write p buf            -> 5 x 4 B = 20
-BYTES_PER_PARAM = {"adam": 28, "adamw": 28, "amsgrad": 36, "lion": 20, "sgd": 20}
+BYTES_PER_PARAM = {
+    "adam": 28,
+    "adam storage": 28,
+    "adamw": 28,
+    "amsgrad": 36,
+    "lion": 20,
+    "sgd": 20,
+}
 
 # One set of hyperparameters per optimizer, passed unchanged to every contender.
 HYPER = {
     "adam": dict(lr=1e-3, b1=0.9, b2=0.999, eps=1e-8),
+    "adam storage": dict(lr=1e-3, b1=0.9, b2=0.999, eps=1e-8),
     "adamw": dict(lr=1e-3, b1=0.9, b2=0.999, eps=1e-8, weight_decay=1e-2),
     "amsgrad": dict(lr=1e-3, b1=0.9, b2=0.999, eps=1e-8),
     "lion": dict(lr=1e-4, b1=0.9, b2=0.99, weight_decay=0.0),
@@ -31,7 +39,19 @@ JAX_CONTENDERS = ("adamx", "adamx xla", "optax")
 
 # The optimizers that adamx.step runs through its fused kernel; for the others adamx.step
 # is update + apply_updates already, so "adamx xla" would time the same program twice.
-FUSED_OPTIMIZERS = ("adam", "adamw")
+FUSED_OPTIMIZERS = ("adam", "adamw", "adam storage")
+
+# Case (e): Adam with its moments stored through adamx.with_storage (issue 6), next to
+# float32 Adam (fused and XLA). The policies run through the XLA path (update +
+# apply_updates): the kernel takes float32 state only.
+STORAGE_CONTENDERS = {
+    "adamx bf16": dict(mu="bfloat16", nu="bfloat16"),
+    "adamx bf16 sr": dict(mu="bfloat16_sr", nu="bfloat16_sr"),
+    "adamx 8bit": dict(mu="8bit", nu="8bit"),
+    "adamx factored nu": dict(nu="factored"),
+}
+CONTENDERS = CONTENDERS[:2] + tuple(STORAGE_CONTENDERS) + CONTENDERS[2:]
+JAX_CONTENDERS = JAX_CONTENDERS[:2] + tuple(STORAGE_CONTENDERS) + JAX_CONTENDERS[2:]
 
 
 def contenders_for(optimizer: str, has_torch: bool) -> list[str]:
@@ -39,6 +59,8 @@ def contenders_for(optimizer: str, has_torch: bool) -> list[str]:
     where torch.optim has the optimizer (it has no Lion); torch foreach for Adam only
     (workloads a, b, c), as it is 10-20x slower on CPU and would take most of the run's
     time budget in (d)."""
+    if optimizer == "adam storage":
+        return ["adamx", "adamx xla", *STORAGE_CONTENDERS, "optax"]
     torch = {"adam": ["torch fused", "torch foreach"], "lion": []}.get(optimizer, ["torch fused"])
     xla = ["adamx xla"] if optimizer in FUSED_OPTIMIZERS else []
     return ["adamx", *xla, "optax", *(torch if has_torch else [])]
@@ -50,6 +72,7 @@ CASES = {
     "b": [("b", "adam")],
     "c": [("c", "adam")],
     "d": [("a", "adamw"), ("a", "amsgrad"), ("a", "lion"), ("a", "sgd")],
+    "e": [("a", "adam storage")],
 }
 
 WORKLOAD_TITLES = {

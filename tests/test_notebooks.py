@@ -110,7 +110,7 @@ def test_notebook_executes(path, monkeypatch):
         assert "test accuracy" in text
         # the adam run of softmax regression learns the digits, as the demo promises
         rows = [line for line in text.splitlines() if line.startswith("softmax regression")]
-        adam = [line for line in rows if "adam" in line and "final loss" in line]
+        adam = [line for line in rows if re.search(r"\badam\b", line) and "final loss" in line]
         assert len(adam) == 1, text
         accuracy = float(re.search(r"test accuracy ([0-9.]+)%", adam[0]).group(1))
         assert accuracy >= 90.0, adam[0]
