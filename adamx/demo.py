@@ -19,7 +19,9 @@ at its own default learning rate, :data:`DEFAULT_LEARNING_RATES`, unless
 ``--learning-rate`` sets one for all.
 
 Run ``python -m adamx --help`` for the options. From Python, :func:`train` runs one
-training and returns a :class:`TrainResult`; :func:`main` is the command line.
+training and returns a :class:`TrainResult`; it takes an optimizer by name or any
+``optax.GradientTransformation``, and with ``inits=n`` trains ``n`` initialisations side by
+side. :func:`main` is the command line.
 """
 
 from __future__ import annotations
@@ -264,20 +266,33 @@ class TrainResult:
 
     Attributes:
       example: ``"softmax"`` or ``"mlp"``.
-      optimizer: the optimizer's name, one of :data:`OPTIMIZERS` (e.g. ``"adam"``).
-      learning_rate: the learning rate used.
+      optimizer: the optimizer's label: its name, one of :data:`OPTIMIZERS` (e.g.
+        ``"adam"``), when it was given by name; else ``train``'s ``label`` (default
+        ``"custom"``).
+      learning_rate: the learning rate used; ``None`` for an optimizer given as an object
+        (its learning rate is its own).
       steps: the number of full-batch updates.
-      losses: the training loss before each update, ``steps`` floats.
+      losses: the training loss before each update, ``steps`` floats (with ``inits``: the
+        mean over the initialisations).
       final_loss: the training loss at the final parameters.
       test_accuracy: the share of test examples classified correctly, in ``[0, 1]``.
-      steps_per_second: updates per second of the training loop, compilation excluded.
+      steps_per_second: updates per second of the training loop, compilation excluded
+        (with ``inits``: updates of all the initialisations together).
       compile_seconds: the time spent compiling the training step.
-      params: the final parameters.
+      params: the final parameters (with ``inits``: stacked, a leading axis of ``inits``).
+      opt_state: the final optimizer state (stacked like ``params``); ``None`` if not
+        recorded.
+      test_loss: the loss on the test set at the final parameters; NaN if not recorded.
+      losses_per_init: with ``inits``, every initialisation's training loss before each
+        update, a float32 array of shape ``(inits, steps)``; ``None`` for a single run.
+
+    With ``inits``, ``final_loss``, ``test_loss`` and ``test_accuracy`` are the means over
+    the initialisations.
     """
 
     example: str
     optimizer: str
-    learning_rate: float
+    learning_rate: float | None
     steps: int
     losses: list[float]
     final_loss: float
@@ -285,6 +300,9 @@ class TrainResult:
     steps_per_second: float
     compile_seconds: float
     params: Any = dataclasses.field(repr=False, compare=False)
+    opt_state: Any = dataclasses.field(default=None, repr=False, compare=False)
+    test_loss: float = math.nan
+    losses_per_init: np.ndarray | None = dataclasses.field(default=None, repr=False, compare=False)
 
 
 def _check_optimizer(name: str) -> None:
@@ -305,14 +323,55 @@ def make_optimizer(name: str, learning_rate: float | None = None) -> optax.Gradi
     return getattr(adamx, name)(learning_rate=lr)
 
 
+def _resolve_optimizer(
+    optimizer: str | optax.GradientTransformation,
+    learning_rate: float | None,
+    label: str | None,
+) -> tuple[optax.GradientTransformation, str, float | None]:
+    """``(transformation, label, learning rate or None)`` for :func:`train`."""
+    if isinstance(optimizer, str):
+        _check_optimizer(optimizer)
+        lr = DEFAULT_LEARNING_RATES[optimizer] if learning_rate is None else float(learning_rate)
+        if not (math.isfinite(lr) and lr > 0):
+            raise ValueError(f"`learning_rate` must be finite and > 0, got {learning_rate!r}.")
+        return make_optimizer(optimizer, lr), optimizer if label is None else label, lr
+    if not (
+        callable(getattr(optimizer, "init", None)) and callable(getattr(optimizer, "update", None))
+    ):
+        raise TypeError(
+            "`optimizer` must be a name from demo.OPTIMIZERS or an optax.GradientTransformation, "
+            f"got {type(optimizer).__name__}."
+        )
+    if learning_rate is not None:
+        raise ValueError(
+            "`learning_rate` applies only to an optimizer given by name; an optimizer object "
+            f"has its own: leave learning_rate=None (got {learning_rate!r})."
+        )
+    return optimizer, "custom" if label is None else label, None
+
+
+def _log_step(
+    example: str, label: str, i: int, steps: int, loss, progress: Progress | None, out: TextIO
+) -> None:
+    """Print the loss line of step ``i`` (0-based) to ``progress`` or ``out``."""
+    width = len(str(steps))
+    line = f"  {example:<8} {label:<{_NAME_WIDTH}} step {i + 1:>{width}}  loss {float(loss):.5f}"
+    if progress is not None:
+        progress.message(line)
+    else:
+        print(line, file=out, flush=True)
+
+
 def train(
     example: str = "softmax",
-    optimizer: str = "adam",
+    optimizer: str | optax.GradientTransformation = "adam",
     *,
     steps: int = DEFAULT_STEPS,
     learning_rate: float | None = None,
     seed: int = 0,
     data: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None = None,
+    inits: int | None = None,
+    label: str | None = None,
     log_every: int = 0,
     progress: Progress | None = None,
     out: TextIO | None = None,
@@ -322,13 +381,27 @@ def train(
     Args:
       example: ``"softmax"`` (softmax regression, cross-entropy) or ``"mlp"`` (two-layer
         tanh MLP, mean squared error on one-hot targets).
-      optimizer: one of :data:`OPTIMIZERS` (``"adam"``, ``"sgd"``, ``"lion"``, ...), see
-        :func:`make_optimizer`.
+      optimizer: one of :data:`OPTIMIZERS` (``"adam"``, ``"sgd"``, ``"lion"``, ...), built
+        by :func:`make_optimizer` at ``learning_rate``; or any
+        ``optax.GradientTransformation`` (e.g. ``with_storage(adamx.adam(3e-3), ...)``),
+        used as it is.
       steps: the number of full-batch updates, ``>= 1``. Default :data:`DEFAULT_STEPS`.
-      learning_rate: ``> 0``, or ``None`` for :data:`DEFAULT_LEARNING_RATES`.
-      seed: seeds the train/test split and the MLP's initial weights. Default 0.
+      learning_rate: for an optimizer given by name, ``> 0``, or ``None`` for
+        :data:`DEFAULT_LEARNING_RATES`. Must be ``None`` for an optimizer object, which
+        carries its own (a ``ValueError`` otherwise).
+      seed: seeds the train/test split (when ``data`` is not given) and the initial
+        weights of the MLP. Default 0.
       data: ``(x_train, y_train, x_test, y_test)``; by default the digits, split with
         :func:`train_test_split` at ``seed``.
+      inits: ``None`` (default): one run from ``jax.random.key(seed)``, one compiled call
+        per step. An integer ``n >= 1``: ``n`` initialisations, from
+        ``jax.random.split(jax.random.key(seed), n)``, trained side by side under
+        ``jax.vmap`` with all the steps in one ``jax.lax.scan`` (one compiled call for the
+        whole run); the result then holds the per-initialisation losses
+        (``losses_per_init``) and stacked params and state, and the loss lines and
+        progress come after the run.
+      label: the result's ``optimizer`` field and the name in the loss lines; default the
+        optimizer's name, or ``"custom"`` for an optimizer object.
       log_every: print the training loss every this many steps (and at the end) to
         ``out``; 0 prints nothing.
       progress: a progress bar advanced once per step, or ``None``.
@@ -339,19 +412,33 @@ def train(
     """
     if example not in EXAMPLES:
         raise ValueError(f"Unknown example {example!r}; choose one of {EXAMPLES}.")
-    _check_optimizer(optimizer)
+    if isinstance(optimizer, str):
+        _check_optimizer(optimizer)
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise ValueError(f"`steps` must be an integer >= 1, got {steps!r}.")
-    lr = DEFAULT_LEARNING_RATES[optimizer] if learning_rate is None else float(learning_rate)
-    if not (math.isfinite(lr) and lr > 0):
-        raise ValueError(f"`learning_rate` must be finite and > 0, got {learning_rate!r}.")
-    opt = make_optimizer(optimizer, lr)
+    opt, name, lr = _resolve_optimizer(optimizer, learning_rate, label)
+    if inits is not None and (isinstance(inits, bool) or not isinstance(inits, int) or inits < 1):
+        raise ValueError(f"`inits` must be None or an integer >= 1, got {inits!r}.")
     if data is None:
         data = train_test_split(*load_digits(), seed=seed)
     x_train, y_train, x_test, y_test = (jnp.asarray(a) for a in data)
     out = sys.stdout if out is None else out
-
     init, loss_fn, predict = _MODELS[example]
+    if inits is not None:
+        return _train_inits(
+            example,
+            opt,
+            name,
+            lr,
+            steps,
+            seed,
+            inits,
+            (x_train, y_train, x_test, y_test),
+            log_every,
+            progress,
+            out,
+        )
+
     params = init(jax.random.key(seed))
     opt_state = opt.init(params)
 
@@ -375,25 +462,18 @@ def train(
         if progress is not None:
             progress.advance()
         if log_every and ((i + 1) % log_every == 0 or i + 1 == steps):
-            width = len(str(steps))
-            line = (
-                f"  {example:<8} {optimizer:<{_NAME_WIDTH}} step {i + 1:>{width}}"
-                f"  loss {float(loss):.5f}"
-            )
-            if progress is not None:
-                progress.message(line)
-            else:
-                print(line, file=out, flush=True)
+            _log_step(example, name, i, steps, loss, progress, out)
     jax.block_until_ready(params)
     elapsed = time.perf_counter() - t0
 
     final_loss = float(jax.jit(loss_fn)(params, x_train, y_train))
+    test_loss = float(jax.jit(loss_fn)(params, x_test, y_test))
     predictions = jnp.argmax(jax.jit(predict)(params, x_test), axis=-1).astype(y_test.dtype)
     accuracy = float(jnp.mean((predictions == y_test).astype(jnp.float32)))
     return TrainResult(
         example=example,
-        optimizer=optimizer,
-        learning_rate=float(lr),
+        optimizer=name,
+        learning_rate=lr,
         steps=steps,
         losses=[float(v) for v in jax.device_get(losses)],
         final_loss=final_loss,
@@ -401,6 +481,70 @@ def train(
         steps_per_second=steps / elapsed if elapsed > 0 else math.inf,
         compile_seconds=compile_seconds,
         params=params,
+        opt_state=opt_state,
+        test_loss=test_loss,
+    )
+
+
+def _train_inits(
+    example: str,
+    opt: optax.GradientTransformation,
+    name: str,
+    lr: float | None,
+    steps: int,
+    seed: int,
+    inits: int,
+    data: tuple[jax.Array, jax.Array, jax.Array, jax.Array],
+    log_every: int,
+    progress: Progress | None,
+    out: TextIO,
+) -> TrainResult:
+    """:func:`train` with ``inits``: the runs side by side under ``vmap``, the steps in one
+    ``lax.scan``, the evaluation in the same compiled call."""
+    init, loss_fn, predict = _MODELS[example]
+    x_train, y_train, x_test, y_test = data
+
+    def run(key):
+        def step(carry, _):
+            value, grads = jax.value_and_grad(loss_fn)(carry[0], x_train, y_train)
+            return adamx.step(opt, grads, carry[1], carry[0]), value
+
+        params = init(key)
+        (params, state), losses = jax.lax.scan(step, (params, opt.init(params)), length=steps)
+        predictions = jnp.argmax(predict(params, x_test), axis=-1).astype(y_test.dtype)
+        accuracy = jnp.mean((predictions == y_test).astype(jnp.float32))
+        final = loss_fn(params, x_train, y_train)
+        return params, state, losses, final, loss_fn(params, x_test, y_test), accuracy
+
+    keys = jax.random.split(jax.random.key(seed), inits)
+    t0 = time.perf_counter()
+    compiled = jax.jit(jax.vmap(run)).lower(keys).compile()
+    compile_seconds = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    params, state, losses, finals, test_losses, accuracies = jax.block_until_ready(compiled(keys))
+    elapsed = time.perf_counter() - t0
+
+    per_init = np.asarray(losses)
+    mean = per_init.mean(axis=0)
+    for i in range(steps):
+        if progress is not None:
+            progress.advance()
+        if log_every and ((i + 1) % log_every == 0 or i + 1 == steps):
+            _log_step(example, name, i, steps, mean[i], progress, out)
+    return TrainResult(
+        example=example,
+        optimizer=name,
+        learning_rate=lr,
+        steps=steps,
+        losses=mean.tolist(),
+        final_loss=float(np.mean(finals)),
+        test_accuracy=float(np.mean(accuracies)),
+        steps_per_second=steps / elapsed if elapsed > 0 else math.inf,
+        compile_seconds=compile_seconds,
+        params=params,
+        opt_state=state,
+        test_loss=float(np.mean(test_losses)),
+        losses_per_init=per_init,
     )
 
 
@@ -500,7 +644,7 @@ def format_table(results: Sequence[TrainResult]) -> str:
         (
             EXAMPLE_TITLES[r.example],
             r.optimizer,
-            f"{r.learning_rate:g}",
+            "-" if r.learning_rate is None else f"{r.learning_rate:g}",
             f"{r.final_loss:.5f}",
             f"{100 * r.test_accuracy:.2f}%",
             f"{r.steps_per_second:,.0f}",
@@ -542,7 +686,8 @@ def plot_losses(results: Sequence[TrainResult], path: str | os.PathLike) -> None
         for r in results:
             if r.example != example:
                 continue
-            label = f"{r.optimizer} (lr={r.learning_rate:g}), test acc {100 * r.test_accuracy:.1f}%"
+            lr = "" if r.learning_rate is None else f" (lr={r.learning_rate:g})"
+            label = f"{r.optimizer}{lr}, test acc {100 * r.test_accuracy:.1f}%"
             ax.plot(
                 np.arange(1, len(r.losses) + 1),
                 r.losses,

@@ -186,6 +186,35 @@ def test_train_rejects_bad_arguments(kwargs, match):
         demo.train(**kwargs)
 
 
+def test_train_accepts_an_optimizer_object(digits):
+    """An optax.GradientTransformation trains as the same optimizer given by name, under
+    its label, with no learning rate of the demo's; the result keeps the final state."""
+    by_name = demo.train("mlp", "adam", steps=5, learning_rate=0.01, data=digits)
+    by_object = demo.train("mlp", adamx.adam(0.01), steps=5, data=digits, label="mine")
+    assert by_object.losses == by_name.losses
+    assert by_object.test_loss == by_name.test_loss and math.isfinite(by_name.test_loss)
+    assert by_object.optimizer == "mine" and by_object.learning_rate is None
+    assert demo.train("softmax", adamx.sgd(0.1), steps=1, data=digits).optimizer == "custom"
+    assert int(by_object.opt_state[0].count) == 5
+    assert "mine" in demo.format_table([by_object])
+    with pytest.raises(ValueError, match="learning_rate"):
+        demo.train("mlp", adamx.adam(0.01), steps=1, learning_rate=0.01, data=digits)
+    with pytest.raises(TypeError, match="optimizer"):
+        demo.train("mlp", 0.01, steps=1, data=digits)
+
+
+def test_train_inits_runs_side_by_side(digits):
+    """inits=n: n initialisations from split(key(seed), n) under vmap, stacked results."""
+    result = demo.train("mlp", "adam", steps=4, data=digits, inits=3)
+    assert result.losses_per_init.shape == (3, 4)
+    np.testing.assert_allclose(result.losses, result.losses_per_init.mean(axis=0), rtol=1e-6)
+    assert len({row[0] for row in result.losses_per_init.tolist()}) == 3  # different inits
+    assert result.params["out"]["w"].shape == (3, 64, 10)
+    assert 0 <= result.test_accuracy <= 1 and math.isfinite(result.final_loss)
+    with pytest.raises(ValueError, match="inits"):
+        demo.train("mlp", "adam", steps=1, data=digits, inits=0)
+
+
 def test_make_optimizer_rejects_unknown_name():
     with pytest.raises(ValueError, match="'nope'.*lion"):
         demo.make_optimizer("nope")
