@@ -148,7 +148,22 @@ def plan(rule: AdamRule, grads, state, params, *, fused: bool | None):
             return no("the weight-decay mask is not a tree of Python bools like the params")
     if not ensure_kernel(required=bool(fused)):
         return None
+    if not _single_cpu_process() and not _inside_shard_map():
+        return no(
+            "there are several devices and this is not inside `shard_map`: XLA would gather "
+            "every sharded operand onto one device for the kernel. Call adamx.step per shard "
+            "inside `jax.shard_map`, or use fused=None (the XLA path here)"
+        )
     return _Plan(rule.decay, rule.maximize, flags)
+
+
+def _inside_shard_map() -> bool:
+    """Tracing inside ``shard_map`` with every mesh axis manual: arrays are per-shard."""
+    try:
+        mesh = jax.sharding.get_abstract_mesh()
+        return bool(mesh.axis_names) and bool(mesh.are_all_axes_manual)
+    except (AttributeError, RuntimeError, ValueError):
+        return False
 
 
 def scalars(rule: AdamRule, count, lr) -> jax.Array:
