@@ -72,7 +72,9 @@ from adamx._rules import (
 )
 from adamx._schedule import ScheduleState, scale_by_learning_rate
 from adamx._sgd import MomentumState, sgd, trace_momentum
+from adamx._sharding import state_shardings
 from adamx._variants import adabelief, adamax, amsgrad, nadam, nadamw, radam, yogi
+from adamx._zero import shard_state, zero_shardings
 
 __version__ = "0.1.0"
 
@@ -104,6 +106,9 @@ __all__ = [
     "sgd",
     "yogi",
     "step",
+    "state_shardings",
+    "shard_state",
+    "zero_shardings",
     "with_storage",
     "state_bytes_per_param",
     "storage",

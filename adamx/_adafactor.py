@@ -8,6 +8,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import optax
+from jax.sharding import NamedSharding, PartitionSpec
 
 from adamx._base import (
     PyTree,
@@ -26,6 +27,7 @@ from adamx._decay import maximize_block
 from adamx._guard import recipe
 from adamx._moments import ema, second_moment_dtype, second_moment_zeros
 from adamx._schedule import ScheduleState
+from adamx._sharding import padded_spec, param_named_sharding
 
 
 def _mean(x: jax.Array, axis: int) -> jax.Array:
@@ -118,9 +120,25 @@ def scale_by_factored_rms(
             if p.ndim < 2:
                 return empty(), empty(), second_moment_zeros(p)
             dtype = second_moment_dtype(p.dtype)  # squared gradients: float32 for float16
-            row = jnp.zeros(p.shape[:-1] + (1,), dtype)
-            col = jnp.zeros(p.shape[:-2] + (1, p.shape[-1]), dtype)
-            return row, col, empty()
+            row_shape, col_shape = p.shape[:-1] + (1,), p.shape[:-2] + (1, p.shape[-1])
+            sharding = param_named_sharding(p)
+            if sharding is None:
+                return jnp.zeros(row_shape, dtype), jnp.zeros(col_shape, dtype), empty()
+            # sharded like p along the axes the factors keep: row P(..., a, None), col
+            # P(..., None, b) for a param P(..., a, b)
+            spec = padded_spec(sharding, p.ndim)
+            row_spec, col_spec = spec[:-1] + (None,), spec[:-2] + (None, spec[-1])
+            if isinstance(p, jax.core.Tracer) and not any(row_spec + col_spec):
+                # explicit mode, nothing sharded: the default placement is already right
+                return jnp.zeros(row_shape, dtype), jnp.zeros(col_shape, dtype), empty()
+
+            def zeros(shape, spec):
+                out = NamedSharding(sharding.mesh, PartitionSpec(*spec))
+                if isinstance(p, jax.core.Tracer):  # explicit mode: a sharded type
+                    return jnp.zeros(shape, dtype, out_sharding=out)
+                return jnp.zeros(shape, dtype, device=out)  # eager: placed on the mesh
+
+            return zeros(row_shape, row_spec), zeros(col_shape, col_spec), empty()
 
         row, col, full = map_unzip(slots, 3, params)
         return FactoredRmsState(jnp.zeros([], jnp.int32), row, col, full)

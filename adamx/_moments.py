@@ -33,9 +33,10 @@ def second_moment_dtype(dtype) -> jnp.dtype:
 
 
 def second_moment_zeros(p) -> jax.Array:
-    """Zeros shaped like the param ``p``, in :func:`second_moment_dtype` of its dtype."""
+    """Zeros shaped (and sharded) like the param ``p``, in :func:`second_moment_dtype` of
+    its dtype."""
     p = jnp.asarray(p)
-    return jnp.zeros(p.shape, second_moment_dtype(p.dtype))
+    return jnp.zeros_like(p, dtype=second_moment_dtype(p.dtype))
 
 
 class MomentsState(NamedTuple):
@@ -154,9 +155,9 @@ def scale_by_moments(
 
     def init(params):
         def full(value, storage=lambda dtype: dtype):
-            def leaf(p):
+            def leaf(p):  # derived from p: a sharded param gets state sharded like it
                 p = jnp.asarray(p)
-                return jnp.full(p.shape, value, storage(p.dtype))
+                return jnp.full_like(p, value, dtype=storage(p.dtype))
 
             return leaf
 

@@ -20,8 +20,8 @@ from adamx.storage import (
     cast,
     dynamic_code,
     factored,
-    state_bytes,
     resolve,
+    state_bytes,
 )
 
 NAMES = ("float32", "bfloat16", "float16", "bfloat16_sr", "float16_sr", "8bit", "factored")
