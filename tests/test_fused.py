@@ -795,6 +795,30 @@ SCRIPT = textwrap.dedent(
             out["fused_true"] = None
         except (RuntimeError, ValueError) as error:
             out["fused_true"] = str(error)
+        if jax.device_count() > 1:  # fused=True per shard inside shard_map
+            from jax.sharding import NamedSharding, PartitionSpec as P
+            mesh = jax.make_mesh((jax.device_count(),), ("x",))
+            w = {"w": jnp.asarray(np.random.default_rng(5).normal(size=(16, 8)), jnp.float32)}
+            plain = adamx.adam(1e-2, fused=False)
+            s0 = plain.init(w)
+
+            def per_shard(p, m, v, g):
+                opt = adamx.adam(1e-2, fused=True)
+                st = (adamx.MomentsState(jnp.zeros([], jnp.int32), m, v),) + tuple(s0[1:])
+                return adamx.step(opt, g, st, p)[0]
+
+            fn = jax.jit(jax.shard_map(per_shard, mesh=mesh, in_specs=(P("x"),) * 4,
+                                       out_specs=P("x")))
+            args = [jax.device_put(t, NamedSharding(mesh, P("x")))
+                    for t in (w, s0[0].mu, s0[0].nu, w)]
+            hlo = fn.lower(*args).compile().as_text()
+            got = np.asarray(fn(*args)["w"])
+            want = np.asarray(adamx.step(plain, w, s0, w)[0]["w"])
+            out["shard_map"] = {
+                "calls": hlo.count('custom_call_target="adamx_adam_step_v1"'),
+                "gathers": hlo.count("all-gather"),
+                "rel_diff": float(np.max(np.abs(got - want)) / np.max(np.abs(want))),
+            }
     out["warnings"] = [[w.category.__name__, str(w.message)] for w in caught]
     out["max_diff"] = max(diffs)
     out["kernel_calls"] = calls
@@ -903,6 +927,10 @@ def test_process_with_several_devices_takes_the_xla_path(processes):
     assert out["max_diff"] == 0.0
     # fused=True outside shard_map: refused, rather than gathering the shards
     assert out["fused_true"] is not None and "shard_map" in out["fused_true"]
+    # inside shard_map: the kernel per shard, no gather, the XLA path's result (2 ulp)
+    per_shard = out["shard_map"]
+    assert per_shard["calls"] >= 1 and per_shard["gathers"] == 0, per_shard
+    assert per_shard["rel_diff"] <= 3e-7, per_shard
     available, reason, path, seconds = out["info"]
     assert available, reason
     assert Path(path).parent == processes.cache("devices") and seconds > 0  # built here
