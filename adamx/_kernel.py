@@ -25,6 +25,7 @@ import shutil
 import subprocess
 import tempfile
 import threading
+import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -120,8 +121,6 @@ def _library_path(include: str) -> Path:
 
 def _build(path: Path, include: str) -> float:
     """Compile the kernel into ``path`` (atomically: a temp file, then a rename)."""
-    import time
-
     compiler = _compiler()
     if shutil.which(compiler[0]) is None:
         raise RuntimeError(

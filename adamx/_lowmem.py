@@ -10,15 +10,15 @@ all inside the same jitted step.
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 
 from adamx._base import PyTree
-from adamx.storage import Storage, resolve
+from adamx.storage import Storage, resolve, state_bytes
 
 # Which NamedTuple fields of a state hold moments, and which policy argument stores them.
 FIRST_MOMENT_FIELDS = ("mu", "trace")  # Adam's m, Lion's m, SGD's momentum buffer
@@ -304,9 +304,7 @@ def storage_error(state: PyTree) -> dict:
 
 def state_bytes_per_param(state: PyTree, params: PyTree) -> float:
     """Bytes of every array in an optimizer state over the number of parameters, measured
-    from the arrays themselves (float32 Adam: 8 plus a few bytes for counters)."""
-    n = sum(int(np.prod(jnp.shape(x))) for x in jax.tree.leaves(params))
-    total = sum(
-        int(np.prod(jnp.shape(x))) * jnp.result_type(x).itemsize for x in jax.tree.leaves(state)
-    )
-    return total / max(n, 1)
+    from the arrays themselves (:func:`adamx.storage.state_bytes`; float32 Adam: 8 plus a
+    few bytes for counters)."""
+    n = sum(math.prod(jnp.shape(x)) for x in jax.tree.leaves(params))
+    return state_bytes(state) / max(n, 1)

@@ -158,7 +158,6 @@ def jax_contender(spec: dict):
     xla_only = {"fused": False} if name == "adamx xla" else {}
     opt = {
         "adam": lambda: lib.adam(h["lr"], b1=h["b1"], b2=h["b2"], eps=h["eps"], **xla_only),
-        "adam storage": lambda: lib.adam(h["lr"], b1=h["b1"], b2=h["b2"], eps=h["eps"], **xla_only),
         "adamw": lambda: lib.adamw(
             h["lr"],
             b1=h["b1"],
@@ -170,7 +169,7 @@ def jax_contender(spec: dict):
         "amsgrad": lambda: lib.amsgrad(h["lr"], b1=h["b1"], b2=h["b2"], eps=h["eps"]),
         "lion": lambda: lib.lion(h["lr"], b1=h["b1"], b2=h["b2"], weight_decay=0.0),
         "sgd": lambda: lib.sgd(h["lr"], momentum=h["momentum"]),
-    }[spec["optimizer"]]()
+    }[spec["optimizer"].removesuffix(" storage")]()  # case (e) is Adam, stored otherwise
     if name in workloads.STORAGE_CONTENDERS:  # case (e): the moments in another storage
         opt = adamx.with_storage(opt, **workloads.STORAGE_CONTENDERS[name])
 
