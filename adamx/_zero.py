@@ -105,9 +105,9 @@ def shard_state(
     so with all leading dimensions divisible the per-device state drops by the axis size
     (Adam's ``mu`` and ``nu``: 8 bytes per parameter become ``8 / n``). Leaves whose leading
     dimension is not divisible stay whole on every device (no padding). With
-    :func:`adamx.with_storage` the 8-bit codes ``uint8[n_blocks, block_size]`` and scales
-    ``float32[n_blocks]`` shard on whole blocks when ``n_blocks`` is divisible, so no block
-    straddles two devices.
+    :func:`adamx.with_storage` the 8-bit codes ``uint8[*shape[:-1], n_blocks, block]`` and
+    scales ``float32[*shape[:-1], n_blocks]`` split on their leading axis, which never cuts
+    a block, so no block straddles two devices.
 
     Works with any ``optax.GradientTransformation`` (an adamx recipe, a chain, a wrapper);
     it is pure and jit-friendly, and also runs eagerly. :func:`adamx.step` takes the

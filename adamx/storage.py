@@ -25,6 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
+from jax.sharding import AxisType
 
 _MOMENTS = ("mu", "nu")
 
@@ -299,6 +300,16 @@ def _lookup(signed: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return (10.0**z).astype(np.float32), (2.0 ** (bits - 1 - z)).astype(np.float32), edges
 
 
+def _gather(table: jax.Array, index: jax.Array) -> jax.Array:
+    """``table[index]`` for a small replicated table, with ``index`` sharded or not: under an
+    explicit-sharding mesh the result takes ``index``'s sharding (JAX asks for it)."""
+    sharding = getattr(jax.typeof(index), "sharding", None)
+    mesh = getattr(sharding, "mesh", None)
+    if mesh is not None and AxisType.Explicit in getattr(mesh, "axis_types", ()):
+        return table.at[index].get(out_sharding=sharding)
+    return table[index]
+
+
 def _nearest_code(y: jax.Array, signed: bool) -> jax.Array:
     """Index of the table value nearest to ``y`` in ``[-1, 1]``, int32.
 
@@ -313,12 +324,13 @@ def _nearest_code(y: jax.Array, signed: bool) -> jax.Array:
     a = jnp.abs(y)
     z = jnp.clip(jnp.floor(-jnp.log10(a)), 0, bits - 1)  # log10(0) = -inf: the last decade
     z = jnp.where(jnp.isnan(z), 0, z).astype(jnp.int32)
-    n = steps[z]
-    j = jnp.clip(jnp.round((a * pow10[z] - 0.1) / 0.9 * n) - 1, -1, n - 1)  # -1: 10**-(z+1)
+    n = _gather(steps, z)
+    fraction = (a * _gather(pow10, z) - 0.1) / 0.9 * n
+    j = jnp.clip(jnp.round(fraction) - 1, -1, n - 1)  # -1: 10**-(z+1)
     m = (n + j).astype(jnp.int32)
     guess = jnp.clip(jnp.where(y < 0, 127 - m, 128 + m) if signed else m, 0, 255)
-    up = (edges[guess + 1] <= y).astype(jnp.int32)
-    down = (y < edges[guess]).astype(jnp.int32)
+    up = (_gather(edges, guess + 1) <= y).astype(jnp.int32)
+    down = (y < _gather(edges, guess)).astype(jnp.int32)
     return guess + up - down
 
 
@@ -326,9 +338,10 @@ class Quantized(NamedTuple):
     """One leaf in 8-bit block-wise storage (see :func:`blockwise8`).
 
     Attributes:
-      codes: ``uint8[n_blocks, block_size]``, indices into :func:`dynamic_code`, blocks in
-        the row-major order of the flattened leaf, the last one padded with zeros.
-      scale: ``float32[n_blocks]``, each block's largest absolute value.
+      codes: ``uint8[*shape[:-1], n_blocks, b]``, indices into :func:`dynamic_code`: each
+        row of the leaf's last axis ``C`` cut into ``n_blocks = ceil(C / b)`` blocks of
+        ``b = min(block_size, C)`` elements, the row's last block padded with the code of 0.
+      scale: ``float32[*shape[:-1], n_blocks]``, each block's largest absolute value.
     """
 
     codes: jax.Array
@@ -394,12 +407,15 @@ class Blockwise8(_Policy):
         x = x.astype(jnp.float32)
         if x.size < self.min_size:
             return x
-        n_blocks = -(-x.size // self.block_size)
-        flat = jnp.pad(x.reshape(-1), (0, n_blocks * self.block_size - x.size))
-        blocks = flat.reshape(n_blocks, self.block_size)
-        scale = jnp.max(jnp.abs(blocks), axis=1)
+        shape = x.shape or (1,)
+        c, b, nb = row_blocks(shape, self.block_size)
+        rows = x.reshape(shape)
+        if nb * b != c:
+            rows = jnp.pad(rows, [(0, 0)] * (len(shape) - 1) + [(0, nb * b - c)])
+        blocks = rows.reshape(*shape[:-1], nb, b)
+        scale = jnp.max(jnp.abs(blocks), axis=-1)
         safe = jnp.where(scale > 0, scale, jnp.ones_like(scale))
-        codes = _nearest_code(blocks / safe[:, None], signed)
+        codes = _nearest_code(blocks / safe[..., None], signed)
         if not signed:  # a positive value never rounds to 0; a negative one (an error) does
             codes = jnp.where(blocks > 0, jnp.maximum(codes, 1), 0)
         return Quantized(codes.astype(jnp.uint8), scale)
@@ -414,22 +430,37 @@ class Blockwise8(_Policy):
         if size < self.min_size:
             return stored.astype(like.dtype).reshape(like.shape)
         signed = self._signed()
-        values = jnp.asarray(dynamic_code(signed))[stored.codes] * stored.scale[:, None]
+        shape = tuple(like.shape) or (1,)
+        c, b, nb = row_blocks(shape, self.block_size)
+        values = _gather(jnp.asarray(dynamic_code(signed)), stored.codes) * stored.scale[..., None]
         if not signed:
             tiny = jnp.full_like(values, jnp.finfo(jnp.float32).tiny)
             values = jnp.where(stored.codes > 0, jnp.maximum(values, tiny), values)
-        return values.reshape(-1)[:size].reshape(like.shape).astype(like.dtype)
+        values = values.reshape(*shape[:-1], nb * b)
+        if nb * b != c:
+            values = values[..., :c]
+        return values.reshape(like.shape).astype(like.dtype)
+
+
+def row_blocks(shape: tuple[int, ...], block_size: int) -> tuple[int, int, int]:
+    """``(C, b, nb)`` of the 8-bit row layout of a leaf of ``shape``: its last axis ``C``
+    (1 for a scalar), the block length ``b = min(block_size, C)`` (1 when ``C = 0``) and
+    ``nb = ceil(C / b)`` blocks per row."""
+    c = shape[-1] if shape else 1
+    b = max(min(block_size, c), 1)
+    return c, b, -(-c // b)
 
 
 def blockwise8(block_size: int = 256, min_size: int = 4096, signed: bool | None = None):
     """Store a moment in 8 bits per element: block-wise absmax scaling and a dynamic code.
 
-    Per leaf of at least ``min_size`` elements: flatten it (row-major), pad with zeros to a
-    multiple of ``block_size``, and per block ``b``::
+    Per leaf of at least ``min_size`` elements, each row of its last axis (length ``C``;
+    a vector is one row) is cut into blocks of ``b = min(block_size, C)`` elements, the
+    last one zero-padded, and per block ``k``::
 
-        scale[b] = max |x[b]|                         (float32)
-        codes[b] = nearest index of x[b] / scale[b] in the 256-value table (uint8)
-        decode   = table[codes[b]] * scale[b]
+        scale[k] = max |x[k]|                         (float32)
+        codes[k] = nearest index of x[k] / scale[k] in the 256-value table (uint8)
+        decode   = table[codes[k]] * scale[k]
 
     The table is :func:`dynamic_code`: signed for ``mu`` (sign plus a dynamic exponent and
     linear fraction; exact 0, exact ``+-1``), unsigned for ``nu`` (twice the resolution, and
@@ -441,10 +472,15 @@ def blockwise8(block_size: int = 256, min_size: int = 4096, signed: bool | None 
     whole block decode to non-finite values. Smaller leaves are stored in float32 as they
     are (they are few bytes, and often biases and norms sensitive to error).
 
-    Blocks follow the row-major flattening of one leaf and never span two leaves, so a leaf
-    sharded along its leading axis keeps whole blocks per shard when its rows per shard
-    times its row size is a multiple of ``block_size``. Memory: ``1 + 4 / block_size`` bytes
-    per element (1.016 at the default).
+    Blocks never cross a row, so the stored leaf shards like its param: ``codes`` and
+    ``scale`` keep the param's leading axes, and its last axis becomes ``(n_blocks, b)``.
+    A param sharded along any leading axis, or along its last axis in whole blocks (``C``
+    per device a multiple of ``b``), keeps whole blocks on every device, and the update
+    decodes and encodes each shard where it lies (no gather); ZeRO-1 (:func:`adamx.shard_state`)
+    splits the leading axis, which is also whole blocks. Memory: ``1 + 4 / b`` bytes per
+    element, plus the padding of rows whose ``C`` is not a multiple of ``b`` (1.016 at the
+    default block of 256; rows shorter than 256 use one block each, e.g. 1.0625 for
+    ``C = 64``).
 
     Args:
       block_size: elements per block with its own scale, a positive power of two; default
@@ -462,9 +498,9 @@ def blockwise8(block_size: int = 256, min_size: int = 4096, signed: bool | None 
     Example:
       >>> import jax.numpy as jnp
       >>> nu = blockwise8().for_moment("nu")
-      >>> stored = nu.encode(jnp.ones((64, 64)), None)
+      >>> stored = nu.encode(jnp.ones((64, 512)), None)
       >>> stored.codes.shape, stored.scale.shape
-      ((16, 256), (16,))
+      ((64, 2, 256), (64, 2))
 
     Reference:
       Dettmers, Lewis, Shleifer, Zettlemoyer, "8-bit Optimizers via Block-wise

@@ -122,6 +122,50 @@ report["max_rel_diff"] = {
     n: max(normwise(a, b) for a, b in zip(jax.tree.leaves((ps[n], states[n])),
                                            jax.tree.leaves((p1[n], s1[n]))))
     for n in opts}
+
+# Low-memory state (issue 8, item 5): 8-bit blocks run along each row of the last axis, so
+# shards of rows, of whole-block columns, or of whole blocks of a vector hold whole blocks.
+SH8 = {"rows": NamedSharding(mesh, P("x", None)),  # 3 rows of 300 per device
+       "cols": NamedSharding(mesh, P(None, "x")),  # 256 columns per device
+       "vec": NamedSharding(mesh, P("x"))}         # 4 blocks of 256 per device
+host8 = {"rows": rng.normal(size=(24, 300)).astype(np.float32),
+         "cols": rng.normal(size=(16, 2048)).astype(np.float32),
+         "vec": rng.normal(size=(8192,)).astype(np.float32)}
+grads8 = [{k: rng.normal(size=v.shape).astype(np.float32) for k, v in host8.items()}
+          for _ in range(3)]
+params8 = jax.device_put(host8, SH8)
+lowmem = {"8bit": adamx.with_storage(adamx.adam(1e-2), mu="8bit", nu="8bit"),
+          "bfloat16_sr": adamx.with_storage(adamx.adam(1e-2), mu="bfloat16_sr",
+                                            nu="bfloat16_sr")}
+
+def storage_specs(state):
+    # {path: (shape, spec padded to its rank)} of every moment leaf
+    out = {}
+    for path, leaf in jax.tree_util.tree_leaves_with_path(state.inner):
+        if np.ndim(leaf) == 0:
+            continue
+        spec = list(leaf.sharding.spec) + [None] * (np.ndim(leaf) - len(leaf.sharding.spec))
+        out[jax.tree_util.keystr(path)] = [list(np.shape(leaf)), spec]
+    return out
+
+report["lowmem"] = {}
+for n, o in lowmem.items():
+    eager8 = o.init(params8)
+    jit8 = jax.jit(o.init, out_shardings=state_shardings(o, params8))(params8)
+    step8 = jax.jit(lambda p, s, g, o=o: adamx.step(o, g, s, p))
+    hlo8 = step8.lower(params8, jit8, jax.device_put(grads8[0], SH8)).compile().as_text()
+    p8, s8 = params8, jit8
+    p1, s1 = jax.device_put(host8, dev), o.init(jax.device_put(host8, dev))
+    for g in grads8:
+        p8, s8 = step8(p8, s8, jax.device_put(g, SH8))
+        p1, s1 = step8(p1, s1, jax.device_put(g, dev))
+    report["lowmem"][n] = {
+        "eager": storage_specs(eager8), "jit": storage_specs(jit8), "after": storage_specs(s8),
+        "gathers": len(re.findall(r" (?:all-gather|collective-permute|all-to-all)(?:-start)?\(",
+                                  hlo8)),
+        "max_rel_diff": max(normwise(a, b) for a, b in zip(jax.tree.leaves((p8, s8)),
+                                                           jax.tree.leaves((p1, s1)))),
+    }
 print("JSON" + json.dumps(report))
 """
 
@@ -185,6 +229,35 @@ def test_sharded_steps_equal_single_device(report):
     magnitude (bitwise but for adafactor and lamb, whose norms are all-reduced)."""
     bad = {n: d for n, d in report["max_rel_diff"].items() if not d <= 1e-6}
     assert not bad, bad
+
+
+# Where each param's shards lie in its stored moments: (sharded dim of the param, of the
+# 8-bit codes uint8[*shape[:-1], n_blocks, block] and scales float32[*shape[:-1], n_blocks]).
+SHARDED_DIM = {"rows": 0, "cols": 1, "vec": 0}
+
+
+@pytest.mark.parametrize("policy", ["8bit", "bfloat16_sr"])
+def test_low_memory_state_is_sharded_per_shard(report, policy):
+    """Each stored leaf is split along its param's sharded dim, on whole blocks, from eager
+    init, from jit(init, out_shardings=state_shardings(...)) and after 3 steps."""
+    out = report["lowmem"][policy]
+    for phase in ("eager", "jit", "after"):
+        leaves = out[phase]
+        assert len(leaves) == (12 if policy == "8bit" else 6), leaves  # mu, nu x 3 params
+        for path, (shape, spec) in leaves.items():
+            name = next(k for k in SHARDED_DIM if f"'{k}'" in path)
+            want = [None] * len(shape)
+            want[SHARDED_DIM[name]] = "x"
+            assert spec == want, (phase, path, shape, spec)
+            if policy == "8bit" and path.endswith(".codes"):
+                assert shape[-1] == 256, (path, shape)
+
+
+@pytest.mark.parametrize("policy", ["8bit", "bfloat16_sr"])
+def test_low_memory_step_gathers_nothing_and_equals_one_device(report, policy):
+    out = report["lowmem"][policy]
+    assert out["gathers"] == 0
+    assert out["max_rel_diff"] == 0.0  # elementwise algebra and codec: bitwise equal
 
 
 # ------------------------------------------------------------------ single device, unchanged

@@ -168,10 +168,10 @@ def test_8bit_codes_shard_on_whole_blocks(eight_devices):
     codes = [
         leaf
         for leaf in zero
-        if len(leaf["shape"]) == 2 and leaf["nbytes"] == np.prod(leaf["shape"])
+        if len(leaf["shape"]) >= 2 and leaf["nbytes"] == np.prod(leaf["shape"])
     ]
     assert codes, "no uint8 codes in the 8-bit state"
-    for leaf in codes:  # uint8[n_blocks, block_size]: split on blocks
+    for leaf in codes:  # uint8[rows, n_blocks, block]: split on rows, so on whole blocks
         assert leaf["spec"] == ["data"]
         assert leaf["dev0"] == leaf["nbytes"] // N_DEVICES
 
