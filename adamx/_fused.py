@@ -300,6 +300,10 @@ def fuse(
         return tx.update(grads, state, params)
 
     update.apply_step = apply_step
+    # What adamx.with_storage needs to run this recipe through the stored-moments kernel
+    # (adamx/_fused_storage.py).
+    update.adam_rule = rule
+    update.fused = fused
     return optax.GradientTransformation(tx.init, update)
 
 

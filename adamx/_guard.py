@@ -51,6 +51,10 @@ def guard(tx: optax.GradientTransformation, who: str) -> optax.GradientTransform
     apply_step = getattr(tx.update, "apply_step", None)
     if apply_step is not None:  # the in-place step of a fused recipe (see adamx.step)
         update.apply_step = checked(apply_step)
+        # what adamx.with_storage reads to serve this recipe from its own fused kernel
+        for name in ("adam_rule", "fused"):
+            if hasattr(tx.update, name):
+                setattr(update, name, getattr(tx.update, name))
     return optax.GradientTransformation(init, update)
 
 

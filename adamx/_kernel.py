@@ -33,8 +33,14 @@ from pathlib import Path
 import jax
 
 _SOURCE = Path(__file__).parent / "_kernels" / "adam_cpu.cc"
+# Adam/AdamW with moments stored in bfloat16 or 8 bits (adamx/_fused_storage.py); built
+# into the same library.
+_STORAGE_SOURCE = Path(__file__).parent / "_kernels" / "adam_storage_cpu.cc"
+_SOURCES = (_SOURCE, _STORAGE_SOURCE)
 _SYMBOL = "AdamxAdamStep"
 TARGET = "adamx_adam_step_v1"
+_STORAGE_SYMBOL = "AdamxAdamStorageStep"
+STORAGE_TARGET = "adamx_adam_storage_step_v1"
 # -ffp-contract=off: no fused multiply-adds, so each element is exactly the float32
 # formula, operation by operation (tested bitwise against NumPy). -fno-math-errno lets
 # sqrt vectorise without changing its results.
@@ -107,7 +113,7 @@ def _jaxlib_version() -> str:
 def _library_path(include: str) -> Path:
     key = hashlib.sha256()
     for part in (
-        _SOURCE.read_bytes(),
+        *(source.read_bytes() for source in _SOURCES),
         " ".join(_compiler() + list(_FLAGS)).encode(),
         include.encode(),
         jax.__version__.encode(),
@@ -129,7 +135,7 @@ def _build(path: Path, include: str) -> float:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=path.stem + ".", suffix=".tmp", dir=path.parent)
     os.close(fd)
-    command = [*compiler, *_FLAGS, f"-I{include}", str(_SOURCE), "-o", tmp]
+    command = [*compiler, *_FLAGS, f"-I{include}", *map(str, _SOURCES), "-o", tmp]
     start = time.perf_counter()
     try:
         done = subprocess.run(command, capture_output=True, text=True, timeout=300)
@@ -146,8 +152,9 @@ def _build(path: Path, include: str) -> float:
 def _load() -> KernelInfo:
     if disabled_by_env():
         return KernelInfo(False, "disabled by ADAMX_FUSED=0")
-    if not _SOURCE.exists():
-        return KernelInfo(False, f"kernel source missing: {_SOURCE}")
+    missing = [str(source) for source in _SOURCES if not source.exists()]
+    if missing:
+        return KernelInfo(False, f"kernel source missing: {', '.join(missing)}")
     try:
         include = jax.ffi.include_dir()
         path = _library_path(include)
@@ -155,10 +162,11 @@ def _load() -> KernelInfo:
         if not path.exists():
             seconds = _build(path, include)
         library = ctypes.CDLL(str(path))
-        handler = getattr(library, _SYMBOL)
-        if TARGET not in _registered:  # a target is registered once per process
-            jax.ffi.register_ffi_target(TARGET, jax.ffi.pycapsule(handler), platform="cpu")
-            _registered.add(TARGET)
+        for symbol, target in ((_SYMBOL, TARGET), (_STORAGE_SYMBOL, STORAGE_TARGET)):
+            handler = getattr(library, symbol)
+            if target not in _registered:  # a target is registered once per process
+                jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(handler), platform="cpu")
+                _registered.add(target)
     except Exception as error:  # noqa: BLE001 - any failure means: use the XLA path
         return KernelInfo(False, f"{type(error).__name__}: {error}")
     return KernelInfo(True, "", str(path), seconds)

@@ -206,7 +206,7 @@ def with_storage(
             for x in leaves:
                 leaf_key = None
                 if policy is not None and policy.stochastic:
-                    leaf_key = jax.random.fold_in(jax.random.wrap_key_data(key), index[0])
+                    leaf_key = rounding_key(key, index[0])
                 stored = x if policy is None else policy.encode(x, leaf_key)
                 if track_error and policy is not None:
                     like = jax.ShapeDtypeStruct(jnp.shape(x), jnp.result_type(x))
@@ -247,14 +247,43 @@ def with_storage(
         like = jax.eval_shape(optimizer.init, grads)
         inner = decode_all(state.inner, like)
         updates, inner = optimizer.update(grads, inner, params)
-        key = sub = state.key
-        if stochastic:
-            key, sub = jax.random.split(jax.random.wrap_key_data(state.key))
-            key, sub = jax.random.key_data(key), jax.random.key_data(sub)
+        key, sub = next_rounding_key(state.key, stochastic)
         encoded, error = encode_all(inner, sub)
         return updates, StorageState(inner=encoded, key=key, error=error)
 
+    rule = getattr(optimizer.update, "adam_rule", None)
+    if rule is not None:  # adamx.adam / adamw: adamx.step can take the fused kernel
+        from adamx._fused_storage import storage_apply_step
+
+        fused = getattr(optimizer.update, "fused", None)
+        update.apply_step = storage_apply_step(
+            rule, fused, policies, track_error, stochastic, update
+        )
     return optax.GradientTransformation(init, update)
+
+
+def next_rounding_key(key: jax.Array, stochastic: bool) -> tuple[jax.Array, jax.Array]:
+    """``(the state's next key, this update's key)`` from a :class:`StorageState` key (the
+    raw ``uint32[2]`` data); both are ``key`` itself when nothing rounds stochastically."""
+    if not stochastic:
+        return key, key
+    new, sub = jax.random.split(jax.random.wrap_key_data(key))
+    return jax.random.key_data(new), jax.random.key_data(sub)
+
+
+def rounding_key(key: jax.Array, index: int) -> jax.Array:
+    """The stochastic-rounding key of the ``index``-th moment leaf of an update (leaves
+    counted over every moment field, in the order ``_walk`` visits them), from the
+    update's raw key."""
+    return jax.random.fold_in(jax.random.wrap_key_data(key), index)
+
+
+def rounding_seeds(key: jax.Array, n: int) -> jax.Array:
+    """``uint32[n]``: the 32-bit seeds ``adamx.storage`` draws from the keys of moment
+    leaves ``0 .. n-1`` (what the fused kernel hashes with each element's index)."""
+    base = jax.random.wrap_key_data(key)
+    draw = lambda i: jax.random.bits(jax.random.fold_in(base, i), (), jnp.uint32)  # noqa: E731
+    return jax.vmap(draw)(jnp.arange(n, dtype=jnp.uint32))
 
 
 def _error_terms(x, stored) -> tuple[jax.Array, jax.Array, jax.Array]:

@@ -1,0 +1,396 @@
+"""Adam and AdamW with stored moments in one pass on CPU: the kernel behind :func:`adamx.step`
+for ``with_storage(adam(...) or adamw(...), mu=..., nu=...)``.
+
+The XLA path of :func:`adamx.with_storage` decodes every stored moment into a float32
+array, runs the recipe, and encodes the new moments: several loops per leaf, each moving
+float32 arrays, so storing 2 or 1 bytes per moment makes the step slower than float32
+Adam. ``_kernels/adam_storage_cpu.cc`` decodes, updates and encodes each element in one
+pass (p and the stored moments updated in place): 16 bytes per parameter with two 8-bit
+moments (p read and written, g read, one byte each way per moment, plus the scales),
+20 with two bfloat16 moments, against 28 for float32 Adam.
+
+Served policies per moment (``mu`` and ``nu`` independently): None or ``"float32"``,
+``"bfloat16"``, ``"bfloat16_sr"`` and ``"8bit"`` (any :func:`adamx.storage.blockwise8`;
+leaves under its ``min_size`` stay float32). The results are those of the XLA path: the
+same state tree, dtypes and shapes, Adam's arithmetic as the float32 kernel computes it
+(``adamx._fused.formula``), then the codecs of ``adamx.storage`` exactly (ties, padding,
+the stochastic-rounding noise of each element). Anything else takes the XLA path:
+``float16``, ``"factored"``, ``track_error=True``, an 8-bit ``mu`` and ``nu`` with
+different block sizes, non-float32 params, a mesh, another recipe.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from adamx import storage as _storage
+from adamx._base import check_trees_match, safe_increment
+from adamx._fused import (
+    DECOUPLED,
+    GROUP,
+    AdamRule,
+    _inside_shard_map,
+    _is_f32,
+    _resolve_mask,
+    _single_cpu_process,
+    scalars,
+)
+from adamx._kernel import STORAGE_TARGET, disabled_by_env, ensure_kernel
+from adamx._moments import MomentsState
+from adamx._schedule import ScheduleState
+
+F32, BF16, BF16_SR, Q8_SIGNED, Q8_UNSIGNED = range(5)
+
+
+# ------------------------------------------------------------------ the code tables
+
+
+def _mag16(x: float) -> int:
+    """The top 16 bits of a float32's magnitude (exponent and 7 mantissa bits)."""
+    return int(np.float32(abs(x)).view(np.uint32)) >> 16
+
+
+def _float_of_bits(bits: int) -> np.float32:
+    return np.uint32(bits).view(np.float32)
+
+
+@functools.cache
+def bucket_tables() -> tuple[int, int, np.ndarray, np.ndarray]:
+    """``(lo, n, buckets, tables)`` for the kernel's nearest-code search.
+
+    The kernel finds ``searchsorted(midpoints, y, side="right")`` (the number of midpoints
+    at or below ``y``) for a float32 ``y`` (``-0.0`` made ``+0.0``) with one table read: the
+    bucket of ``y`` is ``clamp((bits(y) >> 16 & 0x7FFF) - lo, 0, n - 1)``, plus ``n`` when
+    ``y`` is negative: its sign, exponent and top 7 mantissa bits. ``lo`` is two binades
+    below the smallest positive midpoint of either code, so the first bucket (every
+    magnitude below ``2**e(lo)``, zero included) holds no midpoint but the signed code's
+    0, and the last bucket takes every magnitude from 1 up.
+
+    ``buckets[u]`` (``u``: 0 signed, 1 unsigned) holds per bucket ``c | has << 8 |
+    t << 16``: ``c`` the number of midpoints at or below the bucket's lowest value; ``has``
+    whether one midpoint lies above that, inside the bucket (never two: checked here), and
+    then ``t`` the low 16 bits of its float32 bits (its high 16 are the bucket's, so
+    ``y >= midpoint`` is ``low16(y) >= t``, or ``<=`` for negative ``y``). The code is
+    ``c + (has and that comparison)``.
+
+    ``tables`` is float32[4, 256]: the signed and unsigned code values, then their
+    midpoints padded with ``+inf`` (not used by the search; kept for the decode).
+    """
+    mids = [_storage._midpoints(True), _storage._midpoints(False)]
+    smallest = min(float(m[m > 0].min()) for m in mids)
+    lo = ((_mag16(smallest) >> 7) - 2) << 7
+    top = _mag16(1.0)
+    n = top - lo + 1
+    idx = np.arange(n, dtype=np.uint32)
+    top16 = idx + np.uint32(lo)
+    lo_val = np.where(idx == 0, np.float32(0), (top16 << 16).view(np.float32))
+    hi_val = np.where(idx == n - 1, np.float32(np.inf), ((top16 << 16) | 0xFFFF).view(np.float32))
+    tiny = np.float32(np.finfo(np.float32).smallest_subnormal)
+    # the negative buckets: y < 0 strictly (the kernel turns -0.0 into +0.0)
+    neg_hi = np.where(idx == 0, -tiny, -lo_val).astype(np.float32)
+    buckets = []
+    for mid in mids:
+        halves = []
+        for bmin, bmax in ((lo_val.astype(np.float32), hi_val), (-hi_val, neg_hi)):
+            c = np.searchsorted(mid, bmin, side="right")
+            inside = np.searchsorted(mid, bmax, side="right") - c
+            if inside.max() > 1:  # pragma: no cover - a property of the tables, tested
+                raise AssertionError("a search bucket holds two midpoints")
+            has = inside == 1
+            t = mid[np.minimum(c, len(mid) - 1)].view(np.uint32)
+            same = (t >> 16) & 0x7FFF == top16
+            if np.any(has & (~same | (idx == 0) | (idx == n - 1))):  # pragma: no cover
+                raise AssertionError("a midpoint lies in a clamped bucket")
+            entry = c.astype(np.uint32) | np.where(has, (t & 0xFFFF) << 16 | 0x100, 0)
+            halves.append(entry.astype(np.uint32))
+        buckets.append(np.concatenate(halves))
+    tables = np.stack(
+        [
+            _storage.dynamic_code(True),
+            _storage.dynamic_code(False),
+            np.append(mids[0], np.float32(np.inf)),
+            np.append(mids[1], np.float32(np.inf)),
+        ]
+    ).astype(np.float32)
+    return lo, n, np.concatenate(buckets), tables
+
+
+# ------------------------------------------------------------------------ the plan
+
+
+class _Leaf(NamedTuple):
+    mu: int  # mode
+    nu: int
+    rows: int
+    cols: int
+    block: int
+    mu_parts: int  # stored arrays: 1, or 2 for 8-bit (codes, scale)
+    nu_parts: int
+
+
+class _Plan(NamedTuple):
+    decay: int
+    maximize: bool
+    decay_flags: tuple[bool, ...]
+    leaves: tuple[_Leaf, ...]
+
+
+def _q8_layout(policy, shape, stored) -> tuple[int, int, int] | None:
+    """``(rows, cols, block)`` of a leaf's 8-bit blocks, read from what ``policy.encode``
+    makes: row blocks of the last axis (``codes[*S[:-1], nb, b]``), or blocks over the
+    flattened leaf (``codes[n_blocks, block_size]``, a single row); None if neither."""
+    like = jax.ShapeDtypeStruct(shape, jnp.float32)
+    want = jax.eval_shape(lambda x: policy.encode(x, None), like)
+    got = jax.tree.map(lambda x: (tuple(jnp.shape(x)), jnp.result_type(x)), stored)
+    if jax.tree.map(lambda x: (tuple(x.shape), x.dtype), want) != got:
+        return None
+    if not isinstance(want, _storage.Quantized):
+        return None
+    codes, scale = want.codes.shape, want.scale.shape
+    if codes[-1] < 1 or scale != codes[:-1]:
+        return None
+    size = math.prod(shape)
+    cols = shape[-1] if shape else 1
+    b = codes[-1]
+    if (
+        len(shape) >= 1
+        and codes == (*shape[:-1], -(-cols // b), b)
+        and b == min(policy.block_size, cols)
+    ):
+        return size // max(cols, 1), cols, b
+    if codes == (-(-size // b), b) and b == policy.block_size:
+        return 1, size, b
+    return None
+
+
+def _moment_leaf(policy, shape, stored):
+    """``(mode, parts, layout)`` of one stored moment leaf, or a reason string."""
+    size = math.prod(shape)
+    if policy is None or (
+        isinstance(policy, _storage.Cast)
+        and policy.dtype == "float32"
+        and not policy.stochastic_rounding
+    ):
+        if not _is_f32(stored) or tuple(jnp.shape(stored)) != tuple(shape):
+            return "a float32 moment is not stored as float32"
+        return F32, 1, None
+    if isinstance(policy, _storage.Cast) and policy.dtype == "bfloat16":
+        if jnp.result_type(stored) != jnp.bfloat16 or math.prod(jnp.shape(stored)) != size:
+            return "a bfloat16 moment is not stored as bfloat16"
+        return (BF16_SR if policy.stochastic_rounding else BF16), 1, None
+    if isinstance(policy, _storage.Blockwise8) and policy.signed is not None:
+        if size < policy.min_size:
+            if not _is_f32(stored) or tuple(jnp.shape(stored)) != tuple(shape):
+                return "a small 8-bit-policy leaf is not stored as float32"
+            return F32, 1, None
+        layout = _q8_layout(policy, tuple(shape), stored)
+        if layout is None:
+            return "an 8-bit moment is not in a block layout the kernel knows"
+        return (Q8_SIGNED if policy.signed else Q8_UNSIGNED), 2, layout
+    return f"storage {getattr(policy, 'name', policy)!r} has no kernel"
+
+
+def _moment_fields(inner) -> list[tuple[str, object]]:
+    """The moment fields of a state in encode order: (role, value)."""
+    from adamx._lowmem import _walk
+
+    found: list[tuple[str, object]] = []
+
+    def note(role, value, *_):
+        found.append((role, value))
+        return value
+
+    _walk(note, inner)
+    return found
+
+
+def plan(rule: AdamRule, policies, track_error: bool, grads, state, params, *, fused):
+    """The kernel plan for this call, or None for the XLA path; raises for ``fused=True``
+    when the kernel cannot serve the call."""
+    from adamx._lowmem import StorageState
+
+    if fused is False or (fused is None and disabled_by_env()):
+        return None
+
+    def no(reason: str):
+        if fused:
+            raise ValueError(
+                f"fused=True, but the fused kernel cannot run this with_storage step: "
+                f"{reason}. Use fused=None to let adamx fall back to the XLA path in such "
+                f"cases."
+            )
+        return None
+
+    if track_error:
+        return no("track_error=True measures the encoding error on the XLA path")
+    if not isinstance(state, StorageState) or not isinstance(state.inner, tuple):
+        return no("the state is not this optimizer's")
+    moments = state.inner[rule.moments_at] if len(state.inner) > rule.moments_at else None
+    if not isinstance(moments, MomentsState):
+        return no("the state is not this recipe's")
+    g_leaves, treedef = jax.tree.flatten(grads)
+    n = len(g_leaves)
+    if not n:
+        return no("the tree has no leaves")
+    if params is None:
+        return no("`params` were not given")
+    fields = _moment_fields(state.inner)
+    if [role for role, _ in fields] != ["mu", "nu"] or not (
+        fields[0][1] is moments.mu and fields[1][1] is moments.nu
+    ):
+        return no("the state keeps other moments than Adam's mu and nu")
+    try:
+        p_leaves = treedef.flatten_up_to(params)
+        mu_leaves = treedef.flatten_up_to(moments.mu)
+        nu_leaves = treedef.flatten_up_to(moments.nu)
+    except (ValueError, TypeError):
+        return no("the params or the state do not match the gradients' tree")
+    if not all(_is_f32(x) for x in g_leaves + p_leaves):
+        return no("the kernel takes float32 params and gradients only")
+    if any(jnp.shape(p) != jnp.shape(g) for p, g in zip(p_leaves, g_leaves)):
+        return no("the params' and the gradients' shapes differ")
+    leaves = []
+    for g, m, v in zip(g_leaves, mu_leaves, nu_leaves):
+        shape = tuple(jnp.shape(g))
+        a = _moment_leaf(policies["mu"], shape, m)
+        b = _moment_leaf(policies["nu"], shape, v)
+        for found in (a, b):
+            if isinstance(found, str):
+                return no(found)
+        layouts = {x[2] for x in (a, b) if x[2] is not None}
+        if len(layouts) > 1:
+            return no("8-bit mu and nu with different block layouts")
+        rows, cols, block = layouts.pop() if layouts else (1, math.prod(shape), 1)
+        leaves.append(_Leaf(a[0], b[0], rows, cols, block, a[1], b[1]))
+    if fused is None and not _single_cpu_process():
+        return None
+    flags = (True,) * n
+    if rule.decay == DECOUPLED and rule.mask is not None:
+        flags = _resolve_mask(rule.mask, params, n)
+        if flags is None:
+            return no("the weight-decay mask is not a tree of Python bools like the params")
+    if not ensure_kernel(required=bool(fused)):
+        return None
+    if not _single_cpu_process() and not _inside_shard_map():
+        return no(
+            "there are several devices and this is not inside `shard_map`: XLA would gather "
+            "every sharded operand onto one device for the kernel"
+        )
+    return _Plan(rule.decay, rule.maximize, flags, tuple(leaves))
+
+
+# ---------------------------------------------------------------------- the kernel
+
+
+def _ffi_leaves(config: _Plan, s, seeds, p, g, m, v):
+    """The kernel over all leaves, in calls of at most ``GROUP`` leaves; p and the stored
+    moments (lists of their parts) are updated in place."""
+    lo_b, n_b, buckets, tables = bucket_tables()
+    buckets, tables = jnp.asarray(buckets), jnp.asarray(tables.reshape(-1))
+    outs, ms, vs = [], [], []
+    for lo in range(0, len(g), GROUP):
+        hi = min(lo + GROUP, len(g))
+        operands, shapes, aliases = [s, seeds[2 * lo : 2 * hi], tables, buckets], [], {}
+        layout = []
+        for i in range(lo, hi):
+            leaf = config.leaves[i]
+            layout += [leaf.mu, leaf.nu, leaf.rows, leaf.cols, leaf.block]
+            for x, donate in [(p[i], True), (g[i], False), *((x, True) for x in m[i] + v[i])]:
+                if donate:
+                    aliases[len(operands)] = len(shapes)
+                    shapes.append(jax.ShapeDtypeStruct(jnp.shape(x), jnp.result_type(x)))
+                operands.append(x)
+        results = jax.ffi.ffi_call(
+            STORAGE_TARGET, shapes, input_output_aliases=aliases, vmap_method="sequential"
+        )(
+            *operands,
+            decay=np.int64(config.decay),
+            maximize=config.maximize,
+            decay_mask=np.asarray(config.decay_flags[lo:hi], np.int64),
+            layout=np.asarray(layout, np.int64),
+            bucket_lo=np.int64(lo_b),
+            bucket_n=np.int64(n_b),
+        )
+        k = 0
+        for i in range(lo, hi):
+            leaf = config.leaves[i]
+            outs.append(results[k])
+            ms.append(list(results[k + 1 : k + 1 + leaf.mu_parts]))
+            k += 1 + leaf.mu_parts
+            vs.append(list(results[k : k + leaf.nu_parts]))
+            k += leaf.nu_parts
+    return outs, ms, vs
+
+
+def _parts(stored) -> list:
+    if isinstance(stored, _storage.Quantized):
+        return [stored.codes, stored.scale]
+    return [stored]
+
+
+def _unparts(parts: list):
+    return _storage.Quantized(*parts) if len(parts) == 2 else parts[0]
+
+
+def kernel_step(rule: AdamRule, config: _Plan, stochastic: bool, grads, state, params):
+    """``(new_params, new_state)`` computed by the kernel; the state advanced exactly as
+    :func:`adamx.with_storage`'s ``update`` advances it."""
+    from adamx._lowmem import StorageState, next_rounding_key, rounding_seeds
+
+    inner = state.inner
+    moments: MomentsState = inner[rule.moments_at]
+    count = safe_increment(moments.count)
+    lr, new_inner = rule.learning_rate, list(inner)
+    if callable(rule.learning_rate):
+        schedule: ScheduleState = inner[rule.lr_at]
+        lr = rule.learning_rate(schedule.count)
+        new_inner[rule.lr_at] = ScheduleState(count=safe_increment(schedule.count))
+    g, treedef = jax.tree.flatten(grads)
+    g = [jnp.asarray(x) for x in g]
+    p = [jnp.asarray(x) for x in treedef.flatten_up_to(params)]
+    m = [_parts(x) for x in treedef.flatten_up_to(moments.mu)]
+    v = [_parts(x) for x in treedef.flatten_up_to(moments.nu)]
+    key, sub = next_rounding_key(state.key, stochastic)
+    n = len(g)
+    modes = [(leaf.mu, leaf.nu) for leaf in config.leaves]
+    if any(BF16_SR in pair for pair in modes):
+        seeds = rounding_seeds(sub, 2 * n)
+        mask = np.asarray([[mu == BF16_SR, nu == BF16_SR] for mu, nu in modes]).T.reshape(-1)
+        seeds = jnp.where(mask, seeds, jnp.uint32(0))
+        seeds = seeds.reshape(2, n).T.reshape(-1)  # per leaf: mu's seed, nu's seed
+    else:
+        seeds = jnp.zeros([2 * n], jnp.uint32)
+    out, m, v = _ffi_leaves(config, scalars(rule, count, lr), seeds, p, g, m, v)
+    unflat = functools.partial(jax.tree.unflatten, treedef)
+    new_inner[rule.moments_at] = MomentsState(
+        count=count, mu=unflat([_unparts(x) for x in m]), nu=unflat([_unparts(x) for x in v])
+    )
+    return unflat(out), StorageState(inner=tuple(new_inner), key=key, error={})
+
+
+def storage_apply_step(rule: AdamRule, fused, policies, track_error, stochastic, update):
+    """The ``apply_step`` of ``with_storage(adam/adamw)``: the kernel where it applies,
+    else ``update`` and ``optax.apply_updates``."""
+
+    def xla_step(grads, state, params):
+        updates, state = update(grads, state, params)
+        return optax.apply_updates(params, updates), state
+
+    def apply_step(grads, state, params):
+        config = plan(rule, policies, track_error, grads, state, params, fused=fused)
+        if config is None:
+            return xla_step(grads, state, params)
+        check_trees_match(grads, params, "grads", "params")
+        on_cpu = functools.partial(kernel_step, rule, config, stochastic)
+        if jax.default_backend() == "cpu":
+            return on_cpu(grads, state, params)
+        return jax.lax.platform_dependent(grads, state, params, cpu=on_cpu, default=xla_step)
+
+    return apply_step

@@ -1,0 +1,590 @@
+// adamx: Adam / AdamW with stored moments (bfloat16, stochastic bfloat16, 8-bit blockwise)
+// as one pass over memory, for XLA on CPU.
+//
+// The companion of adam_cpu.cc for adamx.with_storage(adam/adamw, mu=..., nu=...): per
+// element it decodes the stored m and v, runs the same float32 Adam arithmetic in the same
+// order as adam_cpu.cc (see adamx/_fused.py `formula`), writes the new parameter, and
+// encodes the new m and v back into their storage:
+//
+//   mode 0  float32        stored as is
+//   mode 1  bfloat16       round to nearest even (XLA's astype)
+//   mode 2  bfloat16_sr    bits + (noise >> 16), top half; noise = mix(mix(i ^ seed) + seed)
+//                          with i the element's row-major index in the leaf (storage.py)
+//   mode 3  8-bit, signed code; mode 4  8-bit, unsigned code (storage.Blockwise8):
+//           a leaf is rows of its last axis (cols), each row cut into blocks of `block`
+//           (the last padded with the code of 0); per block scale = max|x| (NaN kept),
+//           y = x / (scale > 0 ? scale : 1), code = #midpoints <= y; unsigned:
+//           code = x > 0 ? max(code, 1) : 0. Decode: table[code] * scale (unsigned: a
+//           non-zero code decodes to at least FLT_MIN).
+//
+// The code tables, their midpoints and the search buckets all come from Python (the
+// `tables` and `buckets` operands); nothing of the code is hard-wired here. The nearest
+// code: the top 16 bits of y (sign, exponent, 7 mantissa bits), clamped to the exponents
+// that matter, index `buckets`, which holds the number of midpoints <= the bucket's lowest
+// value; no bucket holds two midpoints (checked in Python), so one comparison with the
+// next midpoint finishes the search.
+//
+// Work: each leaf is cut into segments (an 8-bit block, or 2048 elements when no moment
+// of the leaf is 8-bit); segments are decoded into two small float buffers, updated, and
+// encoded, in chunks of about 64 Ki elements spread over XLA's intra-op thread pool.
+
+#include <algorithm>
+#include <atomic>
+#include <cfloat>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <memory>
+#include <vector>
+
+#if defined(__AVX512F__) && defined(__AVX512BW__)
+#include <immintrin.h>
+#define ADAMX_AVX512 1
+#endif
+
+#include "xla/ffi/api/ffi.h"
+
+namespace ffi = xla::ffi;
+
+namespace {
+
+enum Scalar : int {
+  kNegLr = 0, kW1 = 1, kB2 = 2, kW2 = 3, kBc1 = 4, kErBc2 = 5, kSqBc2 = 6, kEps = 7, kWd = 8,
+  kNumScalars = 9,
+};
+
+enum Mode : int64_t { kF32 = 0, kBf16 = 1, kBf16Sr = 2, kQ8Signed = 3, kQ8Unsigned = 4 };
+
+struct Scalars {
+  float neg_lr, w1, b2, w2, bc1, er_bc2, sq_bc2, eps, wd;
+};
+
+struct Tables {
+  const float* code[2];       // [0] signed, [1] unsigned: 256 values each
+  const float* mid[2];        // 256 each: the 255 midpoints, then +inf
+  const uint32_t* bucket[2];  // 2 * bucket_n entries each: c | has << 8 | t16 << 16
+  int32_t bucket_lo, bucket_n;
+};
+
+struct Moment {
+  int64_t mode;
+  const void* in;
+  void* out;
+  const float* scale_in;  // 8-bit only
+  float* scale_out;
+  uint32_t seed;          // bfloat16_sr only
+};
+
+struct Leaf {
+  const float* p;
+  const float* g;
+  float* out;
+  int64_t rows, cols, block, nb;  // segments: rows * nb, each `block` long (last clipped)
+  Moment m, v;
+  int decay;
+};
+
+inline uint32_t Bits(float x) {
+  uint32_t u;
+  std::memcpy(&u, &x, 4);
+  return u;
+}
+inline float Float(uint32_t u) {
+  float x;
+  std::memcpy(&x, &u, 4);
+  return x;
+}
+
+// ----------------------------------------------------------------------------- Adam
+
+template <int kDecay, bool kMaximize>
+void AdamSeg(const float* pp, const float* gp, float* __restrict m, float* __restrict v,
+             float* out, int64_t n, const Scalars& s) {
+  // out may be pp (in place): each element is read before it is written.
+  int64_t i = 0;
+#ifdef ADAMX_AVX512
+  // The same operations as the scalar loop below, 16 lanes at a time (no FMA: each is
+  // rounded as float32).
+  const __m512 neg_lr = _mm512_set1_ps(s.neg_lr), w1 = _mm512_set1_ps(s.w1);
+  const __m512 b2 = _mm512_set1_ps(s.b2), w2 = _mm512_set1_ps(s.w2);
+  const __m512 bc1 = _mm512_set1_ps(s.bc1), er_bc2 = _mm512_set1_ps(s.er_bc2);
+  const __m512 sq_bc2 = _mm512_set1_ps(s.sq_bc2), eps = _mm512_set1_ps(s.eps);
+  const __m512 wd = _mm512_set1_ps(s.wd);
+  for (; i < n; i += 16) {
+    const __mmask16 k = n - i >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << (n - i)) - 1u);
+    __m512 g = _mm512_maskz_loadu_ps(k, gp + i);
+    if (kMaximize) g = _mm512_xor_ps(g, _mm512_set1_ps(-0.0f));
+    const __m512 p = _mm512_maskz_loadu_ps(k, pp + i);
+    if (kDecay == 1) g = _mm512_add_ps(g, _mm512_mul_ps(wd, p));
+    __m512 mm = _mm512_maskz_loadu_ps(k, m + i);
+    mm = _mm512_add_ps(mm, _mm512_mul_ps(w1, _mm512_sub_ps(g, mm)));
+    __m512 vv = _mm512_maskz_loadu_ps(k, v + i);
+    vv = _mm512_add_ps(_mm512_mul_ps(b2, vv), _mm512_mul_ps(_mm512_mul_ps(w2, g), g));
+    _mm512_mask_storeu_ps(m + i, k, mm);
+    _mm512_mask_storeu_ps(v + i, k, vv);
+    const __m512 den = _mm512_add_ps(
+        _mm512_div_ps(_mm512_sqrt_ps(_mm512_add_ps(vv, er_bc2)), sq_bc2), eps);
+    __m512 d = _mm512_div_ps(_mm512_div_ps(mm, bc1), den);
+    if (kDecay == 2) d = _mm512_add_ps(d, _mm512_mul_ps(wd, p));
+    _mm512_mask_storeu_ps(out + i, k, _mm512_add_ps(p, _mm512_mul_ps(neg_lr, d)));
+  }
+  i = n;
+#endif
+  for (; i < n; ++i) {
+    float g = gp[i];
+    if (kMaximize) g = -g;
+    const float p = pp[i];
+    if (kDecay == 1) g = g + s.wd * p;
+    float mm = m[i];
+    mm = mm + s.w1 * (g - mm);
+    float vv = v[i];
+    vv = s.b2 * vv + (s.w2 * g) * g;
+    m[i] = mm;
+    v[i] = vv;
+    float d = (mm / s.bc1) / (std::sqrt(vv + s.er_bc2) / s.sq_bc2 + s.eps);
+    if (kDecay == 2) d = d + s.wd * p;
+    float u = s.neg_lr * d;
+    out[i] = p + u;
+  }
+}
+
+using AdamFn = void (*)(const float*, const float*, float*, float*, float*, int64_t,
+                        const Scalars&);
+
+AdamFn PickAdam(int decay, bool maximize) {
+  if (maximize) {
+    return decay == 1 ? &AdamSeg<1, true> : decay == 2 ? &AdamSeg<2, true> : &AdamSeg<0, true>;
+  }
+  return decay == 1 ? &AdamSeg<1, false> : decay == 2 ? &AdamSeg<2, false> : &AdamSeg<0, false>;
+}
+
+// --------------------------------------------------------------------- bfloat16
+
+void DecodeBf16(const uint16_t* __restrict in, float* __restrict x, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) x[i] = Float(static_cast<uint32_t>(in[i]) << 16);
+}
+
+inline uint16_t NanBf16(uint32_t u) { return static_cast<uint16_t>((u >> 16) | 0x40u); }
+
+void EncodeBf16(const float* __restrict x, uint16_t* __restrict out, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) {
+    const uint32_t u = Bits(x[i]);
+    const uint16_t r = static_cast<uint16_t>((u + 0x7FFFu + ((u >> 16) & 1u)) >> 16);
+    out[i] = (u & 0x7FFFFFFFu) > 0x7F800000u ? NanBf16(u) : r;
+  }
+}
+
+inline uint32_t Mix32(uint32_t h) {
+  h ^= h >> 16;
+  h *= 0x7FEB352Du;
+  h ^= h >> 15;
+  h *= 0x846CA68Bu;
+  return h ^ (h >> 16);
+}
+
+#ifdef ADAMX_AVX512
+inline __m512i Mix32x16(__m512i h) {
+  h = _mm512_xor_si512(h, _mm512_srli_epi32(h, 16));
+  h = _mm512_mullo_epi32(h, _mm512_set1_epi32(0x7FEB352D));
+  h = _mm512_xor_si512(h, _mm512_srli_epi32(h, 15));
+  h = _mm512_mullo_epi32(h, _mm512_set1_epi32(static_cast<int>(0x846CA68Bu)));
+  return _mm512_xor_si512(h, _mm512_srli_epi32(h, 16));
+}
+#endif
+
+void EncodeBf16Sr(const float* __restrict x, uint16_t* __restrict out, int64_t n,
+                  uint32_t first, uint32_t seed) {
+  int64_t i = 0;
+#ifdef ADAMX_AVX512
+  const __m512i vseed = _mm512_set1_epi32(static_cast<int>(seed));
+  const __m512i iota = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+  const __m512i abs_mask = _mm512_set1_epi32(0x7FFFFFFF);
+  const __m512i inf = _mm512_set1_epi32(0x7F800000);
+  const __m512i quiet = _mm512_set1_epi32(0x40);
+  for (; i < n; i += 16) {
+    const __mmask16 k = n - i >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << (n - i)) - 1u);
+    const __m512i u = _mm512_maskz_loadu_epi32(k, x + i);
+    const __m512i index =
+        _mm512_add_epi32(_mm512_set1_epi32(static_cast<int>(first + static_cast<uint32_t>(i))), iota);
+    const __m512i h = Mix32x16(_mm512_add_epi32(Mix32x16(_mm512_xor_si512(index, vseed)), vseed));
+    __m512i r = _mm512_srli_epi32(_mm512_add_epi32(u, _mm512_srli_epi32(h, 16)), 16);
+    const __mmask16 nan = _mm512_cmpgt_epu32_mask(_mm512_and_si512(u, abs_mask), inf);
+    r = _mm512_mask_or_epi32(r, nan, _mm512_srli_epi32(u, 16), quiet);
+    _mm512_mask_cvtepi32_storeu_epi16(out + i, k, r);
+  }
+  i = n;
+#endif
+  for (; i < n; ++i) {
+    const uint32_t u = Bits(x[i]);
+    const uint32_t index = first + static_cast<uint32_t>(i);
+    const uint32_t noise = Mix32(Mix32(index ^ seed) + seed) >> 16;
+    const uint16_t r = static_cast<uint16_t>((u + noise) >> 16);
+    out[i] = (u & 0x7FFFFFFFu) > 0x7F800000u ? NanBf16(u) : r;
+  }
+}
+
+// ------------------------------------------------------------------------ 8-bit
+
+// The block's scale: max |x|, NaN if any element is NaN (as jnp.max).
+float AbsMax(const float* x, int64_t n) {
+  int64_t i = 0;
+  float best = 0.0f;
+  bool nan = false;
+#ifdef ADAMX_AVX512
+  __m512 acc = _mm512_setzero_ps();
+  __mmask16 unordered = 0;
+  for (; i + 16 <= n; i += 16) {
+    const __m512 a = _mm512_abs_ps(_mm512_loadu_ps(x + i));
+    unordered |= _mm512_cmp_ps_mask(a, a, _CMP_UNORD_Q);
+    acc = _mm512_max_ps(acc, a);
+  }
+  best = _mm512_reduce_max_ps(acc);
+  nan = unordered != 0;
+#endif
+  for (; i < n; ++i) {
+    const float a = std::fabs(x[i]);
+    nan |= a != a;
+    best = a > best ? a : best;
+  }
+  return nan ? NAN : best;
+}
+
+inline int NearestCode(float y, const Tables& t, int u) {
+  y = y + 0.0f;  // -0.0 -> +0.0: the same code (the search compares values)
+  const uint32_t bits = Bits(y);
+  int32_t idx = static_cast<int32_t>((bits >> 16) & 0x7FFFu) - t.bucket_lo;
+  idx = std::min(std::max(idx, 0), t.bucket_n - 1);
+  if (bits >> 31) idx += t.bucket_n;
+  const uint32_t e = t.bucket[u][idx];
+  int c = static_cast<int>(e & 0xFFu);
+  if (e & 0x100u) {  // a midpoint in this bucket, with the same top 16 bits as y
+    const uint32_t low = bits & 0xFFFFu, mid = e >> 16;
+    c += (bits >> 31) ? (low <= mid) : (low >= mid);
+  }
+  return c;
+}
+
+// Codes of one block of n values (n <= block), padded to `block` with the code of 0.
+void EncodeQ8(const float* __restrict x, int64_t n, int64_t block, uint8_t* __restrict q,
+              float* scale_out, const Tables& t, int u) {
+  const float scale = AbsMax(x, n);
+  *scale_out = scale;
+  const float safe = scale > 0.0f ? scale : 1.0f;
+  int64_t i = 0;
+#ifdef ADAMX_AVX512
+  const __m512 vsafe = _mm512_set1_ps(safe);
+  const __m512 fzero = _mm512_setzero_ps();
+  const __m512i lo = _mm512_set1_epi32(t.bucket_lo);
+  const __m512i top = _mm512_set1_epi32(t.bucket_n - 1);
+  const __m512i half = _mm512_set1_epi32(t.bucket_n);
+  const __m512i low15 = _mm512_set1_epi32(0x7FFF);
+  const __m512i low16 = _mm512_set1_epi32(0xFFFF);
+  const __m512i byte = _mm512_set1_epi32(0xFF);
+  const __m512i has = _mm512_set1_epi32(0x100);
+  const __m512i one = _mm512_set1_epi32(1);
+  const __m512i zero = _mm512_setzero_si512();
+  const uint32_t* bucket = t.bucket[u];
+  for (; i < n; i += 16) {
+    const __mmask16 k = n - i >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << (n - i)) - 1u);
+    const __m512 xv = _mm512_maskz_loadu_ps(k, x + i);
+    const __m512 y = _mm512_add_ps(_mm512_div_ps(xv, vsafe), fzero);
+    const __m512i bits = _mm512_castps_si512(y);
+    __m512i idx = _mm512_sub_epi32(_mm512_and_si512(_mm512_srli_epi32(bits, 16), low15), lo);
+    idx = _mm512_min_epi32(_mm512_max_epi32(idx, zero), top);
+    const __mmask16 neg = _mm512_movepi32_mask(bits);
+    idx = _mm512_mask_add_epi32(idx, neg, idx, half);
+    const __m512i e = _mm512_mask_i32gather_epi32(zero, k, idx, bucket, 4);
+    __m512i c = _mm512_and_si512(e, byte);
+    const __m512i mid = _mm512_srli_epi32(e, 16);
+    const __m512i low = _mm512_and_si512(bits, low16);
+    const __mmask16 inside = _mm512_test_epi32_mask(e, has);
+    const __mmask16 up = (_mm512_mask_cmpge_epu32_mask(inside & ~neg, low, mid)) |
+                         (_mm512_mask_cmple_epu32_mask(inside & neg, low, mid));
+    c = _mm512_mask_add_epi32(c, up, c, one);
+    if (u) {
+      const __mmask16 pos = _mm512_cmp_ps_mask(xv, fzero, _CMP_GT_OQ);
+      c = _mm512_maskz_max_epi32(pos, c, one);
+    }
+    _mm512_mask_cvtepi32_storeu_epi8(q + i, k, c);
+  }
+  i = n;
+#endif
+  for (; i < n; ++i) {
+    const float xi = x[i];
+    int c = NearestCode(xi / safe, t, u);
+    if (u) c = xi > 0.0f ? std::max(c, 1) : 0;
+    q[i] = static_cast<uint8_t>(c);
+  }
+  if (n < block) {
+    const uint8_t pad = u ? 0 : static_cast<uint8_t>(NearestCode(0.0f, t, 0));
+    std::memset(q + n, pad, static_cast<size_t>(block - n));
+  }
+}
+
+void DecodeQ8(const uint8_t* __restrict q, float scale, int64_t n, float* __restrict x,
+              const Tables& t, int u) {
+  const float* table = t.code[u];
+  int64_t i = 0;
+#ifdef ADAMX_AVX512
+  // table[c] by register permutes (no gathers): 8 two-register lookups on the low 5 bits
+  // of c, then a blend tree on bits 5, 6 and 7.
+  __m512 tab[16];
+  for (int r = 0; r < 16; ++r) tab[r] = _mm512_loadu_ps(table + 16 * r);
+  const __m512 vs = _mm512_set1_ps(scale);
+  const __m512 tiny = _mm512_set1_ps(FLT_MIN);
+  const __m512i b5 = _mm512_set1_epi32(32), b6 = _mm512_set1_epi32(64);
+  const __m512i b7 = _mm512_set1_epi32(128);
+  for (; i < n; i += 16) {
+    const __mmask16 k = n - i >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << (n - i)) - 1u);
+    const __m512i c = _mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(k, q + i));
+    __m512 r[8];
+    for (int j = 0; j < 8; ++j) r[j] = _mm512_permutex2var_ps(tab[2 * j], c, tab[2 * j + 1]);
+    const __mmask16 m5 = _mm512_test_epi32_mask(c, b5);
+    const __mmask16 m6 = _mm512_test_epi32_mask(c, b6);
+    const __mmask16 m7 = _mm512_test_epi32_mask(c, b7);
+    const __m512 s0 = _mm512_mask_blend_ps(m6, _mm512_mask_blend_ps(m5, r[0], r[1]),
+                                           _mm512_mask_blend_ps(m5, r[2], r[3]));
+    const __m512 s1 = _mm512_mask_blend_ps(m6, _mm512_mask_blend_ps(m5, r[4], r[5]),
+                                           _mm512_mask_blend_ps(m5, r[6], r[7]));
+    __m512 val = _mm512_mul_ps(_mm512_mask_blend_ps(m7, s0, s1), vs);
+    if (u) {  // max(tiny, val): val when val is NaN (MAXPS returns its second operand)
+      const __mmask16 nz = _mm512_test_epi32_mask(c, c);
+      val = _mm512_mask_max_ps(val, nz, tiny, val);
+    }
+    _mm512_mask_storeu_ps(x + i, k, val);
+  }
+  i = n;
+#endif
+  for (; i < n; ++i) {
+    float val = table[q[i]] * scale;
+    if (u && q[i] != 0) val = FLT_MIN > val ? FLT_MIN : val;
+    x[i] = val;
+  }
+}
+
+// -------------------------------------------------------------------- segments
+
+void Decode(const Moment& mo, int64_t flat, int64_t codes, int64_t seg, int64_t n, float* x,
+            const Tables& t) {
+  switch (mo.mode) {
+    case kF32:
+      std::memcpy(x, static_cast<const float*>(mo.in) + flat, n * sizeof(float));
+      break;
+    case kBf16:
+    case kBf16Sr:
+      DecodeBf16(static_cast<const uint16_t*>(mo.in) + flat, x, n);
+      break;
+    default:
+      DecodeQ8(static_cast<const uint8_t*>(mo.in) + codes, mo.scale_in[seg], n, x, t,
+               mo.mode == kQ8Unsigned);
+  }
+}
+
+void Encode(const Moment& mo, int64_t flat, int64_t codes, int64_t seg, int64_t n,
+            int64_t block, const float* x, const Tables& t) {
+  switch (mo.mode) {
+    case kF32:
+      std::memcpy(static_cast<float*>(mo.out) + flat, x, n * sizeof(float));
+      break;
+    case kBf16:
+      EncodeBf16(x, static_cast<uint16_t*>(mo.out) + flat, n);
+      break;
+    case kBf16Sr:
+      EncodeBf16Sr(x, static_cast<uint16_t*>(mo.out) + flat, n, static_cast<uint32_t>(flat),
+                   mo.seed);
+      break;
+    default:
+      EncodeQ8(x, n, block, static_cast<uint8_t*>(mo.out) + codes, mo.scale_out + seg, t,
+               mo.mode == kQ8Unsigned);
+  }
+}
+
+struct Chunk {
+  int32_t leaf;
+  int64_t lo, hi;  // segments
+};
+
+struct Job {
+  std::vector<Leaf> leaves;
+  std::vector<AdamFn> fns;
+  std::vector<Chunk> chunks;
+  Tables t;
+  Scalars s;
+  int64_t max_block = 0;
+  std::atomic<size_t> next{0};
+
+  void Work() {
+    std::vector<float> buffer(2 * static_cast<size_t>(max_block) + 32);
+    float* mb = buffer.data();
+    float* vb = mb + max_block + 16;
+    for (size_t c = next.fetch_add(1, std::memory_order_relaxed); c < chunks.size();
+         c = next.fetch_add(1, std::memory_order_relaxed)) {
+      const Chunk& k = chunks[c];
+      const Leaf& L = leaves[k.leaf];
+      const AdamFn adam = fns[k.leaf];
+      for (int64_t seg = k.lo; seg < k.hi; ++seg) {
+        const int64_t r = seg / L.nb;
+        const int64_t c0 = (seg - r * L.nb) * L.block;
+        const int64_t n = std::min(L.block, L.cols - c0);
+        const int64_t flat = r * L.cols + c0;
+        const int64_t codes = seg * L.block;
+        Decode(L.m, flat, codes, seg, n, mb, t);
+        Decode(L.v, flat, codes, seg, n, vb, t);
+        adam(L.p + flat, L.g + flat, mb, vb, L.out + flat, n, s);
+        Encode(L.m, flat, codes, seg, n, L.block, mb, t);
+        Encode(L.v, flat, codes, seg, n, L.block, vb, t);
+      }
+    }
+  }
+};
+
+constexpr int64_t kChunk = int64_t{1} << 16;
+constexpr int64_t kSerialBelow = int64_t{1} << 17;
+constexpr int64_t kPlainSegment = 2048;
+
+ffi::Future Ready() {
+  ffi::Promise promise;
+  ffi::Future future(promise);
+  promise.SetAvailable();
+  return future;
+}
+
+ffi::Future Failed(const char* what) {
+  ffi::Promise promise;
+  ffi::Future future(promise);
+  promise.SetError(ffi::Error::InvalidArgument(std::string("adamx adam storage kernel: ") + what));
+  return future;
+}
+
+bool IsQ8(int64_t mode) { return mode == kQ8Signed || mode == kQ8Unsigned; }
+
+// Layout attribute, per leaf: mu mode, nu mode, rows, cols, block (block ignored when no
+// moment is 8-bit). Operands per leaf: p, g, mu (+ mu scale if 8-bit), nu (+ nu scale);
+// results per leaf: p, mu (+ scale), nu (+ scale).
+ffi::Future Impl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> scalars,
+                 ffi::Buffer<ffi::U32> seeds, ffi::Buffer<ffi::F32> tables,
+                 ffi::Buffer<ffi::U32> buckets, ffi::RemainingArgs args,
+                 ffi::RemainingRets rets, int64_t decay, bool maximize,
+                 ffi::Span<const int64_t> decay_mask, ffi::Span<const int64_t> layout,
+                 int64_t bucket_lo, int64_t bucket_n) {
+  if (scalars.element_count() != kNumScalars) return Failed("wrong scalar count");
+  if (tables.element_count() != 4 * 256) return Failed("wrong table size");
+  if (buckets.element_count() != static_cast<size_t>(4 * bucket_n)) {
+    return Failed("wrong bucket table size");
+  }
+  const size_t n = decay_mask.size();
+  if (layout.size() != 5 * n || seeds.element_count() != 2 * n) {
+    return Failed("wrong attribute sizes");
+  }
+  auto job = std::make_shared<Job>();
+  const float* sc = scalars.typed_data();
+  job->s = Scalars{sc[kNegLr], sc[kW1], sc[kB2], sc[kW2], sc[kBc1],
+                   sc[kErBc2], sc[kSqBc2], sc[kEps], sc[kWd]};
+  const float* tb = tables.typed_data();
+  const uint32_t* bk = buckets.typed_data();
+  job->t = Tables{{tb, tb + 256}, {tb + 512, tb + 768}, {bk, bk + 2 * bucket_n},
+                  static_cast<int32_t>(bucket_lo), static_cast<int32_t>(bucket_n)};
+  const uint32_t* sd = seeds.typed_data();
+  size_t a = 0, r = 0;
+  int64_t total = 0;
+  for (size_t i = 0; i < n; ++i) {
+    const int64_t* lay = layout.begin() + 5 * i;
+    Leaf L{};
+    L.m.mode = lay[0];
+    L.v.mode = lay[1];
+    L.rows = lay[2];
+    L.cols = lay[3];
+    const int64_t size = L.rows * L.cols;
+    const bool q8 = IsQ8(L.m.mode) || IsQ8(L.v.mode);
+    L.block = q8 ? std::min(lay[4], L.cols) : kPlainSegment;
+    if (!q8) {
+      L.cols = size;
+      L.rows = 1;
+    }
+    L.nb = L.cols > 0 ? (L.cols + L.block - 1) / L.block : 0;
+    auto p = args.get<ffi::AnyBuffer>(a++);
+    auto g = args.get<ffi::AnyBuffer>(a++);
+    auto out = rets.get<ffi::AnyBuffer>(r++);
+    if (!p.has_value() || !g.has_value() || !out.has_value()) return Failed("missing operand");
+    if (p->element_count() != static_cast<size_t>(size) ||
+        g->element_count() != static_cast<size_t>(size)) {
+      return Failed("leaf sizes differ");
+    }
+    L.p = static_cast<const float*>(p->untyped_data());
+    L.g = static_cast<const float*>(g->untyped_data());
+    L.out = static_cast<float*>((*out)->untyped_data());
+    for (int k = 0; k < 2; ++k) {
+      Moment& mo = k == 0 ? L.m : L.v;
+      mo.seed = sd[2 * i + k];
+      auto in = args.get<ffi::AnyBuffer>(a++);
+      auto o = rets.get<ffi::AnyBuffer>(r++);
+      if (!in.has_value() || !o.has_value()) return Failed("missing moment operand");
+      mo.in = in->untyped_data();
+      mo.out = (*o)->untyped_data();
+      const size_t want = IsQ8(mo.mode) ? static_cast<size_t>(L.rows * L.nb * L.block)
+                                        : static_cast<size_t>(size);
+      if (in->element_count() != want || (*o)->element_count() != want) {
+        return Failed("moment size does not match its layout");
+      }
+      if (IsQ8(mo.mode)) {
+        auto si = args.get<ffi::AnyBuffer>(a++);
+        auto so = rets.get<ffi::AnyBuffer>(r++);
+        if (!si.has_value() || !so.has_value()) return Failed("missing scale operand");
+        if (si->element_count() != static_cast<size_t>(L.rows * L.nb) ||
+            (*so)->element_count() != static_cast<size_t>(L.rows * L.nb)) {
+          return Failed("scale size does not match its layout");
+        }
+        mo.scale_in = static_cast<const float*>(si->untyped_data());
+        mo.scale_out = static_cast<float*>((*so)->untyped_data());
+      }
+    }
+    job->leaves.push_back(L);
+    job->fns.push_back(PickAdam(decay_mask[i] != 0 ? static_cast<int>(decay) : 0, maximize));
+    job->max_block = std::max(job->max_block, L.block);
+    total += size;
+  }
+  if (a != args.size() || r != rets.size()) return Failed("wrong operand count");
+  for (size_t i = 0; i < n; ++i) {
+    const Leaf& L = job->leaves[i];
+    const int64_t segs = L.rows * L.nb;
+    const int64_t per = std::max<int64_t>(1, kChunk / L.block);
+    for (int64_t lo = 0; lo < segs; lo += per) {
+      job->chunks.push_back(Chunk{static_cast<int32_t>(i), lo, std::min(segs, lo + per)});
+    }
+  }
+  const int64_t threads = pool.num_threads();
+  const int64_t tasks = std::min<int64_t>(threads, static_cast<int64_t>(job->chunks.size()) - 1);
+  if (total < kSerialBelow || tasks <= 0) {
+    job->Work();
+    return Ready();
+  }
+  ffi::CountDownPromise done(tasks + 1);
+  ffi::Future future(done);
+  for (int64_t k = 0; k < tasks; ++k) {
+    pool.Schedule([job, done]() mutable {
+      job->Work();
+      done.CountDown();
+    });
+  }
+  job->Work();
+  done.CountDown();
+  return future;
+}
+
+}  // namespace
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(AdamxAdamStorageStep, Impl,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::U32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::U32>>()
+                                  .RemainingArgs()
+                                  .RemainingRets()
+                                  .Attr<int64_t>("decay")
+                                  .Attr<bool>("maximize")
+                                  .Attr<ffi::Span<const int64_t>>("decay_mask")
+                                  .Attr<ffi::Span<const int64_t>>("layout")
+                                  .Attr<int64_t>("bucket_lo")
+                                  .Attr<int64_t>("bucket_n"));
