@@ -2,7 +2,7 @@
 
 ``adamx/_kernels/adam_cpu.cc`` is an XLA FFI handler. Nothing is compiled at install time
 (the README's one install command stays the same): the first Adam/AdamW step traced for
-the CPU compiles it (about 3 s) into a cache directory and registers it with
+the CPU compiles it (about 8 s, both kernels) into a cache directory and registers it with
 ``jax.ffi``; later processes load the cached library. If that fails (no compiler, headers
 missing, a read-only cache) adamx keeps working through the XLA path and says so once
 with a :class:`FusedKernelWarning`.

@@ -263,6 +263,19 @@ def median_ms(entry: dict | None, key: str = "times") -> float | None:
 # The peers of the ratio columns, where they ran: per call, and in the loop (JAX only).
 RATIO_PEERS = ("adamx xla", "optax", "torch fused")
 LOOP_PEERS = ("adamx xla", "optax")
+# Case (e): float32 Adam, fused (adamx.step) and XLA.
+STORAGE_PEERS = ("adamx", "adamx xla")
+
+
+def own_xla(name: str, meds: dict, loops: dict) -> list[str]:
+    """A storage policy through adamx.step over the same policy's XLA path (per call and
+    in-loop); blank for the other rows."""
+    peer = workloads.storage_xla_peer(name)
+    cells = []
+    for table in (meds, loops):
+        x, y = table.get(name), table.get(peer) if peer else None
+        cells.append(fmt(x / y, 2, "x") if x and y else "")
+    return cells
 
 
 def kernel_cell(entry: dict) -> str:
@@ -278,6 +291,15 @@ def kernel_cell(entry: dict) -> str:
 
 def kernel_notes(case: dict) -> list[str]:
     """Say so where adamx's Adam/AdamW step does not call the fused kernel."""
+    notes = []
+    for policy in workloads.STORAGE_KERNELS if case["optimizer"] == "adam storage" else ():
+        s = case["contenders"].get(f"adamx {policy}")
+        if s and "error" not in s and not s.get("kernel_calls"):
+            notes.append(f"- **adamx {policy} did not use the stored-moments kernel.**")
+    return notes + _float32_kernel_notes(case)
+
+
+def _float32_kernel_notes(case: dict) -> list[str]:
     e = case["contenders"].get("adamx")
     if not e or "error" in e or case["optimizer"] not in workloads.FUSED_OPTIMIZERS:
         return []
@@ -319,8 +341,11 @@ def timing_table(case: dict) -> list[str]:
     found = measured(case)
     meds = {c: median_ms(e) for c, e in found}
     loops = {c: median_ms(e, "loop_times") for c, e in found}
-    peers = [c for c in RATIO_PEERS if c in meds]
-    loop_peers = [c for c in LOOP_PEERS if loops.get(c)]
+    storage = case["optimizer"] == "adam storage"
+    # case (e): every policy against float32 Adam, fused ("adamx") and XLA, and against
+    # its own XLA path
+    peers = [c for c in (STORAGE_PEERS if storage else RATIO_PEERS) if c in meds]
+    loop_peers = [c for c in (STORAGE_PEERS if storage else LOOP_PEERS) if loops.get(c)]
 
     def gbps(ms):
         return n * bpp / (ms / 1e3) / 1e9 if ms else None
@@ -339,18 +364,20 @@ def timing_table(case: dict) -> list[str]:
             fmt_ms(lp), fmt_ms(median_ms(e, "floor_times")), fmt(gbps(med), 1),
             fmt(share(med), 0, "%"), fmt(share(lp), 0, "%"), fmt(over(med, probe_ms), 2, "x"),
             *[fmt(over(med, meds[p]), 2, "x") for p in peers],
-            *[fmt(over(lp, loops[p]), 2, "x") for p in loop_peers], fmt(e["cores_busy"], 2),
+            *[fmt(over(lp, loops[p]), 2, "x") for p in loop_peers],
+            *(own_xla(c, meds, loops) if storage else []), fmt(e["cores_busy"], 2),
         ])  # fmt: skip
     if bw:
         rows.append([
             "probe (best run)", "", fmt_ms(probe_ms), "", "", "", "", fmt(bw, 1), "100%", "",
             "1.00x", *[fmt(over(probe_ms, meds[p]), 2, "x") for p in peers],
-            *[fmt(over(probe_ms, loops[p]), 2, "x") for p in loop_peers], "",
+            *[fmt(over(probe_ms, loops[p]), 2, "x") for p in loop_peers],
+            *(["", ""] if storage else []), "",
         ])  # fmt: skip
     head = ["contender", "fused kernel", "median ms", "min ms", "steps", "in-loop ms/step",
             "dispatch floor ms", "eff. GB/s", "% of probe BW", "in-loop % of probe BW",
             "÷ probe", *[f"÷ {c}" for c in peers], *[f"in-loop ÷ {c}" for c in loop_peers],
-            "cores busy"]  # fmt: skip
+            *(["÷ its xla", "in-loop ÷ its xla"] if storage else []), "cores busy"]  # fmt: skip
     lines = markdown(head, rows)
     lines += [f"- {c}: failed: {e['error']}" for c, e in case["contenders"].items() if "error" in e]
     lines += kernel_notes(case)

@@ -74,11 +74,13 @@ INSTRUCTION = re.compile(r"^\s*(?:ROOT )?%([\w.\-]+) = (\([^()]*\)|\S+) ([a-z][\
 NO_TRAFFIC = {"parameter", "tuple", "get-tuple-element", "constant", "bitcast"}
 # The custom-call target of adamx's fused Adam/AdamW kernel (adamx/_kernel.py).
 KERNEL_TARGET = "adamx_adam_step_v1"
+# ... and of its stored-moments kernel (with_storage(adam), adamx/_fused_storage.py).
+STORAGE_TARGET = "adamx_adam_storage_step_v1"
 
 
 def kernel_calls(hlo: str) -> int:
-    """How many calls of adamx's fused kernel a compiled program makes."""
-    return hlo.count(f'custom_call_target="{KERNEL_TARGET}"')
+    """How many calls of adamx's fused kernels a compiled program makes."""
+    return sum(hlo.count(f'custom_call_target="{t}"') for t in (KERNEL_TARGET, STORAGE_TARGET))
 
 
 def hlo_traffic(hlo: str, leaf_sizes: set[int]) -> tuple[int, int]:
@@ -107,7 +109,7 @@ def hlo_traffic(hlo: str, leaf_sizes: set[int]) -> tuple[int, int]:
             continue
         moved += sizes[name] + sum(sizes.get(o, 0) for o in re.findall(r"%([\w.\-]+)", operands))
         written = sum(n in leaf_sizes for n in arrays)
-        if opcode == "custom-call" and KERNEL_TARGET in line:
+        if opcode == "custom-call" and (KERNEL_TARGET in line or STORAGE_TARGET in line):
             loops += max(written // 3, 1)
         else:
             loops += written > 0
@@ -137,7 +139,7 @@ def jax_contender(spec: dict):
     jax.block_until_ready(jax.jit(lambda x: x + 1)(np.float32(0)))  # start the runtime
     name = spec["contender"]
     kernel = None
-    if name == "adamx":
+    if name == "adamx" or name in workloads.STORAGE_CONTENDERS:
         # Build (first use ever: seconds) or load the fused kernel now, so that the trace
         # and compile times below do not include a C++ build. Before the baseline: the
         # loaded library counts with the runtime's code.
@@ -186,7 +188,9 @@ def jax_contender(spec: dict):
     buffers = jax.tree_util.tree_leaves((params, grads, state))
     pgs_bytes = sum(x.nbytes for x in buffers)
 
-    if name == "adamx":
+    # adamx.step: float32 Adam's kernel ("adamx") and the stored-moments kernel (the
+    # storage contenders without " xla"); the others: update + apply_updates.
+    if name == "adamx" or (name in workloads.STORAGE_CONTENDERS and not name.endswith(" xla")):
 
         def step(params, state, grads):
             return adamx.step(opt, grads, state, params)

@@ -42,16 +42,29 @@ JAX_CONTENDERS = ("adamx", "adamx xla", "optax")
 FUSED_OPTIMIZERS = ("adam", "adamw", "adam storage")
 
 # Case (e): Adam with its moments stored through adamx.with_storage (issue 6), next to
-# float32 Adam (fused and XLA). The policies run through the XLA path (update +
-# apply_updates): the kernel takes float32 state only.
-STORAGE_CONTENDERS = {
-    "adamx bf16": dict(mu="bfloat16", nu="bfloat16"),
-    "adamx bf16 sr": dict(mu="bfloat16_sr", nu="bfloat16_sr"),
-    "adamx 8bit": dict(mu="8bit", nu="8bit"),
-    "adamx factored nu": dict(nu="factored"),
+# float32 Adam (fused and XLA). Each policy twice: "adamx <policy>" is adamx.step (the
+# stored-moments kernel where it applies: bf16, bf16 sr, 8bit; factored nu has none and
+# takes the XLA path), "adamx <policy> xla" is update + apply_updates (the XLA path).
+STORAGE_POLICIES = {
+    "bf16": dict(mu="bfloat16", nu="bfloat16"),
+    "bf16 sr": dict(mu="bfloat16_sr", nu="bfloat16_sr"),
+    "8bit": dict(mu="8bit", nu="8bit"),
+    "factored nu": dict(nu="factored"),
 }
+STORAGE_KERNELS = ("bf16", "bf16 sr", "8bit")
+STORAGE_CONTENDERS = {}
+for _name, _policy in STORAGE_POLICIES.items():
+    STORAGE_CONTENDERS[f"adamx {_name}"] = _policy
+    if _name in STORAGE_KERNELS:
+        STORAGE_CONTENDERS[f"adamx {_name} xla"] = _policy
 CONTENDERS = CONTENDERS[:2] + tuple(STORAGE_CONTENDERS) + CONTENDERS[2:]
 JAX_CONTENDERS = JAX_CONTENDERS[:2] + tuple(STORAGE_CONTENDERS) + JAX_CONTENDERS[2:]
+
+
+def storage_xla_peer(name: str) -> str | None:
+    """The XLA-path contender of a storage policy timed through adamx.step, if any."""
+    peer = f"{name} xla"
+    return peer if name in STORAGE_CONTENDERS and peer in STORAGE_CONTENDERS else None
 
 
 def contenders_for(optimizer: str, has_torch: bool) -> list[str]:
@@ -60,7 +73,7 @@ def contenders_for(optimizer: str, has_torch: bool) -> list[str]:
     (workloads a, b, c), as it is 10-20x slower on CPU and would take most of the run's
     time budget in (d)."""
     if optimizer == "adam storage":
-        return ["adamx", "adamx xla", *STORAGE_CONTENDERS, "optax"]
+        return ["adamx", "adamx xla", *STORAGE_CONTENDERS]
     torch = {"adam": ["torch fused", "torch foreach"], "lion": []}.get(optimizer, ["torch fused"])
     xla = ["adamx xla"] if optimizer in FUSED_OPTIMIZERS else []
     return ["adamx", *xla, "optax", *(torch if has_torch else [])]

@@ -473,3 +473,25 @@ def test_env_switch_and_fused_true(kernel, monkeypatch):
     strict = adamx.with_storage(adamx.adam(1e-2, fused=True), mu="float16")
     with pytest.raises(ValueError, match="fused=True"):
         adamx.step(strict, params, strict.init(params), params)
+
+
+def test_a_nan_makes_its_blocks_scale_nan_and_leaves_the_others_alone(kernel):
+    """NaN propagates into the scale of its 8-bit block (as jnp.max does), so the block
+    decodes to NaN; every other block is bitwise the NumPy reference's."""
+    inner = adamx.adam(1e-2)
+    opt = adamx.with_storage(inner, mu="8bit", nu="8bit")
+    params, state = warm_state(opt, tree(SHAPES, 12))
+    grads = tree(SHAPES, 13, 1e-2)
+    grads["a"] = grads["a"].at[5, 270].set(jnp.nan)  # row 5, second block
+    _, new_state = jax.jit(kernel_step(opt))(params, state, grads)
+    _, want_m, want_v = reference_step(inner, policies_of("8bit", "8bit"), params, state, grads)
+    for got, want in (
+        (new_state.inner[0].mu["a"], want_m["a"]),
+        (new_state.inner[0].nu["a"], want_v["a"]),
+    ):
+        scale = np.asarray(got.scale)
+        assert np.isnan(scale[5, 1]) and np.isnan(want[1][5, 1])
+        np.testing.assert_array_equal(scale, want[1])  # NaN where NaN
+        codes, want_codes = np.array(got.codes), np.array(want[0])
+        codes[5, 1], want_codes[5, 1] = 0, 0  # the NaN block's codes are not specified
+        np.testing.assert_array_equal(codes, want_codes)

@@ -18,15 +18,20 @@
 //           non-zero code decodes to at least FLT_MIN).
 //
 // The code tables, their midpoints and the search buckets all come from Python (the
-// `tables` and `buckets` operands); nothing of the code is hard-wired here. The nearest
-// code: the top 16 bits of y (sign, exponent, 7 mantissa bits), clamped to the exponents
-// that matter, index `buckets`, which holds the number of midpoints <= the bucket's lowest
-// value; no bucket holds two midpoints (checked in Python), so one comparison with the
-// next midpoint finishes the search.
+// `tables` and `buckets` operands, built and checked by adamx/_fused_storage.py
+// `bucket_tables`); nothing of the code is hard-wired here. The nearest code of y (with
+// -0.0 made +0.0): the top 16 bits of y (sign, exponent, 7 mantissa bits), clamped to the
+// exponents that matter, pick a bucket entry `c | has << 8 | t << 16`: c midpoints lie at
+// or below the bucket's lowest value, and at most one inside it, whose low 16 bits are t;
+// the code is c, plus 1 when y is at or above that midpoint (compared on the low 16 bits,
+// the high 16 being the bucket's). One table read per element, no search.
 //
 // Work: each leaf is cut into segments (an 8-bit block, or 2048 elements when no moment
-// of the leaf is 8-bit); segments are decoded into two small float buffers, updated, and
-// encoded, in chunks of about 64 Ki elements spread over XLA's intra-op thread pool.
+// of the leaf is 8-bit), in chunks of about 64 Ki elements spread over XLA's intra-op
+// thread pool. With AVX-512 a segment is one pass, 16 elements at a time in registers
+// (FusedSeg, specialised per pair of storage modes); 8-bit moments wait in a small buffer
+// for their block's scale. Without AVX-512 the scalar functions do the same operations
+// in five passes over the segment through two float buffers.
 
 #include <algorithm>
 #include <atomic>
@@ -264,11 +269,10 @@ inline int NearestCode(float y, const Tables& t, int u) {
   return c;
 }
 
-// Codes of one block of n values (n <= block), padded to `block` with the code of 0.
-void EncodeQ8(const float* __restrict x, int64_t n, int64_t block, uint8_t* __restrict q,
-              float* scale_out, const Tables& t, int u) {
-  const float scale = AbsMax(x, n);
-  *scale_out = scale;
+// Codes of one block of n values (n <= block) whose scale (AbsMax) is known, padded to
+// `block` with the code of 0.
+void EncodeQ8Scaled(const float* __restrict x, int64_t n, int64_t block,
+                    uint8_t* __restrict q, float scale, const Tables& t, int u) {
   const float safe = scale > 0.0f ? scale : 1.0f;
   int64_t i = 0;
 #ifdef ADAMX_AVX512
@@ -287,20 +291,23 @@ void EncodeQ8(const float* __restrict x, int64_t n, int64_t block, uint8_t* __re
   for (; i < n; i += 16) {
     const __mmask16 k = n - i >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << (n - i)) - 1u);
     const __m512 xv = _mm512_maskz_loadu_ps(k, x + i);
-    const __m512 y = _mm512_add_ps(_mm512_div_ps(xv, vsafe), fzero);
-    const __m512i bits = _mm512_castps_si512(y);
-    __m512i idx = _mm512_sub_epi32(_mm512_and_si512(_mm512_srli_epi32(bits, 16), low15), lo);
-    idx = _mm512_min_epi32(_mm512_max_epi32(idx, zero), top);
-    const __mmask16 neg = _mm512_movepi32_mask(bits);
-    idx = _mm512_mask_add_epi32(idx, neg, idx, half);
-    const __m512i e = _mm512_mask_i32gather_epi32(zero, k, idx, bucket, 4);
-    __m512i c = _mm512_and_si512(e, byte);
-    const __m512i mid = _mm512_srli_epi32(e, 16);
-    const __m512i low = _mm512_and_si512(bits, low16);
-    const __mmask16 inside = _mm512_test_epi32_mask(e, has);
-    const __mmask16 up = (_mm512_mask_cmpge_epu32_mask(inside & ~neg, low, mid)) |
-                         (_mm512_mask_cmple_epu32_mask(inside & neg, low, mid));
-    c = _mm512_mask_add_epi32(c, up, c, one);
+    __m512i c;
+    {
+      const __m512 y = _mm512_add_ps(_mm512_div_ps(xv, vsafe), fzero);
+      const __m512i bits = _mm512_castps_si512(y);
+      __m512i idx = _mm512_sub_epi32(_mm512_and_si512(_mm512_srli_epi32(bits, 16), low15), lo);
+      idx = _mm512_min_epi32(_mm512_max_epi32(idx, zero), top);
+      const __mmask16 neg = _mm512_movepi32_mask(bits);
+      idx = _mm512_mask_add_epi32(idx, neg, idx, half);
+      const __m512i e = _mm512_mask_i32gather_epi32(zero, k, idx, bucket, 4);
+      c = _mm512_and_si512(e, byte);
+      const __m512i mid = _mm512_srli_epi32(e, 16);
+      const __m512i low = _mm512_and_si512(bits, low16);
+      const __mmask16 inside = _mm512_test_epi32_mask(e, has);
+      const __mmask16 up = (_mm512_mask_cmpge_epu32_mask(inside & ~neg, low, mid)) |
+                           (_mm512_mask_cmple_epu32_mask(inside & neg, low, mid));
+      c = _mm512_mask_add_epi32(c, up, c, one);
+    }
     if (u) {
       const __mmask16 pos = _mm512_cmp_ps_mask(xv, fzero, _CMP_GT_OQ);
       c = _mm512_maskz_max_epi32(pos, c, one);
@@ -319,6 +326,13 @@ void EncodeQ8(const float* __restrict x, int64_t n, int64_t block, uint8_t* __re
     const uint8_t pad = u ? 0 : static_cast<uint8_t>(NearestCode(0.0f, t, 0));
     std::memset(q + n, pad, static_cast<size_t>(block - n));
   }
+}
+
+void EncodeQ8(const float* __restrict x, int64_t n, int64_t block, uint8_t* __restrict q,
+              float* scale_out, const Tables& t, int u) {
+  const float scale = AbsMax(x, n);
+  *scale_out = scale;
+  EncodeQ8Scaled(x, n, block, q, scale, t, u);
 }
 
 void DecodeQ8(const uint8_t* __restrict q, float scale, int64_t n, float* __restrict x,
@@ -399,6 +413,173 @@ void Encode(const Moment& mo, int64_t flat, int64_t codes, int64_t seg, int64_t 
   }
 }
 
+#ifdef ADAMX_AVX512
+// ------------------------------------------------------- one pass per segment (AVX-512)
+//
+// The same operations as Decode / AdamSeg / Encode above, 16 elements at a time in
+// registers: no float buffers but for 8-bit moments, whose codes need the block's scale
+// (the new values wait in a buffer while their absmax is taken on the way).
+
+inline __mmask16 Tail(int64_t left) {
+  return left >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << left) - 1u);
+}
+
+template <int64_t kMode>
+inline __m512 Load16(const Moment& mo, int64_t flat, int64_t code, float scale,
+                     const float* table, __mmask16 k) {
+  if constexpr (kMode == kF32) {
+    return _mm512_maskz_loadu_ps(k, static_cast<const float*>(mo.in) + flat);
+  } else if constexpr (kMode == kBf16 || kMode == kBf16Sr) {
+    const __m256i h = _mm256_maskz_loadu_epi16(k, static_cast<const uint16_t*>(mo.in) + flat);
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+  } else {
+    const __m512i c = _mm512_cvtepu8_epi32(
+        _mm_maskz_loadu_epi8(k, static_cast<const uint8_t*>(mo.in) + code));
+    __m512 r[8];
+    for (int j = 0; j < 8; ++j) {
+      r[j] = _mm512_permutex2var_ps(_mm512_loadu_ps(table + 32 * j), c,
+                                    _mm512_loadu_ps(table + 32 * j + 16));
+    }
+    const __mmask16 m5 = _mm512_test_epi32_mask(c, _mm512_set1_epi32(32));
+    const __mmask16 m6 = _mm512_test_epi32_mask(c, _mm512_set1_epi32(64));
+    const __mmask16 m7 = _mm512_test_epi32_mask(c, _mm512_set1_epi32(128));
+    const __m512 s0 = _mm512_mask_blend_ps(m6, _mm512_mask_blend_ps(m5, r[0], r[1]),
+                                           _mm512_mask_blend_ps(m5, r[2], r[3]));
+    const __m512 s1 = _mm512_mask_blend_ps(m6, _mm512_mask_blend_ps(m5, r[4], r[5]),
+                                           _mm512_mask_blend_ps(m5, r[6], r[7]));
+    __m512 val = _mm512_mul_ps(_mm512_mask_blend_ps(m7, s0, s1), _mm512_set1_ps(scale));
+    if constexpr (kMode == kQ8Unsigned) {  // max(tiny, val): NaN stays NaN
+      val = _mm512_mask_max_ps(val, _mm512_test_epi32_mask(c, c), _mm512_set1_ps(FLT_MIN), val);
+    }
+    return val;
+  }
+}
+
+template <int64_t kMode>
+inline void Store16(const Moment& mo, __m512 x, int64_t flat, int64_t i, float* buffer,
+                    __m512& amax, __mmask16& nan, __mmask16 k) {
+  if constexpr (kMode == kF32) {
+    _mm512_mask_storeu_ps(static_cast<float*>(mo.out) + flat, k, x);
+  } else if constexpr (kMode == kBf16 || kMode == kBf16Sr) {
+    const __m512i u = _mm512_castps_si512(x);
+    __m512i r;
+    if constexpr (kMode == kBf16) {
+      const __m512i odd = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
+      r = _mm512_srli_epi32(
+          _mm512_add_epi32(_mm512_add_epi32(u, _mm512_set1_epi32(0x7FFF)), odd), 16);
+    } else {
+      const __m512i seed = _mm512_set1_epi32(static_cast<int>(mo.seed));
+      const __m512i index = _mm512_add_epi32(
+          _mm512_set1_epi32(static_cast<int>(static_cast<uint32_t>(flat))),
+          _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15));
+      const __m512i h = Mix32x16(_mm512_add_epi32(Mix32x16(_mm512_xor_si512(index, seed)), seed));
+      r = _mm512_srli_epi32(_mm512_add_epi32(u, _mm512_srli_epi32(h, 16)), 16);
+    }
+    const __mmask16 isnan = _mm512_cmpgt_epu32_mask(
+        _mm512_and_si512(u, _mm512_set1_epi32(0x7FFFFFFF)), _mm512_set1_epi32(0x7F800000));
+    r = _mm512_mask_or_epi32(r, isnan, _mm512_srli_epi32(u, 16), _mm512_set1_epi32(0x40));
+    _mm512_mask_cvtepi32_storeu_epi16(static_cast<uint16_t*>(mo.out) + flat, k, r);
+  } else {
+    const __m512 a = _mm512_mask_abs_ps(_mm512_setzero_ps(), k, x);
+    nan |= _mm512_cmp_ps_mask(a, a, _CMP_UNORD_Q);
+    amax = _mm512_max_ps(amax, a);
+    _mm512_mask_storeu_ps(buffer + i, k, x);
+  }
+}
+
+template <int64_t kMode>
+inline void Finish(const Moment& mo, const float* buffer, int64_t n, int64_t block,
+                   int64_t code, int64_t seg, __m512 amax, __mmask16 nan, const Tables& t) {
+  if constexpr (kMode == kQ8Signed || kMode == kQ8Unsigned) {
+    const float scale = nan ? NAN : _mm512_reduce_max_ps(amax);
+    mo.scale_out[seg] = scale;
+    EncodeQ8Scaled(buffer, n, block, static_cast<uint8_t*>(mo.out) + code, scale, t,
+                   kMode == kQ8Unsigned);
+  }
+}
+
+template <int64_t kM, int64_t kV, int kDecay, bool kMaximize>
+void FusedSeg(const Leaf& L, int64_t seg, const Scalars& s, const Tables& t, float* mb,
+              float* vb) {
+  const int64_t r = seg / L.nb;
+  const int64_t c0 = (seg - r * L.nb) * L.block;
+  const int64_t n = std::min(L.block, L.cols - c0);
+  const int64_t flat = r * L.cols + c0;
+  const int64_t code = seg * L.block;
+  constexpr bool kQm = kM == kQ8Signed || kM == kQ8Unsigned;
+  constexpr bool kQv = kV == kQ8Signed || kV == kQ8Unsigned;
+  const float m_scale = kQm ? L.m.scale_in[seg] : 0.0f;
+  const float v_scale = kQv ? L.v.scale_in[seg] : 0.0f;
+  const float* m_table = t.code[kM == kQ8Unsigned];
+  const float* v_table = t.code[kV == kQ8Unsigned];
+  const __m512 neg_lr = _mm512_set1_ps(s.neg_lr), w1 = _mm512_set1_ps(s.w1);
+  const __m512 b2 = _mm512_set1_ps(s.b2), w2 = _mm512_set1_ps(s.w2);
+  const __m512 bc1 = _mm512_set1_ps(s.bc1), er_bc2 = _mm512_set1_ps(s.er_bc2);
+  const __m512 sq_bc2 = _mm512_set1_ps(s.sq_bc2), eps = _mm512_set1_ps(s.eps);
+  const __m512 wd = _mm512_set1_ps(s.wd);
+  __m512 m_amax = _mm512_setzero_ps(), v_amax = _mm512_setzero_ps();
+  __mmask16 m_nan = 0, v_nan = 0;
+  const float* pp = L.p + flat;
+  const float* gp = L.g + flat;
+  float* out = L.out + flat;
+  for (int64_t i = 0; i < n; i += 16) {
+    const __mmask16 k = Tail(n - i);
+    __m512 g = _mm512_maskz_loadu_ps(k, gp + i);
+    if (kMaximize) g = _mm512_xor_ps(g, _mm512_set1_ps(-0.0f));
+    const __m512 p = _mm512_maskz_loadu_ps(k, pp + i);
+    if (kDecay == 1) g = _mm512_add_ps(g, _mm512_mul_ps(wd, p));
+    __m512 mm = Load16<kM>(L.m, flat + i, code + i, m_scale, m_table, k);
+    mm = _mm512_add_ps(mm, _mm512_mul_ps(w1, _mm512_sub_ps(g, mm)));
+    __m512 vv = Load16<kV>(L.v, flat + i, code + i, v_scale, v_table, k);
+    vv = _mm512_add_ps(_mm512_mul_ps(b2, vv), _mm512_mul_ps(_mm512_mul_ps(w2, g), g));
+    Store16<kM>(L.m, mm, flat + i, i, mb, m_amax, m_nan, k);
+    Store16<kV>(L.v, vv, flat + i, i, vb, v_amax, v_nan, k);
+    const __m512 den = _mm512_add_ps(
+        _mm512_div_ps(_mm512_sqrt_ps(_mm512_add_ps(vv, er_bc2)), sq_bc2), eps);
+    __m512 d = _mm512_div_ps(_mm512_div_ps(mm, bc1), den);
+    if (kDecay == 2) d = _mm512_add_ps(d, _mm512_mul_ps(wd, p));
+    _mm512_mask_storeu_ps(out + i, k, _mm512_add_ps(p, _mm512_mul_ps(neg_lr, d)));
+  }
+  Finish<kM>(L.m, mb, n, L.block, code, seg, m_amax, m_nan, t);
+  Finish<kV>(L.v, vb, n, L.block, code, seg, v_amax, v_nan, t);
+}
+
+using SegFn = void (*)(const Leaf&, int64_t, const Scalars&, const Tables&, float*, float*);
+
+template <int64_t kM, int64_t kV>
+SegFn PickSeg3(int decay, bool maximize) {
+  if (maximize) {
+    return decay == 1   ? &FusedSeg<kM, kV, 1, true>
+           : decay == 2 ? &FusedSeg<kM, kV, 2, true>
+                        : &FusedSeg<kM, kV, 0, true>;
+  }
+  return decay == 1   ? &FusedSeg<kM, kV, 1, false>
+         : decay == 2 ? &FusedSeg<kM, kV, 2, false>
+                      : &FusedSeg<kM, kV, 0, false>;
+}
+
+template <int64_t kM>
+SegFn PickSeg2(int64_t v, int decay, bool maximize) {
+  switch (v) {
+    case kF32: return PickSeg3<kM, kF32>(decay, maximize);
+    case kBf16: return PickSeg3<kM, kBf16>(decay, maximize);
+    case kBf16Sr: return PickSeg3<kM, kBf16Sr>(decay, maximize);
+    case kQ8Signed: return PickSeg3<kM, kQ8Signed>(decay, maximize);
+    default: return PickSeg3<kM, kQ8Unsigned>(decay, maximize);
+  }
+}
+
+SegFn PickSeg(int64_t m, int64_t v, int decay, bool maximize) {
+  switch (m) {
+    case kF32: return PickSeg2<kF32>(v, decay, maximize);
+    case kBf16: return PickSeg2<kBf16>(v, decay, maximize);
+    case kBf16Sr: return PickSeg2<kBf16Sr>(v, decay, maximize);
+    case kQ8Signed: return PickSeg2<kQ8Signed>(v, decay, maximize);
+    default: return PickSeg2<kQ8Unsigned>(v, decay, maximize);
+  }
+}
+#endif
+
 struct Chunk {
   int32_t leaf;
   int64_t lo, hi;  // segments
@@ -407,6 +588,9 @@ struct Chunk {
 struct Job {
   std::vector<Leaf> leaves;
   std::vector<AdamFn> fns;
+#ifdef ADAMX_AVX512
+  std::vector<SegFn> segs;
+#endif
   std::vector<Chunk> chunks;
   Tables t;
   Scalars s;
@@ -422,6 +606,11 @@ struct Job {
       const Chunk& k = chunks[c];
       const Leaf& L = leaves[k.leaf];
       const AdamFn adam = fns[k.leaf];
+#ifdef ADAMX_AVX512
+      const SegFn fused = segs[k.leaf];
+      for (int64_t seg = k.lo; seg < k.hi; ++seg) fused(L, seg, s, t, mb, vb);
+      continue;
+#endif
       for (int64_t seg = k.lo; seg < k.hi; ++seg) {
         const int64_t r = seg / L.nb;
         const int64_t c0 = (seg - r * L.nb) * L.block;
@@ -540,6 +729,10 @@ ffi::Future Impl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> scalars,
     }
     job->leaves.push_back(L);
     job->fns.push_back(PickAdam(decay_mask[i] != 0 ? static_cast<int>(decay) : 0, maximize));
+#ifdef ADAMX_AVX512
+    job->segs.push_back(PickSeg(L.m.mode, L.v.mode,
+                                decay_mask[i] != 0 ? static_cast<int>(decay) : 0, maximize));
+#endif
     job->max_block = std::max(job->max_block, L.block);
     total += size;
   }
