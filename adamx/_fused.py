@@ -320,8 +320,11 @@ def step(
     that writes the new parameters in place (28 bytes per float32 parameter instead of
     36 through ``update`` + ``apply_updates``, or about 40 through XLA); donate the params
     and state to the jitted step (``jax.jit(..., donate_argnums=...)``) so that in place
-    means no copy. Any other optimizer (an ``optax.chain``, a wrapper, another recipe)
-    takes the two calls above, as does ``optax.inject_hyperparams(adamx.adam)(...)`` (its
+    means no copy. ``adamx.with_storage(adamx.adam(...), mu=..., nu=...)`` (or ``adamw``)
+    with float32, bfloat16, bfloat16_sr or 8-bit moments has a kernel of its own
+    (decode, update and encode in the same pass; the state as the XLA path makes it).
+    Any other optimizer (an ``optax.chain``, a wrapper, another recipe) takes the two
+    calls above, as does ``optax.inject_hyperparams(adamx.adam)(...)`` (its
     wrapper hides the fused step: build ``adamx.adam`` from array hyperparameters inside the
     jitted function instead to keep it).
 

