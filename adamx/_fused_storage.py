@@ -375,6 +375,22 @@ def kernel_step(rule: AdamRule, config: _Plan, stochastic: bool, grads, state, p
     return unflat(out), StorageState(inner=tuple(new_inner), key=key, error={})
 
 
+def _differentiable(kernel, reference):
+    """``kernel`` whose derivative (forward or reverse mode, e.g. through a meta-learning
+    loss) is ``reference``'s: the XLA path, the same arithmetic and codecs in
+    ``jax.numpy``."""
+
+    @jax.custom_jvp
+    def run(grads, state, params):
+        return kernel(grads, state, params)
+
+    @run.defjvp
+    def run_jvp(primals, tangents):
+        return jax.jvp(reference, primals, tangents)
+
+    return run
+
+
 def storage_apply_step(rule: AdamRule, fused, policies, track_error, stochastic, update):
     """The ``apply_step`` of ``with_storage(adam/adamw)``: the kernel where it applies,
     else ``update`` and ``optax.apply_updates``."""
@@ -388,7 +404,7 @@ def storage_apply_step(rule: AdamRule, fused, policies, track_error, stochastic,
         if config is None:
             return xla_step(grads, state, params)
         check_trees_match(grads, params, "grads", "params")
-        on_cpu = functools.partial(kernel_step, rule, config, stochastic)
+        on_cpu = _differentiable(functools.partial(kernel_step, rule, config, stochastic), xla_step)
         if jax.default_backend() == "cpu":
             return on_cpu(grads, state, params)
         return jax.lax.platform_dependent(grads, state, params, cpu=on_cpu, default=xla_step)

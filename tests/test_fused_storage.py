@@ -495,3 +495,20 @@ def test_a_nan_makes_its_blocks_scale_nan_and_leaves_the_others_alone(kernel):
         codes, want_codes = np.array(got.codes), np.array(want[0])
         codes[5, 1], want_codes[5, 1] = 0, 0  # the NaN block's codes are not specified
         np.testing.assert_array_equal(codes, want_codes)
+
+
+def test_grad_through_the_step_is_the_xla_paths(kernel):
+    """Differentiating through adamx.step (meta-learning) uses the XLA path's derivative."""
+    opt = adamx.with_storage(adamx.adam(1e-2), mu="bfloat16_sr", nu="8bit")
+    params = tree(SHAPES, 30)
+    state = jax.jit(opt.init)(params)
+    grads = tree(SHAPES, 31, 1e-2)
+
+    def loss(step, scale):
+        new_params, _ = step(params, state, jax.tree.map(lambda g: g * scale, grads))
+        return sum(jnp.sum(x * x) for x in jax.tree.leaves(new_params))
+
+    got = jax.jit(jax.grad(lambda s: loss(kernel_step(opt), s)))(1.0)
+    want = jax.jit(jax.grad(lambda s: loss(xla_step(opt), s)))(1.0)
+    np.testing.assert_allclose(float(got), float(want), rtol=1e-6)
+    assert np.isfinite(float(got)) and float(got) != 0.0
