@@ -242,6 +242,10 @@ def with_storage(
     def init(params):
         inner = optimizer.init(params)
         _check_roles(_moment_roles(inner), policies, who)
+        # The moments of a fresh state are constants (zeros); under jit XLA would fold the
+        # whole encode into the program at compile time (14 s for 7M params in 8 bits,
+        # measured). The barrier keeps the encode a computation (0.14 s).
+        inner = _barrier(inner)
         key = (
             jax.random.key_data(jax.random.key(seed)) if stochastic else jnp.zeros([0], jnp.uint32)
         )
@@ -267,6 +271,16 @@ def with_storage(
             rule, fused, policies, track_error, stochastic, update
         )
     return optax.GradientTransformation(init, update)
+
+
+def _barrier(tree):
+    """``jax.lax.optimization_barrier`` over the array leaves of ``tree`` (others as they are)."""
+    leaves, treedef = jax.tree.flatten(tree)
+    at = [i for i, x in enumerate(leaves) if isinstance(x, jax.Array)]
+    if at:
+        for i, x in zip(at, jax.lax.optimization_barrier([leaves[i] for i in at])):
+            leaves[i] = x
+    return jax.tree.unflatten(treedef, leaves)
 
 
 def next_rounding_key(key: jax.Array, stochastic: bool) -> tuple[jax.Array, jax.Array]:
