@@ -205,6 +205,9 @@ def with_storage(
         ``track_error`` also measure what the encoding lost."""
         index = [0]
         sums = {role: [] for role, policy in policies.items() if policy is not None}
+        # one seed per moment leaf, drawn in one call (a key per leaf would put one
+        # threefry per leaf into the program: 13 s of compile for 100 leaves, measured)
+        seeds = rounding_seeds(key, _count_moment_leaves(inner)) if stochastic else None
 
         def encode(role, value):
             policy = policies[role]
@@ -213,7 +216,7 @@ def with_storage(
             for x in leaves:
                 leaf_key = None
                 if policy is not None and policy.stochastic:
-                    leaf_key = rounding_key(key, index[0])
+                    leaf_key = seeds[index[0]]
                 stored = x if policy is None else policy.encode(x, leaf_key)
                 if track_error and policy is not None:
                     like = jax.ShapeDtypeStruct(jnp.shape(x), jnp.result_type(x))
@@ -273,6 +276,18 @@ def with_storage(
     return optax.GradientTransformation(init, update)
 
 
+def _count_moment_leaves(inner) -> int:
+    """How many array leaves the moment fields of a state hold (the order of ``_walk``)."""
+    count = [0]
+
+    def note(role, value, *_):
+        count[0] += len(jax.tree.leaves(value))
+        return value
+
+    _walk(note, inner)
+    return count[0]
+
+
 def _barrier(tree):
     """``jax.lax.optimization_barrier`` over the array leaves of ``tree`` (others as they are)."""
     leaves, treedef = jax.tree.flatten(tree)
@@ -292,16 +307,11 @@ def next_rounding_key(key: jax.Array, stochastic: bool) -> tuple[jax.Array, jax.
     return jax.random.key_data(new), jax.random.key_data(sub)
 
 
-def rounding_key(key: jax.Array, index: int) -> jax.Array:
-    """The stochastic-rounding key of the ``index``-th moment leaf of an update (leaves
-    counted over every moment field, in the order ``_walk`` visits them), from the
-    update's raw key."""
-    return jax.random.fold_in(jax.random.wrap_key_data(key), index)
-
-
 def rounding_seeds(key: jax.Array, n: int) -> jax.Array:
-    """``uint32[n]``: the 32-bit seeds ``adamx.storage`` draws from the keys of moment
-    leaves ``0 .. n-1`` (what the fused kernel hashes with each element's index)."""
+    """``uint32[n]``: the stochastic-rounding seeds of moment leaves ``0 .. n-1`` (counted
+    over every moment field, in the order ``_walk`` visits them) from an update's raw key:
+    leaf ``i`` gets ``jax.random.bits(fold_in(key, i))``, drawn for all leaves in one call.
+    Both the XLA path and the fused kernel hash each element's index with these."""
     base = jax.random.wrap_key_data(key)
     draw = lambda i: jax.random.bits(jax.random.fold_in(base, i), (), jnp.uint32)  # noqa: E731
     return jax.vmap(draw)(jnp.arange(n, dtype=jnp.uint32))

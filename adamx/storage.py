@@ -122,7 +122,9 @@ class Cast(_Policy):
         return self.stochastic_rounding
 
     def encode(self, x: jax.Array, key: jax.Array | None) -> jax.Array:
-        """``x`` in :attr:`dtype`, rounded to nearest or stochastically (then ``key`` is used)."""
+        """``x`` in :attr:`dtype`, rounded to nearest or stochastically; then ``key`` is a
+        PRNG key or a ``uint32`` scalar seed (the one ``jax.random.bits(key, (), uint32)``
+        would draw; :func:`adamx.with_storage` draws all its leaves' seeds at once)."""
         if not self.stochastic_rounding:
             del key
             return x.astype(self.dtype)
@@ -150,6 +152,20 @@ def _mix32(h: jax.Array) -> jax.Array:
     return h ^ (h >> 16)
 
 
+def _seed(key: jax.Array) -> jax.Array:
+    """The 32-bit seed of ``key``: drawn from a PRNG key, or ``key`` itself when it is
+    already a ``uint32`` scalar (``with_storage`` draws the seeds of all leaves at once)."""
+    key = jnp.asarray(key)
+    if jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
+        return jax.random.bits(key, (), jnp.uint32)
+    if key.dtype == jnp.uint32 and key.shape == ():
+        return key
+    raise ValueError(
+        "stochastic rounding needs a PRNG key (jax.random.key) or a uint32 scalar seed, got "
+        f"an array of dtype {key.dtype} and shape {key.shape}."
+    )
+
+
 def _random_bits(key: jax.Array, shape: tuple[int, ...]) -> jax.Array:
     """Uniform 32-bit words, one per element: a counter (the element's index) hashed with
     a 32-bit seed drawn from ``key``.
@@ -159,7 +175,7 @@ def _random_bits(key: jax.Array, shape: tuple[int, ...]) -> jax.Array:
     ``jax.random.bits`` (threefry) takes about 10 ns per element on a CPU core, more than
     the rest of an optimizer step. Deterministic given ``key``.
     """
-    seed = jax.random.bits(key, (), jnp.uint32)
+    seed = _seed(key)
     index = lax.iota(jnp.uint32, max(math.prod(shape), 1))[: math.prod(shape)].reshape(shape)
     return _mix32(_mix32(index ^ seed) + seed)
 

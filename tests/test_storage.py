@@ -359,6 +359,20 @@ def test_float32_is_the_identity():
 def test_stochastic_rounding_needs_a_key():
     with pytest.raises(ValueError, match="`key`"):
         resolve("bfloat16_sr").encode(jnp.ones(3), None)
+    with pytest.raises(ValueError, match="uint32 scalar seed"):
+        resolve("bfloat16_sr").encode(jnp.ones(3), jnp.zeros(2, jnp.uint32))
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_a_uint32_seed_rounds_as_the_key_it_is_drawn_from(dtype):
+    """``with_storage`` passes each leaf the seed ``bits(key)`` drawn beforehand."""
+    policy = cast(dtype, stochastic_rounding=True)
+    x = jnp.asarray(rng(8).standard_normal(1000), jnp.float32)
+    key = jax.random.key(5)
+    seed = jax.random.bits(key, (), jnp.uint32)
+    by_key, by_seed = enc(policy, x, key), enc(policy, x, seed)
+    np.testing.assert_array_equal(by_key.view(np.uint16), by_seed.view(np.uint16))
+    assert np.any(by_seed != enc(policy, x, seed + jnp.uint32(1)))
 
 
 # ---------------------------------------------------------------------------------------------
