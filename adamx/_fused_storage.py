@@ -143,9 +143,9 @@ class _Plan(NamedTuple):
 
 
 def _q8_layout(policy, shape, stored) -> tuple[int, int, int] | None:
-    """``(rows, cols, block)`` of a leaf's 8-bit blocks, read from what ``policy.encode``
-    makes: row blocks of the last axis (``codes[*S[:-1], nb, b]``), or blocks over the
-    flattened leaf (``codes[n_blocks, block_size]``, a single row); None if neither."""
+    """``(rows, cols, block)`` of a leaf's 8-bit row blocks (``codes[*S[:-1], nb, b]``, see
+    :func:`adamx.storage.row_blocks`), checked against what ``policy.encode`` makes; None
+    if the stored leaf is not that."""
     like = jax.ShapeDtypeStruct(shape, jnp.float32)
     want = jax.eval_shape(lambda x: policy.encode(x, None), like)
     got = jax.tree.map(lambda x: (tuple(jnp.shape(x)), jnp.result_type(x)), stored)
@@ -153,21 +153,11 @@ def _q8_layout(policy, shape, stored) -> tuple[int, int, int] | None:
         return None
     if not isinstance(want, _storage.Quantized):
         return None
-    codes, scale = want.codes.shape, want.scale.shape
-    if codes[-1] < 1 or scale != codes[:-1]:
+    shape = tuple(shape) or (1,)
+    cols, b, nb = _storage.row_blocks(shape, policy.block_size)
+    if want.codes.shape != (*shape[:-1], nb, b) or want.scale.shape != (*shape[:-1], nb):
         return None
-    size = math.prod(shape)
-    cols = shape[-1] if shape else 1
-    b = codes[-1]
-    if (
-        len(shape) >= 1
-        and codes == (*shape[:-1], -(-cols // b), b)
-        and b == min(policy.block_size, cols)
-    ):
-        return size // max(cols, 1), cols, b
-    if codes == (-(-size // b), b) and b == policy.block_size:
-        return 1, size, b
-    return None
+    return math.prod(shape) // max(cols, 1), cols, b  # no rows when the leaf is empty
 
 
 def _moment_leaf(policy, shape, stored):
