@@ -114,19 +114,28 @@ def check_fused(fused) -> None:
         raise ValueError(f"`fused` must be None, True or False, got fused={fused!r}.")
 
 
+def refusal(fused: bool | None, what: str) -> Callable[[str], None]:
+    """A plan's way out: ``no(reason)`` is None (the XLA path), or with ``fused=True`` a
+    ``ValueError`` saying why the kernel cannot run ``what``."""
+
+    def no(reason: str) -> None:
+        if fused:
+            raise ValueError(
+                f"fused=True, but the fused kernel cannot run {what}: {reason}. Use "
+                f"fused=None to let adamx fall back to the XLA path in such cases."
+            )
+        return None
+
+    return no
+
+
 def plan(rule: AdamRule, grads, state, params, *, fused: bool | None):
     """The kernel plan for this call, or None for the XLA path; raises for ``fused=True``
     when the kernel cannot serve the call."""
     if fused is False or (fused is None and disabled_by_env()):
         return None
 
-    def no(reason: str):
-        if fused:
-            raise ValueError(
-                f"fused=True, but the fused kernel cannot run this step: {reason}. Use "
-                f"fused=None to let adamx fall back to the XLA path in such cases."
-            )
-        return None
+    no = refusal(fused, "this step")
 
     moments = state[rule.moments_at] if isinstance(state, tuple) else None
     if not isinstance(moments, MomentsState):

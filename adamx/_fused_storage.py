@@ -40,6 +40,7 @@ from adamx._fused import (
     _is_f32,
     _resolve_mask,
     _single_cpu_process,
+    refusal,
     scalars,
 )
 from adamx._kernel import STORAGE_TARGET, disabled_by_env, ensure_kernel
@@ -209,14 +210,7 @@ def plan(rule: AdamRule, policies, track_error: bool, grads, state, params, *, f
     if fused is False or (fused is None and disabled_by_env()):
         return None
 
-    def no(reason: str):
-        if fused:
-            raise ValueError(
-                f"fused=True, but the fused kernel cannot run this with_storage step: "
-                f"{reason}. Use fused=None to let adamx fall back to the XLA path in such "
-                f"cases."
-            )
-        return None
+    no = refusal(fused, "this with_storage step")
 
     if track_error:
         return no("track_error=True measures the encoding error on the XLA path")

@@ -37,6 +37,8 @@ _SOURCE = Path(__file__).parent / "_kernels" / "adam_cpu.cc"
 # into the same library.
 _STORAGE_SOURCE = Path(__file__).parent / "_kernels" / "adam_storage_cpu.cc"
 _SOURCES = (_SOURCE, _STORAGE_SOURCE)
+# Included by both (futures, the thread-pool loop): hashed into the cache key, not compiled.
+_HEADERS = (Path(__file__).parent / "_kernels" / "pool.h",)
 _SYMBOL = "AdamxAdamStep"
 TARGET = "adamx_adam_step_v1"
 _STORAGE_SYMBOL = "AdamxAdamStorageStep"
@@ -113,7 +115,7 @@ def _jaxlib_version() -> str:
 def _library_path(include: str) -> Path:
     key = hashlib.sha256()
     for part in (
-        *(source.read_bytes() for source in _SOURCES),
+        *(source.read_bytes() for source in _SOURCES + _HEADERS),
         " ".join(_compiler() + list(_FLAGS)).encode(),
         include.encode(),
         jax.__version__.encode(),
@@ -152,7 +154,7 @@ def _build(path: Path, include: str) -> float:
 def _load() -> KernelInfo:
     if disabled_by_env():
         return KernelInfo(False, "disabled by ADAMX_FUSED=0")
-    missing = [str(source) for source in _SOURCES if not source.exists()]
+    missing = [str(source) for source in _SOURCES + _HEADERS if not source.exists()]
     if missing:
         return KernelInfo(False, f"kernel source missing: {', '.join(missing)}")
     try:

@@ -25,6 +25,7 @@
 #include <memory>
 #include <vector>
 
+#include "pool.h"
 #include "xla/ffi/api/ffi.h"
 
 namespace ffi = xla::ffi;
@@ -126,25 +127,8 @@ struct Job {
   }
 };
 
-// 64 Ki elements (256 KiB per stream) per chunk: large enough that claiming a chunk costs
-// nothing, small enough to balance two to a few dozen threads on ~1e6-element leaves.
-constexpr int64_t kChunk = int64_t{1} << 16;
-// Below this many elements in all, the call runs on the caller's thread alone.
-constexpr int64_t kSerialBelow = int64_t{1} << 17;
-
-ffi::Future Ready() {
-  ffi::Promise promise;
-  ffi::Future future(promise);
-  promise.SetAvailable();
-  return future;
-}
-
-ffi::Future Failed(ffi::Error error) {
-  ffi::Promise promise;
-  ffi::Future future(promise);
-  promise.SetError(std::move(error));
-  return future;
-}
+using adamx::Failed;
+using adamx::kChunk;
 
 ffi::Future AdamImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> scalars,
                      ffi::RemainingArgs args, ffi::RemainingRets rets, int64_t decay,
@@ -200,24 +184,8 @@ ffi::Future AdamImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> scalars,
       job->chunks.push_back(Chunk{static_cast<int32_t>(i), lo, std::min(size, lo + kChunk)});
     }
   }
-  const int64_t threads = pool.num_threads();
-  int64_t tasks = std::min<int64_t>(threads, static_cast<int64_t>(job->chunks.size()) - 1);
-  if (total < kSerialBelow || tasks <= 0) {
-    job->Work();
-    return Ready();
-  }
-  // `tasks` pool tasks plus the caller; the last one to finish completes the future.
-  ffi::CountDownPromise done(tasks + 1);
-  ffi::Future future(done);
-  for (int64_t t = 0; t < tasks; ++t) {
-    pool.Schedule([job, done]() mutable {
-      job->Work();
-      done.CountDown();
-    });
-  }
-  job->Work();
-  done.CountDown();
-  return future;
+  const auto chunks = static_cast<int64_t>(job->chunks.size());
+  return adamx::RunChunks(pool, std::move(job), chunks, total);
 }
 
 }  // namespace

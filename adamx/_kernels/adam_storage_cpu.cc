@@ -47,6 +47,7 @@
 #define ADAMX_AVX512 1
 #endif
 
+#include "pool.h"
 #include "xla/ffi/api/ffi.h"
 
 namespace ffi = xla::ffi;
@@ -606,22 +607,12 @@ struct Job {
   }
 };
 
-constexpr int64_t kChunk = int64_t{1} << 16;
-constexpr int64_t kSerialBelow = int64_t{1} << 17;
+using adamx::kChunk;
 constexpr int64_t kPlainSegment = 2048;
 
-ffi::Future Ready() {
-  ffi::Promise promise;
-  ffi::Future future(promise);
-  promise.SetAvailable();
-  return future;
-}
-
 ffi::Future Failed(const char* what) {
-  ffi::Promise promise;
-  ffi::Future future(promise);
-  promise.SetError(ffi::Error::InvalidArgument(std::string("adamx adam storage kernel: ") + what));
-  return future;
+  return adamx::Failed(
+      ffi::Error::InvalidArgument(std::string("adamx adam storage kernel: ") + what));
 }
 
 bool IsQ8(int64_t mode) { return mode == kQ8Signed || mode == kQ8Unsigned; }
@@ -724,23 +715,8 @@ ffi::Future Impl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> scalars,
       job->chunks.push_back(Chunk{static_cast<int32_t>(i), lo, std::min(segs, lo + per)});
     }
   }
-  const int64_t threads = pool.num_threads();
-  const int64_t tasks = std::min<int64_t>(threads, static_cast<int64_t>(job->chunks.size()) - 1);
-  if (total < kSerialBelow || tasks <= 0) {
-    job->Work();
-    return Ready();
-  }
-  ffi::CountDownPromise done(tasks + 1);
-  ffi::Future future(done);
-  for (int64_t k = 0; k < tasks; ++k) {
-    pool.Schedule([job, done]() mutable {
-      job->Work();
-      done.CountDown();
-    });
-  }
-  job->Work();
-  done.CountDown();
-  return future;
+  const auto chunks = static_cast<int64_t>(job->chunks.size());
+  return adamx::RunChunks(pool, std::move(job), chunks, total);
 }
 
 }  // namespace
