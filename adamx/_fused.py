@@ -148,11 +148,19 @@ def plan(rule: AdamRule, grads, state, params, *, fused: bool | None):
     trees = [grads, params, moments.mu, moments.nu]
     if not all(_is_f32(x) for t in trees for x in jax.tree.leaves(t)):
         return no("the kernel takes float32 params, gradients and moments only")
+    flags = decay_flags_where_the_kernel_runs(rule, params, len(g_leaves), fused, no)
+    return None if flags is None else _Plan(rule.decay, rule.maximize, flags)
+
+
+def decay_flags_where_the_kernel_runs(rule: AdamRule, params, n: int, fused, no):
+    """The last checks of a plan, shared by both kernels: a single CPU process (or inside
+    ``shard_map``), a decay mask of Python bools, the kernel built. Returns the per-leaf
+    decay flags, or None for the XLA path (``no(reason)`` raises for ``fused=True``)."""
     if fused is None and not _single_cpu_process():
         return None  # a mesh or several processes: the kernel would gather shards
-    flags = (True,) * len(g_leaves)
+    flags = (True,) * n
     if rule.decay == DECOUPLED and rule.mask is not None:
-        flags = _resolve_mask(rule.mask, params, len(g_leaves))
+        flags = _resolve_mask(rule.mask, params, n)
         if flags is None:
             return no("the weight-decay mask is not a tree of Python bools like the params")
     if not ensure_kernel(required=bool(fused)):
@@ -163,7 +171,7 @@ def plan(rule: AdamRule, grads, state, params, *, fused: bool | None):
             "every sharded operand onto one device for the kernel. Call adamx.step per shard "
             "inside `jax.shard_map`, or use fused=None (the XLA path here)"
         )
-    return _Plan(rule.decay, rule.maximize, flags)
+    return flags
 
 
 def _inside_shard_map() -> bool:

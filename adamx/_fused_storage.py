@@ -33,17 +33,14 @@ import optax
 from adamx import storage as _storage
 from adamx._base import check_trees_match, safe_increment
 from adamx._fused import (
-    DECOUPLED,
     GROUP,
     AdamRule,
-    _inside_shard_map,
     _is_f32,
-    _resolve_mask,
-    _single_cpu_process,
+    decay_flags_where_the_kernel_runs,
     refusal,
     scalars,
 )
-from adamx._kernel import STORAGE_TARGET, disabled_by_env, ensure_kernel
+from adamx._kernel import STORAGE_TARGET, disabled_by_env
 from adamx._moments import MomentsState
 from adamx._schedule import ScheduleState
 
@@ -253,21 +250,8 @@ def plan(rule: AdamRule, policies, track_error: bool, grads, state, params, *, f
             return no("8-bit mu and nu with different block layouts")
         rows, cols, block = layouts.pop() if layouts else (1, math.prod(shape), 1)
         leaves.append(_Leaf(a[0], b[0], rows, cols, block, a[1], b[1]))
-    if fused is None and not _single_cpu_process():
-        return None
-    flags = (True,) * n
-    if rule.decay == DECOUPLED and rule.mask is not None:
-        flags = _resolve_mask(rule.mask, params, n)
-        if flags is None:
-            return no("the weight-decay mask is not a tree of Python bools like the params")
-    if not ensure_kernel(required=bool(fused)):
-        return None
-    if not _single_cpu_process() and not _inside_shard_map():
-        return no(
-            "there are several devices and this is not inside `shard_map`: XLA would gather "
-            "every sharded operand onto one device for the kernel"
-        )
-    return _Plan(rule.decay, rule.maximize, flags, tuple(leaves))
+    flags = decay_flags_where_the_kernel_runs(rule, params, n, fused, no)
+    return None if flags is None else _Plan(rule.decay, rule.maximize, flags, tuple(leaves))
 
 
 # ---------------------------------------------------------------------- the kernel

@@ -37,8 +37,9 @@ _SOURCE = Path(__file__).parent / "_kernels" / "adam_cpu.cc"
 # into the same library.
 _STORAGE_SOURCE = Path(__file__).parent / "_kernels" / "adam_storage_cpu.cc"
 _SOURCES = (_SOURCE, _STORAGE_SOURCE)
-# Included by both (futures, the thread-pool loop): hashed into the cache key, not compiled.
-_HEADERS = (Path(__file__).parent / "_kernels" / "pool.h",)
+# Included by both (Adam's arithmetic; futures and the thread-pool loop): hashed into the
+# cache key, not compiled.
+_HEADERS = tuple(Path(__file__).parent / "_kernels" / h for h in ("adam_math.h", "pool.h"))
 _SYMBOL = "AdamxAdamStep"
 TARGET = "adamx_adam_step_v1"
 _STORAGE_SYMBOL = "AdamxAdamStorageStep"

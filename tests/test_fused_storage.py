@@ -20,16 +20,15 @@ Checked against:
 from __future__ import annotations
 
 import math
-import os
 import re
-import shlex
-import shutil
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from test_fused import compiler, disabled_in_env, xla_step
+from test_fused import train_step as kernel_step
 
 import adamx
 from adamx import _fused, _fused_storage
@@ -41,10 +40,9 @@ FLOAT_TARGET = "adamx_adam_step_v1"
 
 @pytest.fixture(scope="module")
 def kernel():
-    words = shlex.split(os.environ.get("CXX") or "c++")
-    if not words or shutil.which(words[0]) is None:
+    if compiler() is None:
         pytest.skip("no C++ compiler on PATH")
-    if os.environ.get("ADAMX_FUSED", "").strip().lower() in {"0", "false", "off", "no"}:
+    if disabled_in_env():
         pytest.skip("ADAMX_FUSED=0 is set in the environment")
     info = adamx.kernel_info()
     assert info.available, info
@@ -53,18 +51,6 @@ def kernel():
 
 def calls(hlo: str, target: str = TARGET) -> int:
     return hlo.count(f'custom_call_target="{target}"')
-
-
-def kernel_step(opt):
-    return lambda params, state, grads: adamx.step(opt, grads, state, params)
-
-
-def xla_step(opt):
-    def step(params, state, grads):
-        updates, state = opt.update(grads, state, params)
-        return optax.apply_updates(params, updates), state
-
-    return step
 
 
 def tree(shapes, seed, scale=1.0):

@@ -25,6 +25,7 @@
 #include <memory>
 #include <vector>
 
+#include "adam_math.h"
 #include "pool.h"
 #include "xla/ffi/api/ffi.h"
 
@@ -32,23 +33,8 @@ namespace ffi = xla::ffi;
 
 namespace {
 
-// Indices into the scalar operand; adamx/_fused.py writes them in this order.
-enum Scalar : int {
-  kNegLr = 0,   // -lr
-  kW1 = 1,      // 1 - b1
-  kB2 = 2,      // b2
-  kW2 = 3,      // 1 - b2
-  kBc1 = 4,     // 1 - b1**t
-  kErBc2 = 5,   // eps_root * (1 - b2**t)
-  kSqBc2 = 6,   // sqrt(1 - b2**t)
-  kEps = 7,     // eps
-  kWd = 8,      // weight decay
-  kNumScalars = 9,
-};
-
-struct Scalars {
-  float neg_lr, w1, b2, w2, bc1, er_bc2, sq_bc2, eps, wd;
-};
+using adamx::kNumScalars;
+using adamx::Scalars;
 
 struct Leaf {
   const float* p;
@@ -70,20 +56,11 @@ void Step(const Leaf& leaf, int64_t lo, int64_t hi, const Scalars& s) {
   float* out = leaf.out;
 #pragma GCC ivdep
   for (int64_t i = lo; i < hi; ++i) {
-    float g = gp[i];
-    if (kMaximize) g = -g;
-    const float p = pp[i];
-    if (kDecay == 1) g = g + s.wd * p;
     float m = mp[i];
-    m = m + s.w1 * (g - m);
     float v = vp[i];
-    v = s.b2 * v + (s.w2 * g) * g;
+    out[i] = adamx::AdamElement<kDecay, kMaximize>(pp[i], gp[i], m, v, s);
     mp[i] = m;
     vp[i] = v;
-    float d = (m / s.bc1) / (std::sqrt(v + s.er_bc2) / s.sq_bc2 + s.eps);
-    if (kDecay == 2) d = d + s.wd * p;
-    float u = s.neg_lr * d;
-    out[i] = p + u;
   }
 }
 
@@ -142,8 +119,7 @@ ffi::Future AdamImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> scalars,
   }
   auto job = std::make_shared<Job>();
   const float* sc = scalars.typed_data();
-  job->s = Scalars{sc[kNegLr], sc[kW1], sc[kB2], sc[kW2], sc[kBc1],
-                   sc[kErBc2], sc[kSqBc2], sc[kEps], sc[kWd]};
+  job->s = adamx::ReadScalars(sc);
   job->leaves.reserve(n);
   job->fns.reserve(n);
   int64_t total = 0;

@@ -47,6 +47,7 @@
 #define ADAMX_AVX512 1
 #endif
 
+#include "adam_math.h"
 #include "pool.h"
 #include "xla/ffi/api/ffi.h"
 
@@ -54,16 +55,10 @@ namespace ffi = xla::ffi;
 
 namespace {
 
-enum Scalar : int {
-  kNegLr = 0, kW1 = 1, kB2 = 2, kW2 = 3, kBc1 = 4, kErBc2 = 5, kSqBc2 = 6, kEps = 7, kWd = 8,
-  kNumScalars = 9,
-};
+using adamx::kNumScalars;
+using adamx::Scalars;
 
 enum Mode : int64_t { kF32 = 0, kBf16 = 1, kBf16Sr = 2, kQ8Signed = 3, kQ8Unsigned = 4 };
-
-struct Scalars {
-  float neg_lr, w1, b2, w2, bc1, er_bc2, sq_bc2, eps, wd;
-};
 
 struct Tables {
   const float* code[2];       // [0] signed, [1] unsigned: 256 values each
@@ -137,20 +132,7 @@ void AdamSeg(const float* pp, const float* gp, float* __restrict m, float* __res
   i = n;
 #endif
   for (; i < n; ++i) {
-    float g = gp[i];
-    if (kMaximize) g = -g;
-    const float p = pp[i];
-    if (kDecay == 1) g = g + s.wd * p;
-    float mm = m[i];
-    mm = mm + s.w1 * (g - mm);
-    float vv = v[i];
-    vv = s.b2 * vv + (s.w2 * g) * g;
-    m[i] = mm;
-    v[i] = vv;
-    float d = (mm / s.bc1) / (std::sqrt(vv + s.er_bc2) / s.sq_bc2 + s.eps);
-    if (kDecay == 2) d = d + s.wd * p;
-    float u = s.neg_lr * d;
-    out[i] = p + u;
+    out[i] = adamx::AdamElement<kDecay, kMaximize>(pp[i], gp[i], m[i], v[i], s);
   }
 }
 
@@ -637,8 +619,7 @@ ffi::Future Impl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> scalars,
   }
   auto job = std::make_shared<Job>();
   const float* sc = scalars.typed_data();
-  job->s = Scalars{sc[kNegLr], sc[kW1], sc[kB2], sc[kW2], sc[kBc1],
-                   sc[kErBc2], sc[kSqBc2], sc[kEps], sc[kWd]};
+  job->s = adamx::ReadScalars(sc);
   const float* tb = tables.typed_data();
   const uint32_t* bk = buckets.typed_data();
   job->t = Tables{{tb, tb + 256}, {tb + 512, tb + 768}, {bk, bk + 2 * bucket_n},
