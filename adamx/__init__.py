@@ -2,54 +2,19 @@
 
 Every optimizer is a chain of small blocks: moment estimation, bias correction,
 normalisation, weight decay and the learning rate. See the README for the recipes.
+
+Every public name is here, at ``adamx.*``; ``adamx.storage`` is the one public
+sub-namespace (the storage policies). The subpackages are the layers of the design, each
+importing only those below it (ARCHITECTURE.md): ``blocks`` (the per-leaf algebra),
+``optimizers`` (the recipes), ``storage`` (how moments are kept), ``kernels`` (faster
+execution of some recipes), ``training`` (tools around a train step) and ``demo``.
 """
 
-from adamx import storage  # noqa: E402  (the storage policies: adamx.storage.blockwise8, ...)
-from adamx._adafactor import (
-    FactoredRmsState,
-    adafactor,
-    clip_by_block_rms,
-    scale_by_factored_rms,
-    scale_by_param_block_rms,
-    scale_by_relative_step,
-    shrink_weights,
-)
-from adamx._adagrad import (
-    UpdateRmsState,
-    adadelta,
-    adagrad,
-    average_of_squares,
-    scale_by_update_rms,
-    sum_of_squares,
-    use_gradient,
-)
-from adamx._adam import adam, adamw
-from adamx._adopt import PreviousRmsState, adopt, normalize_by_previous_rms, read_momentum
-from adamx._base import Moments
-from adamx._checkpoint import restore_state
-from adamx._correction import bias_correction, correct_bias
-from adamx._decay import add_decayed_weights, negate
-from adamx._faults import SkipNonfiniteState, skip_nonfinite
-from adamx._fused import step
-from adamx._inspect import Diagnostics, inspect, summarize
-from adamx._kernel import FusedKernelWarning, KernelInfo, kernel_info
-from adamx._lamb_lion import (
-    LionMomentsState,
-    lamb,
-    lion,
-    read_sign,
-    scale_by_lion_moments,
-    scale_by_trust_ratio,
-)
-from adamx._lazy import lazy_adam, scale_by_lazy_moments
-from adamx._lowmem import (
-    StorageError,
-    StorageState,
-    state_bytes_per_param,
-    storage_error,
-    with_storage,
-)
-from adamx._moments import (
+from adamx import storage  # the storage policies: adamx.storage.blockwise8, ...
+from adamx.blocks._base import Moments
+from adamx.blocks._correction import bias_correction, correct_bias
+from adamx.blocks._decay import add_decayed_weights, negate
+from adamx.blocks._moments import (
     MomentsState,
     SecondMomentRule,
     ema_of_squares,
@@ -57,9 +22,8 @@ from adamx._moments import (
     second_moment_dtype,
     second_moment_zeros,
 )
-from adamx._normalize import normalize
-from adamx._rmsprop import center_second_moment, rmsprop
-from adamx._rules import (
+from adamx.blocks._normalize import normalize
+from adamx.blocks._rules import (
     MaxNuState,
     NesterovState,
     correct_bias_nesterov,
@@ -70,11 +34,59 @@ from adamx._rules import (
     normalize_rectified,
     yogi_squares,
 )
-from adamx._schedule import ScheduleState, scale_by_learning_rate
-from adamx._sgd import MomentumState, sgd, trace_momentum
-from adamx._sharding import state_shardings
-from adamx._variants import adabelief, adamax, amsgrad, nadam, nadamw, radam, yogi
-from adamx._zero import shard_state, zero_shardings
+from adamx.blocks._schedule import ScheduleState, scale_by_learning_rate
+from adamx.kernels._build import FusedKernelWarning, KernelInfo, kernel_info
+from adamx.kernels._step import step
+from adamx.optimizers._adafactor import (
+    FactoredRmsState,
+    adafactor,
+    clip_by_block_rms,
+    scale_by_factored_rms,
+    scale_by_param_block_rms,
+    scale_by_relative_step,
+    shrink_weights,
+)
+from adamx.optimizers._adagrad import (
+    UpdateRmsState,
+    adadelta,
+    adagrad,
+    average_of_squares,
+    scale_by_update_rms,
+    sum_of_squares,
+    use_gradient,
+)
+from adamx.optimizers._adam import adam, adamw
+from adamx.optimizers._adopt import (
+    PreviousRmsState,
+    adopt,
+    normalize_by_previous_rms,
+    read_momentum,
+)
+from adamx.optimizers._lamb_lion import (
+    LionMomentsState,
+    lamb,
+    lion,
+    read_sign,
+    scale_by_lion_moments,
+    scale_by_trust_ratio,
+)
+from adamx.optimizers._lazy import lazy_adam, scale_by_lazy_moments
+from adamx.optimizers._rmsprop import center_second_moment, rmsprop
+from adamx.optimizers._sgd import MomentumState, sgd, trace_momentum
+from adamx.optimizers._variants import adamax, amsgrad, nadam, nadamw
+from adamx.optimizers._variants_nu import adabelief, radam, yogi
+from adamx.storage._with_storage import (
+    StorageError,
+    StorageState,
+    state_bytes_per_param,
+    storage_error,
+    with_storage,
+)
+from adamx.training._checkpoint import restore_state
+from adamx.training._faults import SkipNonfiniteState, skip_nonfinite
+from adamx.training._inspect import Diagnostics, inspect, summarize
+from adamx.training._sharding import state_shardings
+from adamx.training._zero import shard_state, zero_shardings
 
 __version__ = "0.1.0"
 

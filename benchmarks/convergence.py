@@ -14,7 +14,7 @@ The models:
   the demo's 20% test split. (At the demo's 1e-2 the loss spikes late in training and a
   rounding-level perturbation alone moves the final loss by percents; the report
   measures that too.)
-* **charlm**: :mod:`adamx.charlm`'s character-level transformer (2 blocks, d_model 128,
+* **charlm**: :mod:`adamx.demo.charlm`'s character-level transformer (2 blocks, d_model 128,
   ~430k parameters) on the standard library's help texts, batches of 16 x 64 characters,
   Adam at 3e-3; held out: the last 10% of the text.
 
@@ -49,7 +49,8 @@ import optax
 from run import load_average, machine  # the performance suite's machine description
 
 import adamx
-from adamx import charlm, demo, state_bytes_per_param, with_storage
+from adamx import demo, state_bytes_per_param, with_storage
+from adamx.demo import charlm
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -304,7 +305,7 @@ def report(all_results: dict, demo_noise, args, seconds: float, loads) -> str:
         f"### charlm: character-level transformer, {charlm_params:,} parameters, "
         f"{charlm_steps} steps, lr {LEARNING_RATES['charlm']:g}",
         "",
-        f"`adamx.charlm.train(optimizer, steps={charlm_steps}, seed=0"
+        f"`adamx.demo.charlm.train(optimizer, steps={charlm_steps}, seed=0"
         + "".join(f", {k}={v}" for k, v in charlm_extra.items())
         + ")`: loss in nats per character on the standard library's help texts "
         "(`pydoc_data.topics`), batches of random crops in the same order for every run; "

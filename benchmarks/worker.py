@@ -72,9 +72,9 @@ DTYPE_BYTES = {"f64": 8, "s64": 8, "u64": 8, "f32": 4, "s32": 4, "u32": 4, "bf16
 SHAPE = re.compile(r"\b(" + "|".join(DTYPE_BYTES) + r")\[([\d,]*)\]")
 INSTRUCTION = re.compile(r"^\s*(?:ROOT )?%([\w.\-]+) = (\([^()]*\)|\S+) ([a-z][\w\-]*)\((.*?)\)")
 NO_TRAFFIC = {"parameter", "tuple", "get-tuple-element", "constant", "bitcast"}
-# The custom-call target of adamx's fused Adam/AdamW kernel (adamx/_kernel.py).
+# The custom-call target of adamx's fused Adam/AdamW kernel (adamx/kernels/_build.py).
 KERNEL_TARGET = "adamx_adam_step_v1"
-# ... and of its stored-moments kernel (with_storage(adam), adamx/_fused_storage.py).
+# ... and of its stored-moments kernel (with_storage(adam), adamx/kernels/_fused_storage.py).
 STORAGE_TARGET = "adamx_adam_storage_step_v1"
 
 

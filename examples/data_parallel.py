@@ -51,13 +51,14 @@ from jax.sharding import PartitionSpec as P
 
 import adamx
 from adamx import demo
+from adamx.demo import _models
 
 # The demo's MLP: ``_init_mlp``/``_mlp_loss``/``_mlp_outputs`` are private helpers of
 # adamx.demo; they are imported here on purpose so that this example trains exactly the
 # demo's model (they are not part of adamx's public API and may change with it).
-init_mlp = demo._init_mlp
-mlp_loss = demo._mlp_loss
-mlp_outputs = demo._mlp_outputs
+init_mlp = _models._init_mlp
+mlp_loss = _models._mlp_loss
+mlp_outputs = _models._mlp_outputs
 
 
 def build_parser() -> argparse.ArgumentParser:

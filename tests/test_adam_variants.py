@@ -26,10 +26,11 @@ import reference_adam_variants as ref
 from trajectories import assert_trajectories_close as _assert_close
 from trajectories import max_rel_error, stack
 
-from adamx._adam import adam, adamw
-from adamx._base import Moments
-from adamx._rules import NesterovState, normalize_rectified, sma_length
-from adamx._variants import adabelief, adamax, amsgrad, nadam, nadamw, radam, yogi
+from adamx.blocks._base import Moments
+from adamx.blocks._rules import NesterovState, normalize_rectified, sma_length
+from adamx.optimizers._adam import adam, adamw
+from adamx.optimizers._variants import adamax, amsgrad, nadam, nadamw
+from adamx.optimizers._variants_nu import adabelief, radam, yogi
 
 ALIASES = {
     "adam": adam,

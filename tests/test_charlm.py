@@ -1,4 +1,4 @@
-"""The character-level transformer of ``adamx.charlm``: shapes, the initial loss, causality
+"""The character-level transformer of ``adamx.demo.charlm``: shapes, the initial loss, causality
 against an independent NumPy forward pass, training, determinism."""
 
 import math
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import adamx
-from adamx import charlm
+from adamx.demo import charlm
 
 SMALL = {"d_model": 16, "layers": 2, "heads": 2, "context": 8}
 logits = jax.jit(charlm.logits)

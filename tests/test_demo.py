@@ -13,6 +13,7 @@ import pytest
 
 import adamx
 from adamx import demo
+from adamx.demo import _models
 
 ROOT = Path(__file__).resolve().parents[1]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -106,9 +107,9 @@ def test_sgd_is_plain_gradient_descent(digits):
     """Two SGD steps move the zero-initialised softmax weights by -lr * (g0 + g1), the
     gradients at the successive points: no momentum."""
     result = demo.train("softmax", "sgd", steps=2, learning_rate=0.5, data=digits)
-    params = demo._init_softmax(jax.random.key(0))
+    params = _models._init_softmax(jax.random.key(0))
     for _ in range(2):
-        grads = jax.grad(demo._softmax_loss)(params, digits[0], digits[1])
+        grads = jax.grad(_models._softmax_loss)(params, digits[0], digits[1])
         params = jax.tree.map(lambda p, g: p - 0.5 * g, params, grads)
     np.testing.assert_allclose(result.params["w"], params["w"], rtol=1e-5, atol=1e-7)
     np.testing.assert_allclose(result.params["b"], params["b"], rtol=1e-5, atol=1e-7)

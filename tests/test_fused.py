@@ -1,4 +1,4 @@
-"""The fused CPU kernel behind ``adamx.step`` (adamx/_kernels/adam_cpu.cc).
+"""The fused CPU kernel behind ``adamx.step`` (adamx/kernels/csrc/adam_cpu.cc).
 
 Checked against references that do not run the code under test:
 
@@ -48,7 +48,8 @@ from test_numerics import (
 )
 
 import adamx
-from adamx import _fused
+from adamx.kernels import _fused
+from adamx.optimizers._adam_rule import AdamRule
 
 TARGET = "adamx_adam_step_v1"  # the custom-call target the kernel registers
 INT32_MAX = 2**31 - 1
@@ -240,7 +241,7 @@ def test_one_step_bitwise_equals_numpy_formula(kernel, case, shapes):
     if t == INT32_MAX:  # the count saturates: step 2**31 - 1 again
         state = set_counts(state, INT32_MAX)
 
-    rule = _fused.AdamRule(
+    rule = AdamRule(
         kw.get("b1", 0.9), kw.get("b2", 0.999), kw.get("eps", 1e-8), kw.get("eps_root", 0.0),
         kw["learning_rate"], kw.get("weight_decay", 0.0), decay, None,
         kw.get("maximize", False), 0, 0,
@@ -278,7 +279,7 @@ SCALAR_COUNTS = [1, 2, 10, 1000, 10**6, INT32_MAX]
 @pytest.mark.parametrize(("b1", "b2"), SCALAR_DECAYS)
 def test_kernel_scalars_match_float64_maths(b1, b2, x64_mode):
     lr, eps, eps_root, wd = 3e-4, 1e-8, 1e-6, 0.05
-    rule = _fused.AdamRule(b1, b2, eps, eps_root, lr, wd, 2, None, False, 0, 0)
+    rule = AdamRule(b1, b2, eps, eps_root, lr, wd, 2, None, False, 0, 0)
     with jax.enable_x64(x64_mode):
         fn = jax.jit(lambda c: jax.vmap(lambda k: _fused.scalars(rule, k, lr))(c))
         got = np.asarray(fn(jnp.asarray(SCALAR_COUNTS, jnp.int32)))
@@ -839,8 +840,11 @@ SCENARIOS = {  # name: (environment, number of optimizers the script runs)
 
 
 class Processes:
-    def __init__(self, root: Path):
-        self.root, self.running, self.done = root, {}, {}
+    """The scenario processes, started together on the first result asked for (under
+    pytest-xdist, only in the worker that runs these tests: they share one xdist_group)."""
+
+    def __init__(self, root: Path, wanted: list[str]):
+        self.root, self.wanted, self.running, self.done = root, wanted, {}, {}
 
     def start(self, name: str, cache: str | None = None) -> None:
         changes, optimizers = SCENARIOS[name]
@@ -856,6 +860,9 @@ class Processes:
         return self.root / name
 
     def result(self, name: str) -> dict:
+        for wanted in self.wanted:
+            if wanted not in self.running:
+                self.start(wanted)
         if name == "cached" and name not in self.running:
             self.result("devices")
             self.start("cached", cache="devices")
@@ -867,9 +874,10 @@ class Processes:
         return self.done[name]
 
     def stop(self) -> None:
-        for process in self.running.values():
-            if process.poll() is None:
-                process.kill()
+        for name, process in self.running.items():
+            if name not in self.done:  # read (and so close) the pipes of every process
+                if process.poll() is None:
+                    process.kill()
                 process.communicate()
 
 
@@ -879,20 +887,22 @@ def _needs(request, name: str) -> bool:
 
 @pytest.fixture(scope="module", autouse=True)
 def processes(request, tmp_path_factory):
-    procs = Processes(tmp_path_factory.mktemp("adamx-cache"))
+    wanted: list[str] = []
     for name, test in [
         ("no_compiler", "test_process_without_compiler"),
         ("disabled", "test_process_with_kernel_disabled"),
         ("devices", "process_with_several_devices"),
         ("devices", "second_process"),
     ]:
-        if _needs(request, test) and name not in procs.running:
+        if _needs(request, test) and name not in wanted:
             if name != "devices" or compiler() is not None:
-                procs.start(name)
+                wanted.append(name)
+    procs = Processes(tmp_path_factory.mktemp("adamx-cache"), wanted)
     yield procs
     procs.stop()
 
 
+@pytest.mark.xdist_group("fused_processes")
 def test_process_without_compiler_warns_once_and_falls_back(processes):
     out = processes.result("no_compiler")
     assert [w[0] for w in out["warnings"]] == ["FusedKernelWarning"], out["warnings"]
@@ -906,6 +916,7 @@ def test_process_without_compiler_warns_once_and_falls_back(processes):
     assert not [f for f in out["cache"] if f.endswith(".so")]
 
 
+@pytest.mark.xdist_group("fused_processes")
 def test_process_with_kernel_disabled_is_silent(processes):
     out = processes.result("disabled")
     assert out["warnings"] == []
@@ -917,6 +928,7 @@ def test_process_with_kernel_disabled_is_silent(processes):
     assert out["cache"] == []  # nothing was built
 
 
+@pytest.mark.xdist_group("fused_processes")
 def test_process_with_several_devices_takes_the_xla_path(processes):
     if compiler() is None:
         pytest.skip("no C++ compiler on PATH")
@@ -936,6 +948,7 @@ def test_process_with_several_devices_takes_the_xla_path(processes):
     assert Path(path).parent == processes.cache("devices") and seconds > 0  # built here
 
 
+@pytest.mark.xdist_group("fused_processes")
 def test_second_process_loads_the_cached_kernel(processes):
     if compiler() is None:
         pytest.skip("no C++ compiler on PATH")

@@ -1,5 +1,5 @@
 """The stored-moments kernel behind ``adamx.step`` for ``with_storage(adam/adamw, ...)``
-(adamx/_kernels/adam_storage_cpu.cc, adamx/_fused_storage.py).
+(adamx/kernels/csrc/adam_storage_cpu.cc, adamx/kernels/_fused_storage.py).
 
 Checked against:
 
@@ -31,8 +31,9 @@ from test_fused import compiler, disabled_in_env, xla_step
 from test_fused import train_step as kernel_step
 
 import adamx
-from adamx import _fused, _fused_storage
 from adamx import storage as st
+from adamx.kernels import _fused, _fused_storage
+from adamx.storage import _blockwise8
 
 TARGET = "adamx_adam_storage_step_v1"
 FLOAT_TARGET = "adamx_adam_step_v1"
@@ -128,7 +129,7 @@ def np_encode(policy, x, seed):
     scale = np.max(np.abs(blocks), axis=-1)
     safe = np.where(scale > 0, scale, F32(1))
     y = (blocks / safe[..., None]).astype(F32)
-    codes = np.searchsorted(st._midpoints(policy.signed), y, side="right")
+    codes = np.searchsorted(_blockwise8._midpoints(policy.signed), y, side="right")
     if not policy.signed:
         codes = np.where(blocks > 0, np.maximum(codes, 1), 0)
     shape = x.shape[:-1] if x.ndim else ()
@@ -203,7 +204,7 @@ def assert_bitwise(got, want, what):
 
 
 def policies_of(mu, nu):
-    from adamx._lowmem import _policies
+    from adamx.storage._with_storage import _policies
 
     return _policies(mu, nu)
 
@@ -303,7 +304,7 @@ def test_every_midpoint_and_its_neighbours_get_the_exact_code(kernel):
     """b1 = 0 and a fresh (zero) mu: the new mu is g exactly; each block's first element is
     1, so y = g: the codes are searchsorted(midpoints, g) for every midpoint, its float32
     neighbours, and the table values, positive and negative."""
-    mid = st._midpoints(True)
+    mid = _blockwise8._midpoints(True)
     table = st.dynamic_code(True)
     vals = np.concatenate(
         [mid, np.nextafter(mid, F32(np.inf)), np.nextafter(mid, F32(-np.inf)), table, [F32(-0.0)]]
@@ -329,7 +330,7 @@ def test_every_midpoint_and_its_neighbours_get_the_exact_code(kernel):
 
 def test_unsigned_code_near_its_midpoints(kernel):
     """v = g * g (b2 = 0, fresh v): g near the square roots of the unsigned midpoints."""
-    mid = st._midpoints(False).astype(np.float64)
+    mid = _blockwise8._midpoints(False).astype(np.float64)
     roots = np.sqrt(mid).astype(F32)
     g = np.concatenate([roots, np.nextafter(roots, F32(1)), np.nextafter(roots, F32(0))])
     rows = np.zeros((max(-(-g.size // 255), 16), 256), F32)
@@ -342,7 +343,7 @@ def test_unsigned_code_near_its_midpoints(kernel):
     _, new_state = jax.jit(kernel_step(opt))(params, state, {"w": jnp.asarray(rows)})
     v = rows * rows  # (w2 * g) * g with w2 = 1
     codes = np.asarray(new_state.inner[0].nu["w"].codes).reshape(rows.shape)
-    want = np.searchsorted(st._midpoints(False), v, side="right")
+    want = np.searchsorted(_blockwise8._midpoints(False), v, side="right")
     want = np.where(v > 0, np.maximum(want, 1), 0)
     np.testing.assert_array_equal(codes, want)
 
@@ -354,7 +355,7 @@ def test_search_buckets_hold_at_most_one_midpoint_and_match_searchsorted():
     lo, n, buckets, _ = _fused_storage.bucket_tables()
     rng = np.random.default_rng(0)
     for u, signed in ((0, True), (1, False)):
-        mid = st._midpoints(signed)
+        mid = _blockwise8._midpoints(signed)
         y = np.concatenate(
             [
                 rng.uniform(-1, 1, 200_000).astype(F32),

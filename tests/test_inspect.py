@@ -288,7 +288,7 @@ def test_skip_nonfinite_state_is_searched():
     """A skipped (NaN) step leaves the moments, hence the count and the rates, as they were."""
     skip = getattr(adamx, "skip_nonfinite", None)
     if skip is None:  # until the lead exports it
-        skip = pytest.importorskip("adamx._faults").skip_nonfinite
+        skip = pytest.importorskip("adamx.training._faults").skip_nonfinite
     opt = skip(optax.chain(optax.clip(1.0), adamx.adam(0.05)))
     params = make_params()
     state = opt.init(params)

@@ -18,11 +18,11 @@ import optax
 import pytest
 import reference_other_family as ref
 
-from adamx._adafactor import adafactor
-from adamx._adam import adam
-from adamx._adopt import adopt
-from adamx._lamb_lion import lamb, lion
-from adamx._lazy import lazy_adam
+from adamx.optimizers._adafactor import adafactor
+from adamx.optimizers._adam import adam
+from adamx.optimizers._adopt import adopt
+from adamx.optimizers._lamb_lion import lamb, lion
+from adamx.optimizers._lazy import lazy_adam
 
 STEPS = 100
 RTOL, ATOL = 1e-10, 1e-14

@@ -23,9 +23,9 @@ from reference import run_numpy
 from trajectories import assert_trajectories_close as _assert_close
 from trajectories import max_rel_error as _max_rel_error
 
-from adamx._adagrad import adadelta, adagrad
-from adamx._rmsprop import rmsprop
-from adamx._sgd import sgd, trace_momentum
+from adamx.optimizers._adagrad import adadelta, adagrad
+from adamx.optimizers._rmsprop import rmsprop
+from adamx.optimizers._sgd import sgd, trace_momentum
 
 STEPS = 100
 RTOL, ATOL = 1e-10, 1e-13

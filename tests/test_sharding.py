@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 import adamx
-from adamx._sharding import state_shardings
+from adamx.training._sharding import state_shardings
 
 HERE = Path(__file__).resolve().parent
 
@@ -33,7 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 import adamx
-from adamx._sharding import state_shardings
+from adamx.training._sharding import state_shardings
 from test_contract import OPTIMIZERS as ROWS
 
 assert jax.device_count() == 8, jax.devices()

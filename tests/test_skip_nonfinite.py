@@ -461,12 +461,12 @@ def test_an_inner_state_that_changes_dtype_is_named():
 def test_docstring_example(monkeypatch):
     import doctest
 
-    import adamx._faults
+    import adamx.training._faults
 
     monkeypatch.setattr(adamx, "skip_nonfinite", skip_nonfinite, raising=False)
     finder = doctest.DocTestFinder()
     runner = doctest.DocTestRunner(optionflags=doctest.NORMALIZE_WHITESPACE)
-    tests = finder.find(adamx._faults)
+    tests = finder.find(adamx.training._faults)
     assert sum(len(t.examples) for t in tests) >= 10
     for t in tests:
         runner.run(t)

@@ -20,7 +20,7 @@ import pytest
 from jax.sharding import Mesh, PartitionSpec
 
 import adamx
-from adamx._zero import shard_state, zero_shardings
+from adamx.training._zero import shard_state, zero_shardings
 
 N_DEVICES = 8
 
@@ -31,7 +31,7 @@ SCRIPT = textwrap.dedent(
     import jax, jax.numpy as jnp, numpy as np
     from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
     import adamx
-    from adamx._zero import shard_state
+    from adamx.training._zero import shard_state
 
     jax.config.update("jax_numpy_dtype_promotion", "strict")
     jax.config.update("jax_numpy_rank_promotion", "raise")

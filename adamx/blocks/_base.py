@@ -7,6 +7,7 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+from jax.sharding import NamedSharding, PartitionSpec
 
 PyTree = Any
 ScalarOrSchedule = Any  # float | jax.Array | Callable[[jax.Array], jax.Array]
@@ -213,3 +214,25 @@ def map_unzip(f, n: int, tree: PyTree, *rest: PyTree) -> tuple:
     tuples = [f(*args) for args in zip(leaves, *others)]
     columns = list(zip(*tuples)) if tuples else [()] * n
     return tuple(jax.tree.unflatten(treedef, list(column)) for column in columns)
+
+
+def param_named_sharding(p) -> NamedSharding | None:
+    """The :class:`jax.sharding.NamedSharding` a param carries, or ``None``.
+
+    A concrete array's own sharding; for a tracer, the sharding of its type (set under an
+    explicit-sharding mesh only). ``None`` when it is not a ``NamedSharding`` on a
+    non-empty mesh (a single-device array, a tracer in auto mode).
+    """
+    if isinstance(p, jax.core.Tracer):
+        sharding = getattr(jax.typeof(p), "sharding", None)
+    else:
+        sharding = getattr(p, "sharding", None)
+    if not isinstance(sharding, NamedSharding) or sharding.mesh.empty:
+        return None
+    return sharding
+
+
+def padded_spec(sharding: NamedSharding, ndim: int) -> tuple:
+    """The partition spec of ``sharding`` as ``ndim`` entries (``None`` for unsharded)."""
+    entries = [None if e is PartitionSpec.UNCONSTRAINED else e for e in sharding.spec]
+    return tuple(entries[:ndim]) + (None,) * max(0, ndim - len(entries))

@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from adamx._base import check_decay, check_moments, one_minus, scalar_dtype
+from adamx.blocks._base import check_decay, check_moments, one_minus, scalar_dtype
 
 
 def bias_correction(decay, count: jax.Array) -> jax.Array:

@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from adamx._base import (
+from adamx.blocks._base import (
     as_scalar,
     check_flag,
     check_range,

@@ -6,8 +6,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from adamx._base import as_scalar, check_decay, check_moments, check_range
-from adamx._correction import bias_correction
+from adamx.blocks._base import as_scalar, check_decay, check_moments, check_range
+from adamx.blocks._correction import bias_correction
 
 
 def normalize(

@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from adamx._base import (
+from adamx.blocks._base import (
     PyTree,
     as_scalar,
     check_decay,
@@ -36,8 +36,8 @@ from adamx._base import (
     safe_increment,
     scalar_dtype,
 )
-from adamx._correction import bias_correction
-from adamx._moments import SecondMomentRule, ema_square, second_moment_zeros
+from adamx.blocks._correction import bias_correction
+from adamx.blocks._moments import SecondMomentRule, ema_square, second_moment_zeros
 
 
 # ----------------------------------------------------------------------------- second moments

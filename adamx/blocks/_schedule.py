@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from adamx._base import ScalarOrSchedule, check_learning_rate, compute_dtype, safe_increment
+from adamx.blocks._base import ScalarOrSchedule, check_learning_rate, compute_dtype, safe_increment
 
 
 class ScheduleState(NamedTuple):

@@ -1,6 +1,6 @@
 """The fused CPU kernel: built on first use with the system C++ compiler, cached, loaded.
 
-``adamx/_kernels/adam_cpu.cc`` is an XLA FFI handler. Nothing is compiled at install time
+``adamx/kernels/csrc/adam_cpu.cc`` is an XLA FFI handler. Nothing is compiled at install time
 (the README's one install command stays the same): the first Adam/AdamW step traced for
 the CPU compiles it (about 8 s, both kernels) into a cache directory and registers it with
 ``jax.ffi``; later processes load the cached library. If that fails (no compiler, headers
@@ -32,14 +32,14 @@ from pathlib import Path
 
 import jax
 
-_SOURCE = Path(__file__).parent / "_kernels" / "adam_cpu.cc"
-# Adam/AdamW with moments stored in bfloat16 or 8 bits (adamx/_fused_storage.py); built
+_SOURCE = Path(__file__).parent / "csrc" / "adam_cpu.cc"
+# Adam/AdamW with moments stored in bfloat16 or 8 bits (adamx/kernels/_fused_storage.py); built
 # into the same library.
-_STORAGE_SOURCE = Path(__file__).parent / "_kernels" / "adam_storage_cpu.cc"
+_STORAGE_SOURCE = Path(__file__).parent / "csrc" / "adam_storage_cpu.cc"
 _SOURCES = (_SOURCE, _STORAGE_SOURCE)
 # Included by both (Adam's arithmetic; futures and the thread-pool loop): hashed into the
 # cache key, not compiled.
-_HEADERS = tuple(Path(__file__).parent / "_kernels" / h for h in ("adam_math.h", "pool.h"))
+_HEADERS = tuple(Path(__file__).parent / "csrc" / h for h in ("adam_math.h", "pool.h"))
 _SYMBOL = "AdamxAdamStep"
 TARGET = "adamx_adam_step_v1"
 _STORAGE_SYMBOL = "AdamxAdamStorageStep"

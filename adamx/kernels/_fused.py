@@ -3,7 +3,7 @@
 The recipes stay chains of blocks (:func:`adamx.adam` is ``scale_by_moments``,
 ``correct_bias``, ``normalize``, ...). On CPU, XLA compiles such a chain plus
 ``optax.apply_updates`` into three loops per leaf (about 40 bytes moved per float32
-parameter); the kernel in ``_kernels/adam_cpu.cc`` does the same arithmetic in a single
+parameter); the kernel in ``csrc/adam_cpu.cc`` does the same arithmetic in a single
 multi-threaded pass that writes the new parameters in place (28 bytes). :func:`fuse` gives
 a recipe's ``update`` an ``apply_step`` attribute, which :func:`step` calls:
 
@@ -25,52 +25,23 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
-from adamx._base import PyTree, as_scalar, check_trees_match, one_minus, safe_increment
-from adamx._correction import bias_correction
-from adamx._kernel import TARGET, disabled_by_env, ensure_kernel
-from adamx._moments import MomentsState
-from adamx._schedule import ScheduleState
+from adamx.blocks._base import as_scalar, check_trees_match, one_minus, safe_increment
+from adamx.blocks._correction import bias_correction
+from adamx.blocks._moments import MomentsState
+from adamx.blocks._schedule import ScheduleState
+from adamx.kernels._build import TARGET, disabled_by_env, ensure_kernel
+from adamx.optimizers._adam_rule import COUPLED, DECOUPLED, NO_DECAY, AdamRule
 
 # Leaves per kernel call. One call over thousands of leaves makes XLA's compile time grow
 # fast with the number of aliased operands (33 s for 1,000 leaves, measured); calls of a
 # few dozen leaves compile in under a second and cost a few microseconds each.
 GROUP = 8
-
-NO_DECAY, COUPLED, DECOUPLED = 0, 1, 2
-
-
-class AdamRule(NamedTuple):
-    """The static description of an Adam/AdamW recipe that the kernel computes.
-
-    Attributes:
-      b1, b2, eps, eps_root: as in :func:`adamx.adam` (numbers or traced arrays).
-      learning_rate: a number, an array or a schedule.
-      weight_decay: the coefficient, or 0.
-      decay: ``NO_DECAY``, ``COUPLED`` (L2, into the gradient) or ``DECOUPLED`` (AdamW).
-      mask: AdamW's decay mask (a tree of bools or a function of the params), or None.
-      maximize: ascend instead of descend.
-      moments_at: index of the ``scale_by_moments`` state in the chain's state tuple.
-      lr_at: index of the ``scale_by_learning_rate`` state in it.
-    """
-
-    b1: Any
-    b2: Any
-    eps: Any
-    eps_root: Any
-    learning_rate: Any
-    weight_decay: Any
-    decay: int
-    mask: Any
-    maximize: bool
-    moments_at: int
-    lr_at: int
 
 
 class _Plan(NamedTuple):
@@ -106,12 +77,6 @@ def _single_cpu_process() -> bool:
         return jax.process_count() == 1 and len(jax.devices("cpu")) == 1
     except RuntimeError:
         return False
-
-
-def check_fused(fused) -> None:
-    """``fused`` is None (automatic), True or False."""
-    if fused is not None and not isinstance(fused, bool):
-        raise ValueError(f"`fused` must be None, True or False, got fused={fused!r}.")
 
 
 def refusal(fused: bool | None, what: str) -> Callable[[str], None]:
@@ -292,85 +257,18 @@ def kernel_step(rule: AdamRule, config: _Plan, grads, state, params):
     return unflat(out), tuple(new_state)
 
 
-def fuse(
-    tx: optax.GradientTransformation, rule: AdamRule, fused: bool | None
-) -> optax.GradientTransformation:
-    """``tx`` (an Adam/AdamW chain described by ``rule``) whose ``update`` carries an
-    in-place ``(grads, state, params) -> (params, state)`` step for :func:`adamx.step` (the
-    function attribute ``update.apply_step``), served by the fused kernel where it
-    applies."""
-
-    def xla_step(grads, state, params):
-        updates, state = tx.update(grads, state, params)
-        return optax.apply_updates(params, updates), state
-
-    def apply_step(grads, state, params):
-        config = plan(rule, grads, state, params, fused=fused)
-        if config is None:
-            return xla_step(grads, state, params)
-        on_cpu = functools.partial(kernel_step, rule, config)
-        if jax.default_backend() == "cpu":  # no accelerator: no need to trace the XLA path
-            return on_cpu(grads, state, params)
-        return jax.lax.platform_dependent(grads, state, params, cpu=on_cpu, default=xla_step)
-
-    def update(grads, state, params=None):
-        return tx.update(grads, state, params)
-
-    update.apply_step = apply_step
-    # What adamx.with_storage needs to run this recipe through the stored-moments kernel
-    # (adamx/_fused_storage.py).
-    update.adam_rule = rule
-    update.fused = fused
-    return optax.GradientTransformation(tx.init, update)
+def adam_step(rule: AdamRule, fused: bool | None, xla_step: Callable, grads, state, params):
+    """The in-place step of a recipe described by ``rule``: the fused kernel where it
+    applies, else ``xla_step`` (``update`` and ``optax.apply_updates``)."""
+    config = plan(rule, grads, state, params, fused=fused)
+    if config is None:
+        return xla_step(grads, state, params)
+    on_cpu = functools.partial(kernel_step, rule, config)
+    return on_cpu_else(on_cpu, xla_step, grads, state, params)
 
 
-def step(
-    optimizer: optax.GradientTransformation, grads: PyTree, state: PyTree, params: PyTree
-) -> tuple[PyTree, PyTree]:
-    """One optimizer step: ``update`` and ``optax.apply_updates`` together.
-
-    ``params, state = adamx.step(opt, grads, state, params)`` is
-    ``updates, state = opt.update(grads, state, params)`` followed by
-    ``params = optax.apply_updates(params, updates)``: the same float32 operations, equal up
-    to rounding (XLA's own path is within an ulp or two of the kernel's exact float32). For
-    :func:`adamx.adam` and :func:`adamx.adamw` on CPU it is one pass of the fused kernel
-    that writes the new parameters in place (28 bytes per float32 parameter instead of
-    36 through ``update`` + ``apply_updates``, or about 40 through XLA); donate the params
-    and state to the jitted step (``jax.jit(..., donate_argnums=...)``) so that in place
-    means no copy. ``adamx.with_storage(adamx.adam(...), mu=..., nu=...)`` (or ``adamw``)
-    with float32, bfloat16, bfloat16_sr or 8-bit moments has a kernel of its own
-    (decode, update and encode in the same pass; the state as the XLA path makes it).
-    Any other optimizer (an ``optax.chain``, a wrapper, another recipe) takes the two
-    calls above, as does ``optax.inject_hyperparams(adamx.adam)(...)`` (its
-    wrapper hides the fused step: build ``adamx.adam`` from array hyperparameters inside the
-    jitted function instead to keep it).
-
-    Args:
-      optimizer: any ``optax.GradientTransformation``.
-      grads: the gradients, a tree like ``params``.
-      state: the optimizer's state.
-      params: the current parameters.
-
-    Returns:
-      ``(new_params, new_state)``.
-
-    Example:
-      >>> import jax, jax.numpy as jnp, adamx
-      >>> opt = adamx.adam(learning_rate=0.1)
-      >>> params = {"w": jnp.ones(3)}
-      >>> state = opt.init(params)
-      >>> # donated arguments in the order of the results, so each buffer is reused in place
-      >>> train = jax.jit(lambda p, s, g: adamx.step(opt, g, s, p), donate_argnums=(0, 1))
-      >>> params, state = train(params, state, {"w": jnp.array([1.0, -2.0, 0.0])})
-      >>> [round(float(x), 4) for x in params["w"]]
-      [0.9, 1.1, 1.0]
-    """
-    if params is None:
-        raise ValueError(
-            "adamx.step needs the current params: call adamx.step(opt, grads, state, params)."
-        )
-    apply_step = getattr(optimizer.update, "apply_step", None)
-    if apply_step is not None:
-        return apply_step(grads, state, params)
-    updates, state = optimizer.update(grads, state, params)
-    return optax.apply_updates(params, updates), state
+def on_cpu_else(on_cpu: Callable, xla_step: Callable, *args):
+    """``on_cpu(*args)`` in CPU lowerings, ``xla_step(*args)`` in GPU and TPU ones."""
+    if jax.default_backend() == "cpu":  # no accelerator: no need to trace the XLA path
+        return on_cpu(*args)
+    return jax.lax.platform_dependent(*args, cpu=on_cpu, default=xla_step)

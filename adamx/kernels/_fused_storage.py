@@ -4,7 +4,7 @@ for ``with_storage(adam(...) or adamw(...), mu=..., nu=...)``.
 The XLA path of :func:`adamx.with_storage` decodes every stored moment into a float32
 array, runs the recipe, and encodes the new moments: several loops per leaf, each moving
 float32 arrays, so storing 2 or 1 bytes per moment makes the step slower than float32
-Adam. ``_kernels/adam_storage_cpu.cc`` decodes, updates and encodes each element in one
+Adam. ``csrc/adam_storage_cpu.cc`` decodes, updates and encodes each element in one
 pass (p and the stored moments updated in place): 16 bytes per parameter with two 8-bit
 moments (p read and written, g read, one byte each way per moment, plus the scales),
 20 with two bfloat16 moments, against 28 for float32 Adam.
@@ -13,7 +13,7 @@ Served policies per moment (``mu`` and ``nu`` independently): None or ``"float32
 ``"bfloat16"``, ``"bfloat16_sr"`` and ``"8bit"`` (any :func:`adamx.storage.blockwise8`;
 leaves under its ``min_size`` stay float32). The results are those of the XLA path: the
 same state tree, dtypes and shapes, Adam's arithmetic as the float32 kernel computes it
-(``adamx._fused.formula``), then the codecs of ``adamx.storage`` exactly (ties, padding,
+(``adamx.kernels._fused.formula``), then the codecs of ``adamx.storage`` exactly (ties, padding,
 the stochastic-rounding noise of each element). Anything else takes the XLA path:
 ``float16``, ``"factored"``, ``track_error=True``, an 8-bit ``mu`` and ``nu`` with
 different block sizes, non-float32 params, a mesh, another recipe.
@@ -23,26 +23,35 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Callable
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 from adamx import storage as _storage
-from adamx._base import check_trees_match, safe_increment
-from adamx._fused import (
+from adamx.blocks._base import check_trees_match, safe_increment
+from adamx.blocks._moments import MomentsState
+from adamx.blocks._schedule import ScheduleState
+from adamx.kernels._build import STORAGE_TARGET, disabled_by_env
+from adamx.kernels._fused import (
     GROUP,
-    AdamRule,
     _is_f32,
     decay_flags_where_the_kernel_runs,
+    on_cpu_else,
     refusal,
     scalars,
 )
-from adamx._kernel import STORAGE_TARGET, disabled_by_env
-from adamx._moments import MomentsState
-from adamx._schedule import ScheduleState
+from adamx.optimizers._adam_rule import AdamRule
+from adamx.storage import _blockwise8
+from adamx.storage._with_storage import (
+    StorageState,
+    StoredAdam,
+    next_rounding_key,
+    rounding_seeds,
+    walk_moments,
+)
 
 F32, BF16, BF16_SR, Q8_SIGNED, Q8_UNSIGNED = range(5)
 
@@ -81,7 +90,7 @@ def bucket_tables() -> tuple[int, int, np.ndarray, np.ndarray]:
     ``tables`` is float32[4, 256]: the signed and unsigned code values, then their
     midpoints padded with ``+inf`` (not used by the search; kept for the decode).
     """
-    mids = [_storage._midpoints(True), _storage._midpoints(False)]
+    mids = [_blockwise8._midpoints(True), _blockwise8._midpoints(False)]
     smallest = min(float(m[m > 0].min()) for m in mids)
     lo = ((_mag16(smallest) >> 7) - 2) << 7
     top = _mag16(1.0)
@@ -187,23 +196,19 @@ def _moment_leaf(policy, shape, stored):
 
 def _moment_fields(inner) -> list[tuple[str, object]]:
     """The moment fields of a state in encode order: (role, value)."""
-    from adamx._lowmem import _walk
-
     found: list[tuple[str, object]] = []
 
     def note(role, value, *_):
         found.append((role, value))
         return value
 
-    _walk(note, inner)
+    walk_moments(note, inner)
     return found
 
 
 def plan(rule: AdamRule, policies, track_error: bool, grads, state, params, *, fused):
     """The kernel plan for this call, or None for the XLA path; raises for ``fused=True``
     when the kernel cannot serve the call."""
-    from adamx._lowmem import StorageState
-
     if fused is False or (fused is None and disabled_by_env()):
         return None
 
@@ -310,8 +315,6 @@ def _unparts(parts: list):
 def kernel_step(rule: AdamRule, config: _Plan, stochastic: bool, grads, state, params):
     """``(new_params, new_state)`` computed by the kernel; the state advanced exactly as
     :func:`adamx.with_storage`'s ``update`` advances it."""
-    from adamx._lowmem import StorageState, next_rounding_key, rounding_seeds
-
     inner = state.inner
     moments: MomentsState = inner[rule.moments_at]
     count = safe_increment(moments.count)
@@ -359,22 +362,15 @@ def _differentiable(kernel, reference):
     return run
 
 
-def storage_apply_step(rule: AdamRule, fused, policies, track_error, stochastic, update):
-    """The ``apply_step`` of ``with_storage(adam/adamw)``: the kernel where it applies,
-    else ``update`` and ``optax.apply_updates``."""
-
-    def xla_step(grads, state, params):
-        updates, state = update(grads, state, params)
-        return optax.apply_updates(params, updates), state
-
-    def apply_step(grads, state, params):
-        config = plan(rule, policies, track_error, grads, state, params, fused=fused)
-        if config is None:
-            return xla_step(grads, state, params)
-        check_trees_match(grads, params, "grads", "params")
-        on_cpu = _differentiable(functools.partial(kernel_step, rule, config, stochastic), xla_step)
-        if jax.default_backend() == "cpu":
-            return on_cpu(grads, state, params)
-        return jax.lax.platform_dependent(grads, state, params, cpu=on_cpu, default=xla_step)
-
-    return apply_step
+def storage_step(stored: StoredAdam, xla_step: Callable, grads, state, params):
+    """The in-place step of ``with_storage(adam/adamw)``: the kernel where it applies, else
+    ``xla_step`` (``update`` and ``optax.apply_updates``)."""
+    rule = stored.rule
+    config = plan(
+        rule, stored.policies, stored.track_error, grads, state, params, fused=stored.fused
+    )
+    if config is None:
+        return xla_step(grads, state, params)
+    check_trees_match(grads, params, "grads", "params")
+    kernel = functools.partial(kernel_step, rule, config, stored.stochastic)
+    return on_cpu_else(_differentiable(kernel, xla_step), xla_step, grads, state, params)

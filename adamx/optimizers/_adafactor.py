@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import NamedSharding, PartitionSpec
 
-from adamx._base import (
+from adamx.blocks._base import (
     PyTree,
     ScalarOrSchedule,
     as_scalar,
@@ -19,15 +19,16 @@ from adamx._base import (
     check_trees_match,
     compute_dtype,
     map_unzip,
+    padded_spec,
+    param_named_sharding,
     require_params,
     safe_increment,
     scalar_dtype,
 )
-from adamx._decay import maximize_block
-from adamx._guard import recipe
-from adamx._moments import ema, second_moment_dtype, second_moment_zeros
-from adamx._schedule import ScheduleState
-from adamx._sharding import padded_spec, param_named_sharding
+from adamx.blocks._decay import maximize_block
+from adamx.blocks._moments import ema, second_moment_dtype, second_moment_zeros
+from adamx.blocks._schedule import ScheduleState
+from adamx.optimizers._guard import recipe
 
 
 def _mean(x: jax.Array, axis: int) -> jax.Array:

@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from adamx._base import (
+from adamx.blocks._base import (
     PyTree,
     ScalarOrSchedule,
     as_scalar,
@@ -21,11 +21,11 @@ from adamx._base import (
     one_minus,
     scalar_dtype,
 )
-from adamx._decay import decay_block, maximize_block
-from adamx._guard import recipe
-from adamx._moments import SecondMomentRule, scale_by_moments, second_moment_zeros
-from adamx._normalize import normalize
-from adamx._schedule import scale_by_learning_rate
+from adamx.blocks._decay import decay_block, maximize_block
+from adamx.blocks._moments import SecondMomentRule, scale_by_moments, second_moment_zeros
+from adamx.blocks._normalize import normalize
+from adamx.blocks._schedule import scale_by_learning_rate
+from adamx.optimizers._guard import recipe
 
 # The ``b2`` handed to :func:`scale_by_moments` with a rule that carries its own decay (or
 # none): it is validated there and otherwise unused.

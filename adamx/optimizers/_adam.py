@@ -7,15 +7,22 @@ from typing import Any
 
 import optax
 
-from adamx._base import ScalarOrSchedule, check_flag, check_learning_rate
-from adamx._correction import correct_bias
-from adamx._decay import decay_block, maximize_block
-from adamx._fused import COUPLED, DECOUPLED, NO_DECAY, AdamRule, check_fused, fuse
-from adamx._guard import recipe
-from adamx._moments import scale_by_moments
-from adamx._normalize import normalize
-from adamx._rules import correct_bias_nesterov
-from adamx._schedule import scale_by_learning_rate
+from adamx.blocks._base import ScalarOrSchedule, check_flag, check_learning_rate
+from adamx.blocks._correction import correct_bias
+from adamx.blocks._decay import decay_block, maximize_block
+from adamx.blocks._moments import scale_by_moments
+from adamx.blocks._normalize import normalize
+from adamx.blocks._rules import correct_bias_nesterov
+from adamx.blocks._schedule import scale_by_learning_rate
+from adamx.optimizers._adam_rule import (
+    COUPLED,
+    DECOUPLED,
+    NO_DECAY,
+    AdamRule,
+    check_fused,
+    describe,
+)
+from adamx.optimizers._guard import recipe
 
 
 @recipe
@@ -124,7 +131,7 @@ def adam(
     decay = COUPLED if len(head) > int(maximize) else NO_DECAY
     rule = AdamRule(b1, b2, eps, eps_root, learning_rate, weight_decay, decay, None, maximize,
                     moments_at=len(head), lr_at=len(blocks) - 1)  # fmt: skip
-    return fuse(tx, rule, fused)
+    return describe(tx, rule, fused)
 
 
 @recipe
@@ -186,4 +193,4 @@ def adamw(
     decay = DECOUPLED if tail else NO_DECAY
     rule = AdamRule(b1, b2, eps, eps_root, learning_rate, weight_decay, decay, mask, maximize,
                     moments_at=len(head), lr_at=len(blocks) - 1)  # fmt: skip
-    return fuse(optax.chain(*blocks), rule, fused)
+    return describe(optax.chain(*blocks), rule, fused)

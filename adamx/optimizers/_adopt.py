@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from adamx._base import (
+from adamx.blocks._base import (
     PyTree,
     ScalarOrSchedule,
     as_scalar,
@@ -22,9 +22,9 @@ from adamx._base import (
     safe_increment,
     scalar_dtype,
 )
-from adamx._guard import recipe
-from adamx._moments import ema_square, scale_by_moments, second_moment_zeros
-from adamx._schedule import scale_by_learning_rate
+from adamx.blocks._moments import ema_square, scale_by_moments, second_moment_zeros
+from adamx.blocks._schedule import scale_by_learning_rate
+from adamx.optimizers._guard import recipe
 
 
 class PreviousRmsState(NamedTuple):

@@ -9,7 +9,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from adamx._base import PyTree, check_trees_match
+from adamx.blocks._base import PyTree, check_trees_match
+from adamx.optimizers._adam_rule import DESCRIPTION
 
 
 def check_params_are_real_floats(params: PyTree, who: str) -> None:
@@ -48,13 +49,9 @@ def guard(tx: optax.GradientTransformation, who: str) -> optax.GradientTransform
         return update
 
     update = checked(tx.update)
-    apply_step = getattr(tx.update, "apply_step", None)
-    if apply_step is not None:  # the in-place step of a fused recipe (see adamx.step)
-        update.apply_step = checked(apply_step)
-        # what adamx.with_storage reads to serve this recipe from its own fused kernel
-        for name in ("adam_rule", "fused"):
-            if hasattr(tx.update, name):
-                setattr(update, name, getattr(tx.update, name))
+    for name in DESCRIPTION:  # what adamx.step reads to run this recipe through a kernel
+        if hasattr(tx.update, name):
+            setattr(update, name, getattr(tx.update, name))
     return optax.GradientTransformation(init, update)
 
 

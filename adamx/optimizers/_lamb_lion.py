@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from adamx._base import (
+from adamx.blocks._base import (
     Moments,
     PyTree,
     ScalarOrSchedule,
@@ -22,12 +22,12 @@ from adamx._base import (
     require_params,
     safe_increment,
 )
-from adamx._correction import correct_bias
-from adamx._decay import decay_block
-from adamx._guard import recipe
-from adamx._moments import ema, scale_by_moments
-from adamx._normalize import normalize
-from adamx._schedule import scale_by_learning_rate
+from adamx.blocks._correction import correct_bias
+from adamx.blocks._decay import decay_block
+from adamx.blocks._moments import ema, scale_by_moments
+from adamx.blocks._normalize import normalize
+from adamx.blocks._schedule import scale_by_learning_rate
+from adamx.optimizers._guard import recipe
 
 
 def _norm(x: jax.Array) -> jax.Array:

@@ -6,13 +6,13 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from adamx._base import ScalarOrSchedule, check_learning_rate
-from adamx._correction import correct_bias
-from adamx._decay import maximize_block
-from adamx._guard import recipe
-from adamx._moments import MomentsState, scale_by_moments
-from adamx._normalize import normalize
-from adamx._schedule import scale_by_learning_rate
+from adamx.blocks._base import ScalarOrSchedule, check_learning_rate
+from adamx.blocks._correction import correct_bias
+from adamx.blocks._decay import maximize_block
+from adamx.blocks._moments import MomentsState, scale_by_moments
+from adamx.blocks._normalize import normalize
+from adamx.blocks._schedule import scale_by_learning_rate
+from adamx.optimizers._guard import recipe
 
 
 def _live_rows(g: jax.Array) -> jax.Array:

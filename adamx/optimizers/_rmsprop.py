@@ -6,8 +6,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from adamx._adagrad import use_gradient
-from adamx._base import (
+from adamx.blocks._base import (
     ScalarOrSchedule,
     check_decay,
     check_flag,
@@ -15,12 +14,13 @@ from adamx._base import (
     check_moments,
     check_range,
 )
-from adamx._decay import decay_block, maximize_block
-from adamx._guard import recipe
-from adamx._moments import scale_by_moments
-from adamx._normalize import normalize
-from adamx._schedule import scale_by_learning_rate
-from adamx._sgd import momentum_block
+from adamx.blocks._decay import decay_block, maximize_block
+from adamx.blocks._moments import scale_by_moments
+from adamx.blocks._normalize import normalize
+from adamx.blocks._schedule import scale_by_learning_rate
+from adamx.optimizers._adagrad import use_gradient
+from adamx.optimizers._guard import recipe
+from adamx.optimizers._sgd import momentum_block
 
 
 def center_second_moment() -> optax.GradientTransformation:

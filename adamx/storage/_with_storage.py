@@ -11,14 +11,15 @@ all inside the same jitted step.
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import optax
 
-from adamx._base import PyTree
-from adamx.storage import Storage, resolve, state_bytes
+from adamx.blocks._base import PyTree
+from adamx.storage._policy import Storage, state_bytes
+from adamx.storage._resolve import resolve
 
 # Which NamedTuple fields of a state hold moments, and which policy argument stores them.
 FIRST_MOMENT_FIELDS = ("mu", "trace")  # Adam's m, Lion's m, SGD's momentum buffer
@@ -37,6 +38,25 @@ class StorageError(NamedTuple):
 
     relative_rms: jax.Array
     max_abs: jax.Array
+
+
+class StoredAdam(NamedTuple):
+    """What :func:`adamx.step` needs to run ``with_storage(adam/adamw)`` through the
+    stored-moments kernel: the recipe's description and the storage configuration.
+
+    Attributes:
+      rule: the inner recipe's :class:`~adamx.optimizers._adam_rule.AdamRule`.
+      fused: the inner recipe's ``fused`` choice (None, True or False).
+      policies: ``{"mu": policy or None, "nu": policy or None}``.
+      track_error: whether the wrapper measures its encoding error (XLA path only).
+      stochastic: whether any policy rounds stochastically.
+    """
+
+    rule: Any
+    fused: bool | None
+    policies: dict
+    track_error: bool
+    stochastic: bool
 
 
 class StorageState(NamedTuple):
@@ -59,7 +79,7 @@ def _is_state(x) -> bool:
     return isinstance(x, tuple) and hasattr(x, "_fields")
 
 
-def _walk(fn, x, *refs):
+def walk_moments(fn, x, *refs):
     """Rebuild the state tree ``x`` with every moment field ``f`` (of a NamedTuple state,
     at any depth: chains, ``optax.masked``, ``inject_hyperparams``) replaced by
     ``fn(role, value, *ref_values)``; ``refs`` are trees with the same skeleton, read
@@ -71,12 +91,12 @@ def _walk(fn, x, *refs):
             if f in _ROLE and value is not None:
                 new[f] = fn(_ROLE[f], value, *ref_values)
             else:
-                new[f] = _walk(fn, value, *ref_values)
+                new[f] = walk_moments(fn, value, *ref_values)
         return x._replace(**new)
     if isinstance(x, (list, tuple)):
-        return type(x)(_walk(fn, a, *(r[i] for r in refs)) for i, a in enumerate(x))
+        return type(x)(walk_moments(fn, a, *(r[i] for r in refs)) for i, a in enumerate(x))
     if isinstance(x, dict):
-        return {k: _walk(fn, v, *(r[k] for r in refs)) for k, v in x.items()}
+        return {k: walk_moments(fn, v, *(r[k] for r in refs)) for k, v in x.items()}
     return x
 
 
@@ -88,7 +108,7 @@ def _moment_roles(state) -> set[str]:
         roles.add(role)
         return value
 
-    _walk(note, state)
+    walk_moments(note, state)
     return roles
 
 
@@ -225,7 +245,7 @@ def with_storage(
                 index[0] += 1
             return jax.tree.unflatten(treedef, out)
 
-        encoded = _walk(encode, inner)
+        encoded = walk_moments(encode, inner)
         error = {role: _reduce_error(terms) for role, terms in sums.items()} if track_error else {}
         return encoded, error
 
@@ -240,7 +260,7 @@ def with_storage(
             parts = treedef.flatten_up_to(value)
             return jax.tree.unflatten(treedef, [policy.decode(v, s) for v, s in zip(parts, shapes)])
 
-        return _walk(decode, stored, like)
+        return walk_moments(decode, stored, like)
 
     def init(params):
         inner = optimizer.init(params)
@@ -267,24 +287,20 @@ def with_storage(
 
     rule = getattr(optimizer.update, "adam_rule", None)
     if rule is not None:  # adamx.adam / adamw: adamx.step can take the fused kernel
-        from adamx._fused_storage import storage_apply_step
-
         fused = getattr(optimizer.update, "fused", None)
-        update.apply_step = storage_apply_step(
-            rule, fused, policies, track_error, stochastic, update
-        )
+        update.stored_adam = StoredAdam(rule, fused, policies, track_error, stochastic)
     return optax.GradientTransformation(init, update)
 
 
 def _count_moment_leaves(inner) -> int:
-    """How many array leaves the moment fields of a state hold (the order of ``_walk``)."""
+    """How many array leaves the moment fields of a state hold (the order of ``walk_moments``)."""
     count = [0]
 
     def note(role, value, *_):
         count[0] += len(jax.tree.leaves(value))
         return value
 
-    _walk(note, inner)
+    walk_moments(note, inner)
     return count[0]
 
 
@@ -309,7 +325,7 @@ def next_rounding_key(key: jax.Array, stochastic: bool) -> tuple[jax.Array, jax.
 
 def rounding_seeds(key: jax.Array, n: int) -> jax.Array:
     """``uint32[n]``: the stochastic-rounding seeds of moment leaves ``0 .. n-1`` (counted
-    over every moment field, in the order ``_walk`` visits them) from an update's raw key:
+    over every moment field, in the order ``walk_moments`` visits them) from an update's raw key:
     leaf ``i`` gets ``jax.random.bits(fold_in(key, i))``, drawn for all leaves in one call.
     Both the XLA path and the fused kernel hash each element's index with these."""
     base = jax.random.wrap_key_data(key)

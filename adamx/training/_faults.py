@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from adamx._base import _INT32_MAX, PyTree, safe_increment
+from adamx.blocks._base import _INT32_MAX, PyTree, safe_increment
 
 
 class SkipNonfiniteState(NamedTuple):

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from adamx._base import (
+from adamx.blocks._base import (
     PyTree,
     ScalarOrSchedule,
     check_decay,
@@ -19,9 +19,9 @@ from adamx._base import (
     check_trees_match,
     compute_dtype,
 )
-from adamx._correction import bias_correction
-from adamx._moments import MomentsState
-from adamx._rules import MaxNuState
+from adamx.blocks._correction import bias_correction
+from adamx.blocks._moments import MomentsState
+from adamx.blocks._rules import MaxNuState
 
 # The hyperparameters `inspect` reads from an `optax.inject_hyperparams` state, by name.
 _HYPERPARAMS = ("learning_rate", "b2", "eps", "eps_root")

@@ -16,29 +16,7 @@ import numpy as np
 import optax
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
-from adamx._base import PyTree
-
-
-def param_named_sharding(p) -> NamedSharding | None:
-    """The :class:`jax.sharding.NamedSharding` a param carries, or ``None``.
-
-    A concrete array's own sharding; for a tracer, the sharding of its type (set under an
-    explicit-sharding mesh only). ``None`` when it is not a ``NamedSharding`` on a
-    non-empty mesh (a single-device array, a tracer in auto mode).
-    """
-    if isinstance(p, jax.core.Tracer):
-        sharding = getattr(jax.typeof(p), "sharding", None)
-    else:
-        sharding = getattr(p, "sharding", None)
-    if not isinstance(sharding, NamedSharding) or sharding.mesh.empty:
-        return None
-    return sharding
-
-
-def padded_spec(sharding: NamedSharding, ndim: int) -> tuple:
-    """The partition spec of ``sharding`` as ``ndim`` entries (``None`` for unsharded)."""
-    entries = [None if e is PartitionSpec.UNCONSTRAINED else e for e in sharding.spec]
-    return tuple(entries[:ndim]) + (None,) * max(0, ndim - len(entries))
+from adamx.blocks._base import PyTree, padded_spec
 
 
 def _mesh_of(params: PyTree) -> Mesh:

@@ -1,6 +1,6 @@
 // adamx: the Adam / AdamW step as one pass over memory, for XLA on CPU.
 //
-// An XLA FFI handler (called through jax.ffi.ffi_call, see adamx/_fused.py) that updates
+// An XLA FFI handler (called through jax.ffi.ffi_call, see adamx/kernels/_fused.py) that updates
 // any number of float32 leaves in a single call. Per element it reads p, g, m, v once and
 // writes p, m, v (in place: the outputs alias the donated inputs), 28 bytes per element,
 // computing the operations of the XLA path in the same order, each rounded as float32:

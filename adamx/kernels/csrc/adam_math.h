@@ -1,4 +1,4 @@
-// Adam's per-element arithmetic, shared by both adamx kernels: the scalars adamx/_fused.py
+// Adam's per-element arithmetic, shared by both adamx kernels: the scalars adamx/kernels/_fused.py
 // passes and the float32 formula, operation by operation (built with -ffp-contract=off, so
 // each operation is rounded as float32 and the result equals adamx._fused.formula in NumPy).
 #ifndef ADAMX_KERNELS_ADAM_MATH_H_
@@ -9,7 +9,7 @@
 
 namespace adamx {
 
-// Indices into the scalar operand; adamx/_fused.py writes them in this order.
+// Indices into the scalar operand; adamx/kernels/_fused.py writes them in this order.
 enum Scalar : int {
   kNegLr = 0,   // -lr
   kW1 = 1,      // 1 - b1

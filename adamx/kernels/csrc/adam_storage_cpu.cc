@@ -3,7 +3,7 @@
 //
 // The companion of adam_cpu.cc for adamx.with_storage(adam/adamw, mu=..., nu=...): per
 // element it decodes the stored m and v, runs the same float32 Adam arithmetic in the same
-// order as adam_cpu.cc (see adamx/_fused.py `formula`), writes the new parameter, and
+// order as adam_cpu.cc (see adamx/kernels/_fused.py `formula`), writes the new parameter, and
 // encodes the new m and v back into their storage:
 //
 //   mode 0  float32        stored as is
@@ -18,7 +18,7 @@
 //           non-zero code decodes to at least FLT_MIN).
 //
 // The code tables, their midpoints and the search buckets all come from Python (the
-// `tables` and `buckets` operands, built and checked by adamx/_fused_storage.py
+// `tables` and `buckets` operands, built and checked by adamx/kernels/_fused_storage.py
 // `bucket_tables`); nothing of the code is hard-wired here. The nearest code of y (with
 // -0.0 made +0.0): the top 16 bits of y (sign, exponent, 7 mantissa bits), clamped to the
 // exponents that matter, pick a bucket entry `c | has << 8 | t << 16`: c midpoints lie at

@@ -1,0 +1,74 @@
+"""The demo's examples, optimizers, steps and learning rates."""
+
+from __future__ import annotations
+
+import adamx
+
+EXAMPLES: tuple[str, ...] = ("softmax", "mlp")
+"""The examples, in the order they run: softmax regression and the two-layer MLP."""
+
+OPTIMIZERS: tuple[str, ...] = tuple(adamx.OPTIMIZERS)
+"""Every optimizer the demo can train with: the names in ``adamx.OPTIMIZERS``, each built
+as ``getattr(adamx, name)(learning_rate=...)`` (see :func:`make_optimizer`)."""
+
+DEFAULT_OPTIMIZERS: tuple[str, ...] = ("adam", "sgd")
+"""The optimizers of the default run (``--optimizer both``): :func:`adamx.adam` and plain
+gradient descent, :func:`adamx.sgd` without momentum."""
+
+DEFAULT_STEPS = 1000
+"""Full-batch steps per training run when ``--steps`` is not given."""
+
+DEFAULT_LEARNING_RATES: dict[str, float] = {
+    "adabelief": 1e-2,
+    "adadelta": 1.0,
+    "adafactor": 1e-2,
+    "adagrad": 0.1,
+    "adam": 1e-2,
+    "adamax": 2e-2,
+    "adamw": 1e-2,
+    "adopt": 2e-2,
+    "amsgrad": 1e-2,
+    "lamb": 5e-3,
+    "lazy_adam": 1e-2,
+    "lion": 1e-3,
+    "nadam": 1e-3,
+    "nadamw": 1e-3,
+    "radam": 1e-2,
+    "rmsprop": 1e-3,
+    "sgd": 0.3,
+    "yogi": 1e-2,
+}
+"""Learning rate per optimizer when ``--learning-rate`` is not given, one for both
+examples at :data:`DEFAULT_STEPS` steps, chosen from a sweep over ``1e-4 .. 3`` as a rate
+that trains both examples steadily (no divergence, no loss that ends well above its
+minimum) rather than the fastest one on either.
+
+* Plain gradient descent's 0.3 is about the largest step at which the MLP's loss still
+  falls steadily (at 0.4 it starts to jump, at 1 it diverges).
+* Adam and its close relatives (AdamW, AMSGrad, lazy Adam, AdaBelief, RAdam, Yogi) take
+  1e-2; Adamax and ADOPT 2e-2.
+* Lion takes a sign step of size ``lr`` in every coordinate: 1e-3, 10x below Adam.
+* NAdam and NAdamW oscillate on the MLP from about 2e-3 on: 1e-3. RMSprop (no bias
+  correction, so large first steps) oscillates from about 2e-3: 1e-3.
+* Adadelta's step is relative, 1.0 is its usual setting; Adafactor's 1e-2 is its default
+  relative step (``min(lr, 1/sqrt(t))`` times the parameter's RMS).
+* Adagrad takes 0.1. Its first step is ``lr * sign(g)`` in every coordinate, so the MLP's
+  loss jumps for the first few steps (to about 12 at 0.1, and above 1 at any rate from
+  2e-2 on) before it trains; it still ends lower than at smaller rates.
+* LAMB scales each step by ``||p|| / ||step||``: softmax regression starts at zero weights,
+  so its steps grow only geometrically and the loss stays near ``log 10`` for hundreds of
+  steps; 5e-3 gets through that at 1000 steps, while from about 1e-2 on the loss blows up
+  late in training.
+"""
+
+EXAMPLE_TITLES: dict[str, str] = {
+    "softmax": "softmax regression",
+    "mlp": "MLP 64-64-10 (tanh, MSE)",
+}
+
+LOSS_NAMES: dict[str, str] = {"softmax": "cross-entropy", "mlp": "mean squared error"}
+
+NUM_CLASSES = 10
+_NAME_WIDTH = max(len(name) for name in OPTIMIZERS)
+NUM_FEATURES = 64
+MLP_HIDDEN = 64
