@@ -36,7 +36,7 @@ class Moments(NamedTuple):
     grad: PyTree
     mu: PyTree
     nu: PyTree
-    count: jax.Array
+    count: jax.Array  # type: ignore[assignment]
 
 
 def compute_dtype(dtype) -> jnp.dtype:
@@ -160,7 +160,7 @@ def check_trees_match(
             f"{reference_name} {len(ref_paths)}; only {where} has "
             f"{jax.tree_util.keystr(extra)}."
         )
-    if treedef != ref_treedef:
+    if treedef != ref_treedef:  # type: ignore[operator]
         raise ValueError(
             f"`{name}` has the same leaf paths as {reference_name} but other container types:"
             f" {treedef} vs {ref_treedef}."
@@ -210,7 +210,7 @@ def map_unzip(f, n: int, tree: PyTree, *rest: PyTree) -> tuple:
     all masked out; here such a tree gives ``n`` empty trees of its structure.
     """
     leaves, treedef = jax.tree.flatten(tree)
-    others = [treedef.flatten_up_to(r) for r in rest]
+    others = [treedef.flatten_up_to(r) for r in rest]  # type: ignore[attr-defined]
     tuples = [f(*args) for args in zip(leaves, *others)]
     columns = list(zip(*tuples)) if tuples else [()] * n
     return tuple(jax.tree.unflatten(treedef, list(column)) for column in columns)

@@ -49,7 +49,7 @@ class MomentsState(NamedTuple):
         :func:`second_moment_dtype`).
     """
 
-    count: jax.Array
+    count: jax.Array  # type: ignore[assignment]
     mu: PyTree
     nu: PyTree
 

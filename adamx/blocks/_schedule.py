@@ -14,7 +14,7 @@ from adamx.blocks._base import ScalarOrSchedule, check_learning_rate, compute_dt
 class ScheduleState(NamedTuple):
     """State of :func:`scale_by_learning_rate` with a schedule: updates taken so far."""
 
-    count: jax.Array
+    count: jax.Array  # type: ignore[assignment]
 
 
 def scale_by_learning_rate(learning_rate: ScalarOrSchedule) -> optax.GradientTransformation:

@@ -423,7 +423,7 @@ def train(
     tokens, vocab = encode(load_text() if text is None else text)
     train_tokens, held_out = split(tokens)
     eval_in, eval_out = (jnp.asarray(a) for a in eval_windows(held_out, context, eval_count))
-    train_tokens = jnp.asarray(train_tokens)
+    train_tokens = jnp.asarray(train_tokens)  # type: ignore[assignment]
 
     init_key, data_key = jax.random.split(jax.random.key(seed))
     params = init(

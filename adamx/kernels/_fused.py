@@ -66,7 +66,7 @@ def _resolve_mask(mask, params, n: int) -> tuple[bool, ...] | None:
         flags = tuple(bool(x) for x in leaves)
     except (TypeError, jax.errors.ConcretizationTypeError):
         return None
-    if len(flags) != n or jax.tree.structure(tree) != jax.tree.structure(params):
+    if len(flags) != n or jax.tree.structure(tree) != jax.tree.structure(params):  # type: ignore[operator]
         return None
     return flags
 
@@ -125,7 +125,7 @@ def decay_flags_where_the_kernel_runs(rule: AdamRule, params, n: int, fused, no)
         return None  # a mesh or several processes: the kernel would gather shards
     flags = (True,) * n
     if rule.decay == DECOUPLED and rule.mask is not None:
-        flags = _resolve_mask(rule.mask, params, n)
+        flags = _resolve_mask(rule.mask, params, n)  # type: ignore[assignment]
         if flags is None:
             return no("the weight-decay mask is not a tree of Python bools like the params")
     if not ensure_kernel(required=bool(fused)):
@@ -186,7 +186,7 @@ def formula(p, g, m, v, s: jax.Array, decay: int, maximize: bool):
 
 def _formula_leaves(config: _Plan, s, p, g, m, v):
     outs = [
-        formula(*leaf, s, config.decay if f else NO_DECAY, config.maximize)
+        formula(*leaf, s, config.decay if f else NO_DECAY, config.maximize)  # type: ignore[call-arg]
         for *leaf, f in zip(p, g, m, v, config.decay_flags)
     ]
     return tuple([o[k] for o in outs] for k in range(3))
@@ -248,9 +248,9 @@ def kernel_step(rule: AdamRule, config: _Plan, grads, state, params):
         new_state[rule.lr_at] = ScheduleState(count=safe_increment(schedule.count))
     g, treedef = jax.tree.flatten(grads)
     g = [jnp.asarray(x) for x in g]
-    m = treedef.flatten_up_to(moments.mu)
-    v = treedef.flatten_up_to(moments.nu)
-    p = [jnp.asarray(x) for x in treedef.flatten_up_to(params)]
+    m = treedef.flatten_up_to(moments.mu)  # type: ignore[attr-defined]
+    v = treedef.flatten_up_to(moments.nu)  # type: ignore[attr-defined]
+    p = [jnp.asarray(x) for x in treedef.flatten_up_to(params)]  # type: ignore[attr-defined]
     out, m, v = _kernel_for(config)(scalars(rule, count, lr), p, g, m, v)
     unflat = functools.partial(jax.tree.unflatten, treedef)
     new_state[rule.moments_at] = MomentsState(count=count, mu=unflat(m), nu=unflat(v))

@@ -233,9 +233,9 @@ def plan(rule: AdamRule, policies, track_error: bool, grads, state, params, *, f
     ):
         return no("the state keeps other moments than Adam's mu and nu")
     try:
-        p_leaves = treedef.flatten_up_to(params)
-        mu_leaves = treedef.flatten_up_to(moments.mu)
-        nu_leaves = treedef.flatten_up_to(moments.nu)
+        p_leaves = treedef.flatten_up_to(params)  # type: ignore[attr-defined]
+        mu_leaves = treedef.flatten_up_to(moments.mu)  # type: ignore[attr-defined]
+        nu_leaves = treedef.flatten_up_to(moments.nu)  # type: ignore[attr-defined]
     except (ValueError, TypeError):
         return no("the params or the state do not match the gradients' tree")
     if not all(_is_f32(x) for x in g_leaves + p_leaves):
@@ -266,7 +266,7 @@ def _ffi_leaves(config: _Plan, s, seeds, p, g, m, v):
     """The kernel over all leaves, in calls of at most ``GROUP`` leaves; p and the stored
     moments (lists of their parts) are updated in place."""
     lo_b, n_b, buckets, tables = bucket_tables()
-    buckets, tables = jnp.asarray(buckets), jnp.asarray(tables.reshape(-1))
+    buckets, tables = jnp.asarray(buckets), jnp.asarray(tables.reshape(-1))  # type: ignore[assignment]
     outs, ms, vs = [], [], []
     for lo in range(0, len(g), GROUP):
         hi = min(lo + GROUP, len(g))
@@ -325,9 +325,9 @@ def kernel_step(rule: AdamRule, config: _Plan, stochastic: bool, grads, state, p
         new_inner[rule.lr_at] = ScheduleState(count=safe_increment(schedule.count))
     g, treedef = jax.tree.flatten(grads)
     g = [jnp.asarray(x) for x in g]
-    p = [jnp.asarray(x) for x in treedef.flatten_up_to(params)]
-    m = [_parts(x) for x in treedef.flatten_up_to(moments.mu)]
-    v = [_parts(x) for x in treedef.flatten_up_to(moments.nu)]
+    p = [jnp.asarray(x) for x in treedef.flatten_up_to(params)]  # type: ignore[attr-defined]
+    m = [_parts(x) for x in treedef.flatten_up_to(moments.mu)]  # type: ignore[attr-defined]
+    v = [_parts(x) for x in treedef.flatten_up_to(moments.nu)]  # type: ignore[attr-defined]
     key, sub = next_rounding_key(state.key, stochastic)
     n = len(g)
     modes = [(leaf.mu, leaf.nu) for leaf in config.leaves]

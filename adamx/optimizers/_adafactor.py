@@ -66,7 +66,7 @@ class FactoredRmsState(NamedTuple):
         for float16 params). Placeholders are not empty arrays, which Orbax cannot save.
     """
 
-    count: jax.Array
+    count: jax.Array  # type: ignore[assignment]
     row: PyTree
     col: PyTree
     full: PyTree

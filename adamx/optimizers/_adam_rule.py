@@ -62,6 +62,6 @@ def describe(
     def update(grads, state, params=None):
         return tx.update(grads, state, params)
 
-    update.adam_rule = rule
-    update.fused = fused
+    update.adam_rule = rule  # type: ignore[attr-defined]
+    update.fused = fused  # type: ignore[attr-defined]
     return optax.GradientTransformation(tx.init, update)

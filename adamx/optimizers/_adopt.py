@@ -35,7 +35,7 @@ class PreviousRmsState(NamedTuple):
       nu: second moment ``v``, a tree like the params, stored in the params' dtypes.
     """
 
-    count: jax.Array
+    count: jax.Array  # type: ignore[assignment]
     nu: PyTree
 
 

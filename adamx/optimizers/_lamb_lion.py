@@ -152,7 +152,7 @@ class LionMomentsState(NamedTuple):
       mu: the momentum ``m``, a tree like the params, stored in the params' dtypes.
     """
 
-    count: jax.Array
+    count: jax.Array  # type: ignore[assignment]
     mu: PyTree
 
 

@@ -36,7 +36,7 @@ class MomentumState(NamedTuple):
       trace: the momentum buffer ``b``, a tree like the params, in the params' dtypes.
     """
 
-    count: jax.Array
+    count: jax.Array  # type: ignore[assignment]
     trace: PyTree
 
 

@@ -194,14 +194,14 @@ class Blockwise8(_Policy):
         """
         size = math.prod(like.shape)
         if size < self.min_size:
-            return stored.astype(like.dtype).reshape(like.shape)
+            return stored.astype(like.dtype).reshape(like.shape)  # type: ignore[union-attr]
         signed = self._signed()
         shape = tuple(like.shape) or (1,)
         c, b, nb = row_blocks(shape, self.block_size)
-        values = _gather(jnp.asarray(dynamic_code(signed)), stored.codes) * stored.scale[..., None]
+        values = _gather(jnp.asarray(dynamic_code(signed)), stored.codes) * stored.scale[..., None]  # type: ignore[union-attr]
         if not signed:
             tiny = jnp.full_like(values, jnp.finfo(jnp.float32).tiny)
-            values = jnp.where(stored.codes > 0, jnp.maximum(values, tiny), values)
+            values = jnp.where(stored.codes > 0, jnp.maximum(values, tiny), values)  # type: ignore[union-attr]
         values = values.reshape(*shape[:-1], nb * b)
         if nb * b != c:
             values = values[..., :c]

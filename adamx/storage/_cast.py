@@ -47,7 +47,7 @@ class Cast(_Policy):
         return self.dtype + ("_sr" if self.stochastic_rounding else "")
 
     @property
-    def stochastic(self) -> bool:
+    def stochastic(self) -> bool:  # type: ignore[override]
         return self.stochastic_rounding
 
     def encode(self, x: jax.Array, key: jax.Array | None) -> jax.Array:

@@ -60,7 +60,7 @@ class Factored(_Policy):
     def decode(self, stored: FactoredMoment | jax.Array, like: jax.ShapeDtypeStruct) -> jax.Array:
         """``row[..., :, None] * col[..., None, :] / mean(row)``, 0 where ``mean(row) = 0``."""
         if not self._factors(tuple(like.shape)):
-            return stored.astype(like.dtype).reshape(like.shape)
+            return stored.astype(like.dtype).reshape(like.shape)  # type: ignore[union-attr]
         row, col = stored
         denom = jnp.mean(row, axis=-1, keepdims=True)
         ratio = jnp.where(denom > 0, row / jnp.where(denom > 0, denom, 1.0), 0.0)

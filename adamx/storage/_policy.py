@@ -62,7 +62,7 @@ class _Policy:
     def for_moment(self, moment: str) -> Storage:
         """:meth:`check` ``moment`` and return this policy unchanged."""
         self.check(moment)
-        return self
+        return self  # type: ignore[return-value]
 
 
 def state_bytes(tree: Any) -> int:

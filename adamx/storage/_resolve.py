@@ -36,7 +36,7 @@ def resolve(spec: str | Storage | None) -> Storage | None:
     if spec is None or isinstance(spec, Storage):
         return spec
     if isinstance(spec, str) and spec in _NAMED:
-        return _NAMED[spec]()
+        return _NAMED[spec]()  # type: ignore[operator]
     raise ValueError(
         f"Unknown storage policy {spec!r}: use one of {', '.join(map(repr, _NAMED))}, "
         "a policy such as `adamx.blockwise8(block_size=2048)`, or None."

@@ -288,7 +288,7 @@ def with_storage(
     rule = getattr(optimizer.update, "adam_rule", None)
     if rule is not None:  # adamx.adam / adamw: adamx.step can take the fused kernel
         fused = getattr(optimizer.update, "fused", None)
-        update.stored_adam = StoredAdam(rule, fused, policies, track_error, stochastic)
+        update.stored_adam = StoredAdam(rule, fused, policies, track_error, stochastic)  # type: ignore[attr-defined]
     return optax.GradientTransformation(init, update)
 
 

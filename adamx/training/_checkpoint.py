@@ -190,7 +190,7 @@ def _restore_leaf(restored, like, path: str):
 
 def _is_leaf(x) -> bool:
     treedef = jax.tree_util.tree_structure(x)
-    return treedef.num_nodes == 1 and treedef.num_leaves == 1
+    return treedef.num_nodes == 1 and treedef.num_leaves == 1  # type: ignore[attr-defined]
 
 
 def _children(node):

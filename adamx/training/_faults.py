@@ -64,7 +64,7 @@ def _keep_old(skip: jax.Array, old: PyTree, new: PyTree) -> PyTree:
     """``old`` where ``skip`` else ``new``, leaf by leaf: a bitwise copy of the chosen side."""
     old_leaves, treedef = jax.tree_util.tree_flatten_with_path(old)
     new_leaves, new_treedef = jax.tree_util.tree_flatten_with_path(new)
-    if treedef != new_treedef:
+    if treedef != new_treedef:  # type: ignore[operator]
         raise ValueError(
             "skip_nonfinite: the wrapped transformation's `update` returned a state with "
             f"another structure than the one it was given ({new_treedef} vs {treedef}). A "

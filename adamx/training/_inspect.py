@@ -318,7 +318,7 @@ def inspect(
                     f"expects {jnp.shape(v)}. Pass the params the optimizer was "
                     f"initialised with."
                 )
-            stats = (count, *_rates(jnp.asarray(v), count, hyper))
+            stats = (count, *_rates(jnp.asarray(v), count, hyper))  # type: ignore[assignment]
         for field, stat in zip(fields, stats):
             field.append(stat)
     missing = [k for k in covering if k not in seen]
@@ -331,7 +331,7 @@ def inspect(
     ratio = None
     if updates is not None:
         ratio = jax.tree.map(_norm_ratio, updates, params)
-    count, lr_min, lr_median, lr_max = (treedef.unflatten(f) for f in fields[:4])
+    count, lr_min, lr_median, lr_max = (treedef.unflatten(f) for f in fields[:4])  # type: ignore[attr-defined]
     return Diagnostics(count, lr_min, lr_median, lr_max, ratio)
 
 

@@ -15,7 +15,7 @@ def _leaf_sharding(leaf: Any, mesh: Mesh, axis: str) -> NamedSharding:
     """``P(axis)`` on the leading dimension when the axis size divides it, else ``P()``."""
     n = mesh.shape[axis]
     shape = getattr(leaf, "shape", ())
-    if len(shape) >= 1 and shape[0] > 0 and shape[0] % n == 0:
+    if len(shape) >= 1 and shape[0] > 0 and shape[0] % n == 0:  # type: ignore[misc]
         return NamedSharding(mesh, PartitionSpec(axis))
     return NamedSharding(mesh, PartitionSpec())
 
