@@ -40,7 +40,11 @@ def test_readme_python_blocks_run(index):
 def test_docstring_examples():
     finder = doctest.DocTestFinder()
     runner = doctest.DocTestRunner(optionflags=doctest.NORMALIZE_WHITESPACE)
-    tests = [t for name in adamx.__all__ for t in finder.find(getattr(adamx, name), name)]
+    # adamx.storage's names are defined in its private modules: the finder does not reach
+    # them through the package, so they are listed too.
+    objects = {name: getattr(adamx, name) for name in adamx.__all__}
+    objects.update({f"storage.{n}": getattr(adamx.storage, n) for n in adamx.storage.__all__})
+    tests = [t for name, obj in objects.items() for t in finder.find(obj, name)]
     assert any(t.examples for t in tests), "no docstring example found"
     for t in tests:
         runner.run(t)

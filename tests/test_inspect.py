@@ -19,7 +19,8 @@ import optax
 import pytest
 
 import adamx
-from adamx import Diagnostics, _inspect, inspect, summarize
+from adamx import Diagnostics, inspect, summarize
+from adamx.training import _inspect
 
 PARAM_SHAPES = {"dense": {"kernel": (3, 4), "bias": (4,)}, "scale": (), "empty": (0, 3)}
 

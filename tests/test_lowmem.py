@@ -91,8 +91,17 @@ def test_deterministic_policies_equal_the_recipe_with_its_state_rounded_by_hand(
     # XLA fuses the wrapped step (decode, update, encode) differently from the reference's
     # separate programs, which moves float32 results by an ulp or two, and an ulp can flip a
     # rounding of the stored state: hence a tolerance of a few float32 ulp, not equality.
+    # An 8-bit code that flips moves its element by a code step (measured: 1 element of
+    # 6,144 by 3e-5, depending on which programs ran earlier in the process), so there a
+    # few elements in a thousand may sit within 1e-3 instead.
     for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(ref_params)):
-        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=5e-6, atol=1e-8)
+        a, b = np.asarray(a), np.asarray(b)
+        if "8bit" in (mu, nu):
+            off = ~np.isclose(a, b, rtol=5e-6, atol=1e-8)
+            assert off.mean() <= 2e-3, f"{off.sum()} of {off.size} elements differ"
+            np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-6)
+        else:
+            np.testing.assert_allclose(a, b, rtol=5e-6, atol=1e-8)
     if mu == "float32":  # float32 storage is the recipe itself
         plain, _ = _run(opt, params0, 8)
         for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(plain)):
