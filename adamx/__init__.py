@@ -30,6 +30,7 @@ from adamx._checkpoint import restore_state
 from adamx._correction import bias_correction, correct_bias
 from adamx._decay import add_decayed_weights, negate
 from adamx._faults import SkipNonfiniteState, skip_nonfinite
+from adamx._from_torch import from_torch
 from adamx._fused import step
 from adamx._inspect import Diagnostics, inspect, summarize
 from adamx._kernel import FusedKernelWarning, KernelInfo, kernel_info
@@ -106,6 +107,7 @@ __all__ = [
     "sgd",
     "yogi",
     "step",
+    "from_torch",
     "state_shardings",
     "shard_state",
     "zero_shardings",
