@@ -62,6 +62,7 @@ from adamx.optimizers._adopt import (
     normalize_by_previous_rms,
     read_momentum,
 )
+from adamx.optimizers._from_torch import from_torch
 from adamx.optimizers._lamb_lion import (
     LionMomentsState,
     lamb,
@@ -118,6 +119,7 @@ __all__ = [
     "sgd",
     "yogi",
     "step",
+    "from_torch",
     "state_shardings",
     "shard_state",
     "zero_shardings",

@@ -626,9 +626,9 @@ SIGNATURES = {
     "weight_decay=0.0)",
     "yogi": "(learning_rate=0.01, b1=0.9, b2=0.999, eps=0.001, *, initial_accumulator_value=1e-06)",
     "adam": "(learning_rate=0.001, b1=0.9, b2=0.999, eps=1e-08, eps_root=0.0, *, "
-    "weight_decay=0.0, nesterov=False, maximize=False, fused=None)",
+    "weight_decay=0.0, nesterov=False, maximize=False, fused=None, amsgrad=False)",
     "adamw": "(learning_rate=0.001, b1=0.9, b2=0.999, eps=1e-08, eps_root=0.0, "
-    "weight_decay=0.01, *, mask=None, maximize=False, fused=None)",
+    "weight_decay=0.01, *, mask=None, maximize=False, fused=None, amsgrad=False)",
 }
 
 

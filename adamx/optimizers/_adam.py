@@ -12,7 +12,7 @@ from adamx.blocks._correction import correct_bias
 from adamx.blocks._decay import decay_block, maximize_block
 from adamx.blocks._moments import scale_by_moments
 from adamx.blocks._normalize import normalize
-from adamx.blocks._rules import correct_bias_nesterov
+from adamx.blocks._rules import correct_bias_nesterov, keep_max_nu
 from adamx.blocks._schedule import scale_by_learning_rate
 from adamx.optimizers._adam_rule import (
     COUPLED,
@@ -37,6 +37,7 @@ def adam(
     nesterov: bool = False,
     maximize: bool = False,
     fused: bool | None = None,
+    amsgrad: bool = False,
 ) -> optax.GradientTransformation:
     """Adam, with optional coupled (L2) weight decay, as in ``torch.optim.Adam``.
 
@@ -54,11 +55,17 @@ def adam(
 
         m^  = b1 * m / (1 - b1**(t+1)) + (1 - b1) * g / (1 - b1**t)
 
+    With ``amsgrad=True`` the root is taken of the running maximum of the raw ``v``
+    (``torch.optim.Adam(amsgrad=True)``, the same chain as :func:`adamx.amsgrad`)::
+
+        v_max = max(v_max, v);   v^ = v_max / (1 - b2**t)
+
     The recipe is the chain::
 
         negate()                            # only if maximize
         add_decayed_weights(weight_decay)   # coupled L2, omitted when 0
         scale_by_moments(b1, b2)
+        keep_max_nu()                       # only if amsgrad
         correct_bias(b1, None)              # correct_bias_nesterov(b1, None) if nesterov
         normalize(eps, eps_root, b2=b2)
         scale_by_learning_rate(learning_rate)
@@ -83,10 +90,13 @@ def adam(
       maximize: ascend the objective instead of descending it (PyTorch's ``maximize``).
         Default False.
       fused: the single-pass CPU kernel. ``None`` (default): used when it applies
-        (float32 leaves, one CPU device, not ``nesterov``) and the XLA path otherwise;
-        ``False``: always the XLA path; ``True``: the kernel or an error saying why not
-        (e.g. per shard inside ``shard_map``). Same results either way (see
+        (float32 leaves, one CPU device, not ``nesterov`` or ``amsgrad``) and the XLA path
+        otherwise; ``False``: always the XLA path; ``True``: the kernel or an error saying
+        why not (e.g. per shard inside ``shard_map``). Same results either way (see
         :func:`adamx.step` and the README's Performance section).
+      amsgrad: keep the running maximum of the raw second moment and divide by its root
+        (AMSGrad, ``torch.optim.Adam(amsgrad=True)``); the state gains a
+        :class:`adamx.MaxNuState`. Not with ``fused=True``. Default False.
 
     Returns:
       An ``optax.GradientTransformation``.
@@ -114,11 +124,13 @@ def adam(
     """
     check_learning_rate(learning_rate)
     check_flag("nesterov", nesterov)
+    check_flag("amsgrad", amsgrad)
     check_fused(fused)
     head = [*maximize_block(maximize), *decay_block(weight_decay)]
     blocks = [
         *head,
         scale_by_moments(b1, b2),
+        *_max_nu_block(amsgrad),
         correct_bias_nesterov(b1, None) if nesterov else correct_bias(b1, None),
         normalize(eps, eps_root, b2=b2),
         scale_by_learning_rate(learning_rate),
@@ -128,6 +140,8 @@ def adam(
         if fused:
             raise ValueError("fused=True is not available with nesterov=True; use fused=None.")
         return tx
+    if amsgrad:
+        return _unfused(tx, fused)
     decay = COUPLED if len(head) > int(maximize) else NO_DECAY
     rule = AdamRule(b1, b2, eps, eps_root, learning_rate, weight_decay, decay, None, maximize,
                     moments_at=len(head), lr_at=len(blocks) - 1)  # fmt: skip
@@ -146,6 +160,7 @@ def adamw(
     mask: Any | Callable[[Any], Any] | None = None,
     maximize: bool = False,
     fused: bool | None = None,
+    amsgrad: bool = False,
 ) -> optax.GradientTransformation:
     """AdamW: Adam with decoupled weight decay, as in ``torch.optim.AdamW``.
 
@@ -160,6 +175,9 @@ def adamw(
     recipe is Adam's chain with :func:`adamx.add_decayed_weights` moved from the front to
     just before the learning rate.
 
+    With ``amsgrad=True``, :func:`adamx.keep_max_nu` follows the moments and ``v^`` is
+    ``max(v_max, v) / (1 - b2**t)`` of the raw ``v``, as ``torch.optim.AdamW(amsgrad=True)``.
+
     Args:
       learning_rate: a number ``>= 0`` or a schedule. Default 1e-3.
       b1, b2, eps, eps_root: as in :func:`adam`.
@@ -170,6 +188,8 @@ def adamw(
         shrinks the weights. Default False.
       fused: the single-pass CPU kernel, as in :func:`adam` (a ``mask`` must then give
         Python bools per leaf; a traced mask takes the XLA path).
+      amsgrad: AMSGrad's running maximum of the raw ``v``, as in :func:`adam`. Not with
+        ``fused=True``. Default False.
 
     Returns:
       An ``optax.GradientTransformation`` that needs ``params`` in ``update``.
@@ -179,18 +199,37 @@ def adamw(
       https://arxiv.org/abs/1711.05101
     """
     check_learning_rate(learning_rate)
+    check_flag("amsgrad", amsgrad)
     check_fused(fused)
     head = maximize_block(maximize)
     tail = decay_block(weight_decay, mask)
     blocks = [
         *head,
         scale_by_moments(b1, b2),
+        *_max_nu_block(amsgrad),
         correct_bias(b1, None),
         normalize(eps, eps_root, b2=b2),
         *tail,
         scale_by_learning_rate(learning_rate),
     ]
+    if amsgrad:
+        return _unfused(optax.chain(*blocks), fused)
     decay = DECOUPLED if tail else NO_DECAY
     rule = AdamRule(b1, b2, eps, eps_root, learning_rate, weight_decay, decay, mask, maximize,
                     moments_at=len(head), lr_at=len(blocks) - 1)  # fmt: skip
     return describe(optax.chain(*blocks), rule, fused)
+
+
+def _max_nu_block(amsgrad: bool) -> list[optax.GradientTransformation]:
+    """AMSGrad's :func:`adamx.keep_max_nu` when asked for, else nothing."""
+    return [keep_max_nu()] if amsgrad else []
+
+
+def _unfused(tx: optax.GradientTransformation, fused: bool | None) -> optax.GradientTransformation:
+    """The XLA chain of an ``amsgrad=True`` recipe: the fused kernel keeps no ``v_max``."""
+    if fused:
+        raise ValueError(
+            "fused=True is not available with amsgrad=True (the fused kernel keeps no running "
+            "maximum of v); use fused=None or fused=False."
+        )
+    return tx

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import inspect
 from collections.abc import Callable
 
 import jax
@@ -11,6 +12,7 @@ import optax
 
 from adamx.blocks._base import PyTree, check_trees_match
 from adamx.optimizers._adam_rule import DESCRIPTION
+from adamx.optimizers._torch_names import misspelt_torch_names
 
 
 def check_params_are_real_floats(params: PyTree, who: str) -> None:
@@ -59,10 +61,16 @@ def recipe(factory: Callable[..., optax.GradientTransformation]):
     """Decorate an optimizer factory so that what it builds checks its inputs (:func:`guard`).
 
     The signature and docstring are kept, so ``optax.inject_hyperparams(factory)`` works.
+    A call with torch.optim's argument names (``lr=``, ``betas=``, ``amsgrad=``, ...)
+    raises a ``TypeError`` that names adamx's spelling and :func:`adamx.from_torch`.
     """
+    accepted = frozenset(inspect.signature(factory).parameters)
 
     @functools.wraps(factory)
     def build(*args, **kwargs) -> optax.GradientTransformation:
+        misspelt = misspelt_torch_names(factory.__name__, kwargs, accepted)
+        if misspelt is not None:
+            raise TypeError(misspelt)
         return guard(factory(*args, **kwargs), f"adamx.{factory.__name__}")
 
     return build

@@ -6,8 +6,14 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from adamx.blocks._base import ScalarOrSchedule, check_learning_rate
-from adamx.blocks._correction import correct_bias
+from adamx.blocks._base import (
+    ScalarOrSchedule,
+    check_decay,
+    check_flag,
+    check_learning_rate,
+    check_moments,
+)
+from adamx.blocks._correction import bias_correction, correct_bias
 from adamx.blocks._decay import maximize_block
 from adamx.blocks._moments import MomentsState, scale_by_moments
 from adamx.blocks._normalize import normalize
@@ -65,6 +71,24 @@ def scale_by_lazy_moments(b1: float = 0.9, b2: float = 0.999) -> optax.GradientT
     return optax.GradientTransformation(dense.init, update)
 
 
+def _scale_mu_by_root_bias_correction(b2: float) -> optax.GradientTransformation:
+    """Multiply the first moment of a :class:`adamx.Moments` record by ``sqrt(1 - b2**t)``.
+
+    Followed by ``normalize(eps)`` on the raw ``v`` this is the "epsilon-hat" read-out
+    ``sqrt(1 - b2**t) * m^ / (sqrt(v) + eps)``: ``eps`` on the root of the raw ``v``, as in
+    ``torch.optim.SparseAdam``. Stateless.
+    """
+    check_decay("b2", b2)
+
+    def update(updates, state, params=None):
+        del params
+        rec = check_moments(updates, "lazy_adam(eps_hat=True)")
+        root = jnp.sqrt(bias_correction(b2, rec.count))
+        return rec._replace(mu=jax.tree.map(lambda m: m * root.astype(m.dtype), rec.mu)), state
+
+    return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
+
+
 @recipe
 def lazy_adam(
     learning_rate: ScalarOrSchedule = 1e-3,
@@ -73,6 +97,7 @@ def lazy_adam(
     eps: float = 1e-8,
     *,
     maximize: bool = False,
+    eps_hat: bool = False,
 ) -> optax.GradientTransformation:
     """LazyAdam: Adam on the rows that have a gradient; the other rows are left alone.
 
@@ -93,12 +118,26 @@ def lazy_adam(
         normalize(eps, b2=b2)
         scale_by_learning_rate(learning_rate)
 
+    With ``eps_hat=True``, ``eps`` sits on the root of the raw ``v`` ("epsilon hat"),
+    ``torch.optim.SparseAdam``'s reading (and TF-Addons' ``LazyAdam``'s)::
+
+        p[i] = p[i] - lr * sqrt(1 - b2**t) / (1 - b1**t) * m[i] / (sqrt(v[i]) + eps)
+
+    and the chain reads the raw ``v``::
+
+        correct_bias(b1, None)
+        (m^ <- sqrt(1 - b2**t) * m^)      # eps_hat only
+        normalize(eps)                    # instead of normalize(eps, b2=b2)
+
     Args:
       learning_rate: a number ``>= 0`` or a schedule of the step count. Default 1e-3.
       b1: decay of the first moment, ``[0, 1)``. Default 0.9.
       b2: decay of the second moment, ``[0, 1)``. Default 0.999.
-      eps: added to the root of the bias-corrected ``v``, ``>= 0``. Default 1e-8.
+      eps: added to the root of the bias-corrected ``v``, ``>= 0`` (of the raw ``v`` with
+        ``eps_hat``). Default 1e-8.
       maximize: ascend instead of descend. Default False.
+      eps_hat: put ``eps`` on the root of the raw ``v``, as ``torch.optim.SparseAdam``
+        does (``adamx.from_torch("SparseAdam", ...)`` sets it). Default False.
 
     Returns:
       An ``optax.GradientTransformation``.
@@ -115,8 +154,11 @@ def lazy_adam(
     .. warning::
        ``torch.optim.SparseAdam`` (sparse gradients only) and TF-Addons' ``LazyAdam``
        use the "epsilon-hat" form ``lr * sqrt(1 - b2**t) / (1 - b1**t) * m / (sqrt(v) +
-       eps)``; the two agree for ``eps = 0`` and otherwise with ``eps_here = eps_there /
-       sqrt(1 - b2**t)``. Rows are told apart by their values: a dense row whose gradient
+       eps)``: ``eps_hat=True``. Without it the two agree for ``eps = 0`` and otherwise
+       with ``eps_here = eps_there / sqrt(1 - b2**t)``. SparseAdam moves the elements its
+       sparse gradient lists (rows, for ``nn.Embedding(sparse=True)``), here a whole row
+       moves when any of its elements is non-zero; and an explicitly stored all-zero row
+       moves there, not here. Rows are told apart by their values: a dense row whose gradient
        happens to be exactly zero is treated as absent. optax has no lazy Adam.
 
     References:
@@ -124,10 +166,16 @@ def lazy_adam(
       https://arxiv.org/abs/1412.6980
     """
     check_learning_rate(learning_rate)
+    check_flag("eps_hat", eps_hat)
+    read_out = (
+        [_scale_mu_by_root_bias_correction(b2), normalize(eps)]
+        if eps_hat
+        else [normalize(eps, b2=b2)]
+    )
     return optax.chain(
         *maximize_block(maximize),
         scale_by_lazy_moments(b1, b2),
         correct_bias(b1, None),
-        normalize(eps, b2=b2),
+        *read_out,
         scale_by_learning_rate(learning_rate),
     )
