@@ -130,7 +130,9 @@ class RAdam(_Rule):
         self.v[i] = b2 * self.v[i] + (1 - b2) * sq(g)
         m_hat = self.m[i] / bc(self.b1, t)
         if rho_t > 5:
-            r = math.sqrt((rho_t - 4) * (rho_t - 2) * rho_inf / ((rho_inf - 4) * (rho_inf - 2) * rho_t))
+            r = math.sqrt(
+                (rho_t - 4) * (rho_t - 2) * rho_inf / ((rho_inf - 4) * (rho_inf - 2) * rho_t)
+            )
             return p - self.lr * m_hat * r * math.sqrt(bc(b2, t)) / (np.sqrt(self.v[i]) + self.eps)
         return p - self.lr * m_hat
 
@@ -273,6 +275,8 @@ class LazyAdam(_Rule):
                 continue
             m[r] = self.b1 * m[r] + (1 - self.b1) * g[r]
             v[r] = self.b2 * v[r] + (1 - self.b2) * sq(g[r])
-            p[r] = p[r] - self.lr * (m[r] / bc(self.b1, t)) / (np.sqrt(v[r] / bc(self.b2, t)) + self.eps)
+            p[r] = p[r] - self.lr * (m[r] / bc(self.b1, t)) / (
+                np.sqrt(v[r] / bc(self.b2, t)) + self.eps
+            )
         self.m[i], self.v[i] = m.reshape(shape), v.reshape(shape)
         return p.reshape(shape)

@@ -9,9 +9,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+import reference_complex as ref
 
 import adamx
-import reference_complex as ref
 
 SHAPES = [(3, 4), (5,)]
 STEPS = 20
