@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import optax
 from jax.sharding import NamedSharding, PartitionSpec
 
 PyTree = Any
-ScalarOrSchedule = Any  # float | jax.Array | Callable[[jax.Array], jax.Array]
+# optax's own alias (a Union of float, jax.Array and a schedule), so that
+# `typing.get_type_hints` and `inspect.signature(..., eval_str=True)` on adamx's factories
+# give the object optax's annotations hold.
+ScalarOrSchedule = optax.ScalarOrSchedule
 
 _INT32_MAX = jnp.iinfo(jnp.int32).max
 
@@ -37,6 +42,73 @@ class Moments(NamedTuple):
     mu: PyTree
     nu: PyTree
     count: jax.Array  # type: ignore[assignment]
+
+
+def transformation(
+    init: Callable[[PyTree], Any], update: Callable[..., tuple[PyTree, Any]]
+) -> optax.GradientTransformationExtraArgs:
+    """A block's ``optax.GradientTransformationExtraArgs`` from its ``init`` and its
+    ``update(updates, state, params=None)``.
+
+    The ``update`` it returns takes and ignores extra keyword arguments
+    (``opt.update(grads, state, params, value=loss)``), as optax's own transformations
+    do, so a block works alone or in an ``optax.chain`` with transformations that use them.
+    """
+
+    def update_fn(updates, state, params=None, **extra_args):
+        del extra_args
+        return update(updates, state, params)
+
+    return optax.GradientTransformationExtraArgs(init, update_fn)
+
+
+def abstract_or_array(p) -> Any:
+    """A param leaf as something with a shape and dtype (and the param's sharding):
+    a ``jax.ShapeDtypeStruct`` unchanged (``init`` may be given abstract params, as optax's
+    ``init`` may), anything else through ``jnp.asarray``.
+
+    ``jnp.zeros_like`` / ``jnp.full_like`` of the result give concrete state, sharded like
+    a ``NamedSharding`` param (abstract or not).
+    """
+    if isinstance(p, jax.ShapeDtypeStruct):
+        return p
+    return jnp.asarray(p)
+
+
+def is_complex(dtype) -> bool:
+    """Whether ``dtype`` is a complex floating-point dtype."""
+    return bool(jnp.issubdtype(jnp.dtype(dtype), jnp.complexfloating))
+
+
+def real_dtype(dtype) -> jnp.dtype:
+    """The real dtype of a complex one (``complex64 -> float32``); others unchanged."""
+    dtype = jnp.dtype(dtype)
+    return jnp.dtype(jnp.finfo(dtype).dtype) if is_complex(dtype) else dtype
+
+
+def abs_sq(x: jax.Array, weight=None) -> jax.Array:
+    """``weight * |x|**2``, real-valued, in ``x``'s real dtype (``weight`` a scalar, or None
+    for 1).
+
+    Real ``x``: ``(weight * x) * x`` (the weight meets ``x`` before ``x`` meets itself, so
+    the term fits where ``x**2`` alone overflows). Complex ``x``: the same for the real and
+    imaginary parts, summed (``re(x conj(x))``, optax's second moment of a complex leaf).
+    """
+    rd = real_dtype(x.dtype)
+    w = None if weight is None else as_scalar(weight, rd)
+
+    def term(y):
+        return y * y if w is None else (w * y) * y
+
+    if is_complex(x.dtype):
+        return term(jnp.real(x)) + term(jnp.imag(x))
+    return term(x)
+
+
+def over_real(x: jax.Array, r: jax.Array) -> jax.Array:
+    """``x / r`` for a real ``r`` and an ``x`` that may be complex (the quotient in ``x``'s
+    dtype: a complex moment over a real root, as optax divides)."""
+    return x / r.astype(x.dtype)
 
 
 def compute_dtype(dtype) -> jnp.dtype:

@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from adamx.blocks._base import check_decay, check_moments, one_minus, scalar_dtype
+from adamx.blocks._base import check_decay, check_moments, one_minus, scalar_dtype, transformation
 
 
 def bias_correction(decay, count: jax.Array) -> jax.Array:
@@ -66,4 +66,4 @@ def correct_bias(b1: float | None = 0.9, b2: float | None = 0.999) -> optax.Grad
         nu = correct(rec.nu, b2, rec.count)
         return rec._replace(mu=mu, nu=nu), state
 
-    return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
+    return transformation(lambda params: optax.EmptyState(), update)

@@ -16,6 +16,7 @@ from adamx.blocks._base import (
     check_trees_match,
     compute_dtype,
     require_params,
+    transformation,
 )
 
 
@@ -59,7 +60,7 @@ def add_decayed_weights(
         check_trees_match(params, updates, "params", "the updates")
         return jax.tree.map(leaf, updates, params), state
 
-    inner = optax.GradientTransformation(lambda params: optax.EmptyState(), update)
+    inner = transformation(lambda params: optax.EmptyState(), update)
     return inner if mask is None else optax.masked(inner, mask)
 
 
@@ -84,7 +85,7 @@ def negate() -> optax.GradientTransformation:
         del params
         return jax.tree.map(lambda g: -jnp.asarray(g), updates), state
 
-    return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
+    return transformation(lambda params: optax.EmptyState(), update)
 
 
 def maximize_block(maximize: bool) -> list[optax.GradientTransformation]:

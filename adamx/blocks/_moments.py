@@ -12,12 +12,17 @@ import optax
 from adamx.blocks._base import (
     Moments,
     PyTree,
+    abs_sq,
+    abstract_or_array,
     as_scalar,
     check_decay,
     check_trees_match,
     compute_dtype,
+    is_complex,
     one_minus,
+    real_dtype,
     safe_increment,
+    transformation,
 )
 
 
@@ -27,15 +32,17 @@ def second_moment_dtype(dtype) -> jnp.dtype:
     float16 cannot hold squared gradients: ``(1 - b2) * g**2`` is subnormal once
     ``|g| < 0.25`` and rounds to 0 below ``|g| ~ 5e-3``, after which ``v`` is lost and steps
     grow to tens of times the learning rate. bfloat16 has float32's range and is kept.
+    A complex dtype gives its real one (``complex64 -> float32``): a second moment of a
+    complex leaf averages ``|g|**2``, as optax's does.
     """
-    dtype = jnp.dtype(dtype)
+    dtype = real_dtype(dtype)
     return jnp.dtype(jnp.float32) if dtype == jnp.float16 else dtype
 
 
 def second_moment_zeros(p) -> jax.Array:
     """Zeros shaped (and sharded) like the param ``p``, in :func:`second_moment_dtype` of
-    its dtype."""
-    p = jnp.asarray(p)
+    its dtype. ``p`` may be a ``jax.ShapeDtypeStruct``."""
+    p = abstract_or_array(p)
     return jnp.zeros_like(p, dtype=second_moment_dtype(p.dtype))
 
 
@@ -75,11 +82,14 @@ def ema_square(moment: jax.Array, x: jax.Array, decay) -> jax.Array:
     overflows float32 and bfloat16 once ``|x| > 1.8e19``; with ``b2 = 0.999`` a term up to
     ``|x| ~ 5.8e20`` fits. A term or moment past the range gives ``inf``, never
     ``inf - inf = NaN`` as the lerp form :func:`ema` would.
+
+    A complex ``x`` averages ``|x|**2`` (its real and imaginary parts' squares, each formed
+    the same way): ``moment`` is real, as optax's second moment of a complex leaf.
     """
     dtype = compute_dtype(moment.dtype)
     m = moment.astype(dtype)
-    x = x.astype(dtype)
-    return as_scalar(decay, dtype) * m + (as_scalar(one_minus(decay), dtype) * x) * x
+    x = x if is_complex(x.dtype) else x.astype(dtype)
+    return as_scalar(decay, dtype) * m + abs_sq(x, one_minus(decay)).astype(dtype)
 
 
 class SecondMomentRule(NamedTuple):
@@ -156,7 +166,7 @@ def scale_by_moments(
     def init(params):
         def full(value, storage=lambda dtype: dtype):
             def leaf(p):  # derived from p: a sharded param gets state sharded like it
-                p = jnp.asarray(p)
+                p = abstract_or_array(p)
                 return jnp.full_like(p, value, dtype=storage(p.dtype))
 
             return leaf
@@ -183,7 +193,7 @@ def scale_by_moments(
         nu = None
         if b2 is not None:
             step = lambda g, v, m=None: rule.update(  # noqa: E731
-                v.astype(compute_dtype(v.dtype)), cast(g, v), m, b2
+                v.astype(compute_dtype(v.dtype)), _working(g, v), m, b2
             )
             extra = () if mu is None else (mu,)
             nu = jax.tree.map(step, grads, state.nu, *extra)
@@ -196,4 +206,14 @@ def scale_by_moments(
         )
         return Moments(grad=grads, mu=mu, nu=nu, count=count), new_state
 
-    return optax.GradientTransformation(init, update)
+    return transformation(init, update)
+
+
+def _working(g: jax.Array, v: jax.Array) -> jax.Array:
+    """A gradient leaf as a second-moment rule sees it: in ``v``'s compute dtype, or,
+    complex, in its own (``v`` is real: the rule reads ``|g|``)."""
+    return (
+        g.astype(compute_dtype(g.dtype))
+        if is_complex(g.dtype)
+        else g.astype(compute_dtype(v.dtype))
+    )

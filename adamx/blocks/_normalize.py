@@ -6,7 +6,14 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from adamx.blocks._base import as_scalar, check_decay, check_moments, check_range
+from adamx.blocks._base import (
+    as_scalar,
+    check_decay,
+    check_moments,
+    check_range,
+    over_real,
+    transformation,
+)
 from adamx.blocks._correction import bias_correction
 
 
@@ -65,19 +72,19 @@ def normalize(
         if b2 is None:
 
             def direction(g, m, v):
-                d = m.dtype
+                d = v.dtype  # real, also for a complex m
                 root = jnp.sqrt(v + as_scalar(eps_root, d))
-                return (m / (root + as_scalar(eps, d))).astype(g.dtype)
+                return over_real(m, root + as_scalar(eps, d)).astype(g.dtype)
 
         else:
             bc2 = bias_correction(b2, rec.count)
             bc2_root = jnp.sqrt(bc2)
 
             def direction(g, m, v):
-                d = m.dtype
+                d = v.dtype  # real, also for a complex m
                 root = jnp.sqrt(v + as_scalar(eps_root, d) * bc2.astype(d)) / bc2_root.astype(d)
-                return (m / (root + as_scalar(eps, d))).astype(g.dtype)
+                return over_real(m, root + as_scalar(eps, d)).astype(g.dtype)
 
         return jax.tree.map(direction, rec.grad, rec.mu, rec.nu), state
 
-    return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
+    return transformation(lambda params: optax.EmptyState(), update)

@@ -27,14 +27,19 @@ import optax
 
 from adamx.blocks._base import (
     PyTree,
+    abs_sq,
     as_scalar,
     check_decay,
     check_moments,
     check_range,
     check_trees_match,
+    is_complex,
     one_minus,
+    over_real,
+    real_dtype,
     safe_increment,
     scalar_dtype,
+    transformation,
 )
 from adamx.blocks._correction import bias_correction
 from adamx.blocks._moments import SecondMomentRule, ema_square, second_moment_zeros
@@ -65,8 +70,8 @@ def infinity_norm(eps: float = 1e-8) -> SecondMomentRule:
 
     def update(u, g, m, b2):
         del m
-        d = u.dtype
-        return jnp.maximum(as_scalar(b2, d) * u, jnp.abs(g) + as_scalar(eps, d))
+        d = u.dtype  # |g| is real for a complex g too
+        return jnp.maximum(as_scalar(b2, d) * u, jnp.abs(g).astype(d) + as_scalar(eps, d))
 
     return SecondMomentRule("infinity_norm", update)
 
@@ -133,8 +138,9 @@ def yogi_squares(initial_value: float = 1e-6) -> SecondMomentRule:
 
     def update(v, g, m, b2):
         del m
-        g2 = jnp.square(g)  # only compared with v: inf where it overflows is right
-        step = (as_scalar(one_minus(b2), v.dtype) * g) * g
+        g = g if is_complex(g.dtype) else g.astype(v.dtype)
+        g2 = abs_sq(g).astype(v.dtype)  # only compared with v: inf where it overflows is right
+        step = abs_sq(g, one_minus(b2)).astype(v.dtype)
         return jnp.where(v > g2, v - step, jnp.where(v < g2, v + step, v))
 
     return SecondMomentRule("yogi_squares", update, initial_value)
@@ -188,7 +194,7 @@ def keep_max_nu() -> optax.GradientTransformation:
         stored = jax.tree.map(lambda new, old: new.astype(old.dtype), nu_max, state.nu_max)
         return rec._replace(nu=nu_max), MaxNuState(nu_max=stored)
 
-    return optax.GradientTransformation(init, update)
+    return transformation(init, update)
 
 
 # ----------------------------------------------------------------------------- read-outs
@@ -290,8 +296,11 @@ def correct_bias_nesterov(
 
         def look_ahead(m, g):
             d = m.dtype
-            top = as_scalar(jnp.finfo(d).max, d)  # the sum of two huge terms: not inf
-            return jnp.clip(c_m.astype(d) * m + c_g.astype(d) * g.astype(d), -top, top)
+            top = as_scalar(jnp.finfo(d).max, real_dtype(d))  # the sum of two huge terms: not inf
+            x = c_m.astype(d) * m + c_g.astype(d) * g.astype(d)
+            if is_complex(d):  # complex numbers have no order: clamp each part
+                return jax.lax.complex(jnp.clip(x.real, -top, top), jnp.clip(x.imag, -top, top))
+            return jnp.clip(x, -top, top)
 
         mu = jax.tree.map(look_ahead, rec.mu, rec.grad)
         nu = rec.nu
@@ -300,7 +309,7 @@ def correct_bias_nesterov(
             nu = jax.tree.map(lambda v: v / bc2.astype(v.dtype), nu)
         return rec._replace(mu=mu, nu=nu), state
 
-    return optax.GradientTransformation(init, update)
+    return transformation(init, update)
 
 
 # coth(z) - 1/z = z/3 - z**3/45 + ...: the coefficients 2**(2n) B_2n / (2n)! of z**(2n-1).
@@ -403,13 +412,13 @@ def normalize_rectified(
         rectify, scale = scalars(rec.count)
 
         def direction(g, m, v):
-            d = m.dtype
-            adapted = m * scale.astype(d) / (jnp.sqrt(v) + as_scalar(eps, d))
+            d = v.dtype  # real, also for a complex m
+            adapted = over_real(m * scale.astype(m.dtype), jnp.sqrt(v) + as_scalar(eps, d))
             return jnp.where(rectify, adapted, m).astype(g.dtype)
 
         return jax.tree.map(direction, rec.grad, rec.mu, rec.nu), state
 
-    return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
+    return transformation(lambda params: optax.EmptyState(), update)
 
 
 def normalize_inf() -> optax.GradientTransformation:
@@ -433,7 +442,7 @@ def normalize_inf() -> optax.GradientTransformation:
         del params
         rec = check_moments(updates, "adamx.normalize_inf")
         return jax.tree.map(
-            lambda g, m, u: (m / u).astype(g.dtype), rec.grad, rec.mu, rec.nu
+            lambda g, m, u: over_real(m, u).astype(g.dtype), rec.grad, rec.mu, rec.nu
         ), state
 
-    return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
+    return transformation(lambda params: optax.EmptyState(), update)

@@ -8,7 +8,13 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from adamx.blocks._base import ScalarOrSchedule, check_learning_rate, compute_dtype, safe_increment
+from adamx.blocks._base import (
+    ScalarOrSchedule,
+    check_learning_rate,
+    compute_dtype,
+    safe_increment,
+    transformation,
+)
 
 
 class ScheduleState(NamedTuple):
@@ -53,7 +59,7 @@ def scale_by_learning_rate(learning_rate: ScalarOrSchedule) -> optax.GradientTra
             del params
             return scale(updates, learning_rate), state
 
-        return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
+        return transformation(lambda params: optax.EmptyState(), update)
 
     def init(params):
         del params
@@ -64,4 +70,4 @@ def scale_by_learning_rate(learning_rate: ScalarOrSchedule) -> optax.GradientTra
         lr = learning_rate(state.count)
         return scale(updates, lr), ScheduleState(count=safe_increment(state.count))
 
-    return optax.GradientTransformation(init, update_scheduled)
+    return transformation(init, update_scheduled)

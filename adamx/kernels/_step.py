@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import optax
 
 from adamx.blocks._base import PyTree, check_trees_match
@@ -10,7 +12,11 @@ from adamx.kernels._fused_storage import storage_step
 
 
 def step(
-    optimizer: optax.GradientTransformation, grads: PyTree, state: PyTree, params: PyTree
+    optimizer: optax.GradientTransformation,
+    grads: PyTree,
+    state: PyTree,
+    params: PyTree,
+    **extra_args: Any,
 ) -> tuple[PyTree, PyTree]:
     """One optimizer step: ``update`` and ``optax.apply_updates`` together.
 
@@ -37,6 +43,9 @@ def step(
       grads: the gradients, a tree like ``params``.
       state: the optimizer's state.
       params: the current parameters.
+      **extra_args: extra keyword arguments of ``update`` (``value=loss``, ...), passed
+        on to an optimizer that takes them (``optax.GradientTransformationExtraArgs``)
+        and ignored by one that does not; the fused kernels' recipes ignore them.
 
     Returns:
       ``(new_params, new_state)``.
@@ -57,8 +66,10 @@ def step(
             "adamx.step needs the current params: call adamx.step(opt, grads, state, params)."
         )
 
+    inner = optax.with_extra_args_support(optimizer)
+
     def xla_step(grads, state, params):
-        updates, state = optimizer.update(grads, state, params)
+        updates, state = inner.update(grads, state, params, **extra_args)
         return optax.apply_updates(params, updates), state
 
     stored = getattr(optimizer.update, "stored_adam", None)

@@ -13,17 +13,22 @@ from jax.sharding import NamedSharding, PartitionSpec
 from adamx.blocks._base import (
     PyTree,
     ScalarOrSchedule,
+    abs_sq,
+    abstract_or_array,
     as_scalar,
     check_learning_rate,
     check_range,
     check_trees_match,
     compute_dtype,
     map_unzip,
+    over_real,
     padded_spec,
     param_named_sharding,
+    real_dtype,
     require_params,
     safe_increment,
     scalar_dtype,
+    transformation,
 )
 from adamx.blocks._decay import maximize_block
 from adamx.blocks._moments import ema, second_moment_dtype, second_moment_zeros
@@ -50,7 +55,7 @@ def _saturate(x: jax.Array, storage) -> jax.Array:
 
 def _rms(x: jax.Array) -> jax.Array:
     """Root mean square of a whole leaf; 0 for an empty leaf."""
-    return jnp.sqrt(jnp.sum(jnp.square(x)) / max(x.size, 1))
+    return jnp.sqrt(jnp.sum(abs_sq(x)) / max(x.size, 1))
 
 
 class FactoredRmsState(NamedTuple):
@@ -113,10 +118,10 @@ def scale_by_factored_rms(
 
     def init(params):
         def slots(p):
-            p = jnp.asarray(p)
+            p = abstract_or_array(p)
 
             def empty():  # a fresh buffer per slot: a donated state must not alias itself
-                return jnp.zeros((1,), p.dtype)
+                return jnp.zeros((1,), real_dtype(p.dtype))
 
             if p.ndim < 2:
                 return empty(), empty(), second_moment_zeros(p)
@@ -156,11 +161,11 @@ def scale_by_factored_rms(
 
         def leaf(g, row, col, full):
             g = jnp.asarray(g)
-            dtype = compute_dtype(g.dtype)
+            gc = g.astype(compute_dtype(g.dtype))
+            dtype = real_dtype(gc.dtype)  # the statistics of a complex g are real (|g|**2)
             floor = as_scalar(jnp.finfo(g.dtype).eps if eps1 is None else eps1, dtype)
-            gc = g.astype(dtype)
             storage = second_moment_dtype(g.dtype)
-            g2 = _saturate(jnp.square(gc), storage)
+            g2 = _saturate(abs_sq(gc), storage)
             weight = w.astype(dtype)
             if g.ndim >= 2:
                 r = ema(row, _saturate(_mean(g2, -1), storage), weight)
@@ -170,13 +175,13 @@ def scale_by_factored_rms(
             else:
                 v = ema(full, g2, weight)
                 full = v.astype(full.dtype)
-            u = gc / jnp.sqrt(jnp.maximum(v, floor * floor))
+            u = over_real(gc, jnp.sqrt(jnp.maximum(v, floor * floor)))
             return u.astype(g.dtype), row, col, full
 
         u, row, col, full = map_unzip(leaf, 4, grads, state.row, state.col, state.full)
         return u, FactoredRmsState(count, row, col, full)
 
-    return optax.GradientTransformation(init, update)
+    return transformation(init, update)
 
 
 def clip_by_block_rms(threshold: float = 1.0) -> optax.GradientTransformation:
@@ -202,14 +207,14 @@ def clip_by_block_rms(threshold: float = 1.0) -> optax.GradientTransformation:
         u = jnp.asarray(u)
         dtype = compute_dtype(u.dtype)
         uc = u.astype(dtype)
-        denom = jnp.maximum(1, _rms(uc) / as_scalar(threshold, dtype))
-        return (uc / denom).astype(u.dtype)
+        denom = jnp.maximum(1, _rms(uc) / as_scalar(threshold, real_dtype(dtype)))
+        return over_real(uc, denom).astype(u.dtype)
 
     def update(updates, state, params=None):
         del params
         return jax.tree.map(leaf, updates), state
 
-    return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
+    return transformation(lambda params: optax.EmptyState(), update)
 
 
 def scale_by_param_block_rms(min_scale: float = 1e-3) -> optax.GradientTransformation:
@@ -235,15 +240,15 @@ def scale_by_param_block_rms(min_scale: float = 1e-3) -> optax.GradientTransform
     def leaf(u, p):
         u, p = jnp.asarray(u), jnp.asarray(p)
         dtype = compute_dtype(u.dtype)
-        scale = jnp.maximum(as_scalar(min_scale, dtype), _rms(p.astype(dtype)))
-        return (u.astype(dtype) * scale).astype(u.dtype)
+        scale = jnp.maximum(as_scalar(min_scale, real_dtype(dtype)), _rms(p.astype(dtype)))
+        return (u.astype(dtype) * scale.astype(dtype)).astype(u.dtype)
 
     def update(updates, state, params=None):
         require_params(params, "adamx.scale_by_param_block_rms")
         check_trees_match(params, updates, "params", "the updates")
         return jax.tree.map(leaf, updates, params), state
 
-    return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
+    return transformation(lambda params: optax.EmptyState(), update)
 
 
 def _learning_rate(learning_rate, count):
@@ -285,9 +290,7 @@ def scale_by_relative_step(learning_rate: ScalarOrSchedule = 1e-2) -> optax.Grad
 
         return jax.tree.map(leaf, updates), ScheduleState(count=safe_increment(state.count))
 
-    return optax.GradientTransformation(
-        lambda params: ScheduleState(count=jnp.zeros([], jnp.int32)), update
-    )
+    return transformation(lambda params: ScheduleState(count=jnp.zeros([], jnp.int32)), update)
 
 
 def shrink_weights(
@@ -325,7 +328,7 @@ def shrink_weights(
         return jax.tree.map(leaf, updates, params), ScheduleState(safe_increment(state.count))
 
     init = lambda params: ScheduleState(count=jnp.zeros([], jnp.int32))  # noqa: E731
-    return [optax.GradientTransformation(init, update)]
+    return [transformation(init, update)]
 
 
 @recipe

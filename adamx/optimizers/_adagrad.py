@@ -11,6 +11,7 @@ import optax
 from adamx.blocks._base import (
     PyTree,
     ScalarOrSchedule,
+    abs_sq,
     as_scalar,
     check_flag,
     check_learning_rate,
@@ -20,6 +21,7 @@ from adamx.blocks._base import (
     compute_dtype,
     one_minus,
     scalar_dtype,
+    transformation,
 )
 from adamx.blocks._decay import decay_block, maximize_block
 from adamx.blocks._moments import SecondMomentRule, scale_by_moments, second_moment_zeros
@@ -40,7 +42,7 @@ def sum_of_squares(initial_value: float = 0.0) -> SecondMomentRule:
 
     def update(v, g, m, b2):
         del m, b2
-        return v + g * g
+        return v + abs_sq(g).astype(v.dtype)
 
     return SecondMomentRule("sum_of_squares", update, initial_value)
 
@@ -56,7 +58,9 @@ def average_of_squares(rho: float) -> SecondMomentRule:
     def update(v, g, m, b2):
         del m, b2
         dtype = v.dtype
-        return v * as_scalar(rho, dtype) + as_scalar(one_minus(rho), dtype) * (g * g)
+        return v * as_scalar(rho, dtype) + as_scalar(one_minus(rho), dtype) * abs_sq(g).astype(
+            dtype
+        )
 
     return SecondMomentRule("average_of_squares", update)
 
@@ -80,10 +84,15 @@ def use_gradient() -> optax.GradientTransformation:
         del params
         rec = check_moments(updates, "adamx.use_gradient")
         ref = rec.grad if rec.nu is None else rec.nu
-        mu = jax.tree.map(lambda g, r: g.astype(compute_dtype(r.dtype)), rec.grad, ref)
+        mu = jax.tree.map(lambda g, r: g.astype(compute_dtype(working_dtype(g, r))), rec.grad, ref)
         return rec._replace(mu=mu), state
 
-    return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
+    return transformation(lambda params: optax.EmptyState(), update)
+
+
+def working_dtype(g, r):
+    """``r``'s dtype, or ``g``'s when ``g`` is complex (a real ``v`` beside a complex ``g``)."""
+    return g.dtype if jnp.issubdtype(g.dtype, jnp.complexfloating) else r.dtype
 
 
 def _inverse_time_decay(learning_rate: ScalarOrSchedule, lr_decay) -> ScalarOrSchedule:
@@ -244,7 +253,7 @@ def scale_by_update_rms(rho: float = 0.9, eps: float = 1e-6) -> optax.GradientTr
         acc = jax.tree.map(new_acc, d, state.acc)
         return updates, UpdateRmsState(acc=acc)
 
-    return optax.GradientTransformation(init, update)
+    return transformation(init, update)
 
 
 @recipe

@@ -55,13 +55,15 @@ def check_fused(fused) -> None:
 
 def describe(
     tx: optax.GradientTransformation, rule: AdamRule, fused: bool | None
-) -> optax.GradientTransformation:
+) -> optax.GradientTransformationExtraArgs:
     """``tx`` (an Adam/AdamW chain described by ``rule``) whose ``update`` carries ``rule``
-    and ``fused`` for :func:`adamx.step`; ``init`` and ``update`` are ``tx``'s."""
+    and ``fused`` for :func:`adamx.step`; ``init`` and ``update`` are ``tx``'s (extra
+    keyword arguments of ``update`` go on to ``tx``)."""
+    inner = optax.with_extra_args_support(tx)
 
-    def update(grads, state, params=None):
-        return tx.update(grads, state, params)
+    def update(grads, state, params=None, **extra_args):
+        return inner.update(grads, state, params, **extra_args)
 
     update.adam_rule = rule  # type: ignore[attr-defined]
     update.fused = fused  # type: ignore[attr-defined]
-    return optax.GradientTransformation(tx.init, update)
+    return optax.GradientTransformationExtraArgs(tx.init, update)

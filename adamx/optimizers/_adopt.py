@@ -21,6 +21,7 @@ from adamx.blocks._base import (
     map_unzip,
     safe_increment,
     scalar_dtype,
+    transformation,
 )
 from adamx.blocks._moments import ema_square, scale_by_moments, second_moment_zeros
 from adamx.blocks._schedule import scale_by_learning_rate
@@ -102,7 +103,7 @@ def normalize_by_previous_rms(
         direction, nu = map_unzip(leaf, 2, grads, state.nu)
         return direction, PreviousRmsState(count=safe_increment(state.count), nu=nu)
 
-    return optax.GradientTransformation(init, update)
+    return transformation(init, update)
 
 
 def read_momentum() -> optax.GradientTransformation:
@@ -120,7 +121,7 @@ def read_momentum() -> optax.GradientTransformation:
         rec = check_moments(updates, "adamx.read_momentum")
         return jax.tree.map(lambda g, m: m.astype(g.dtype), rec.grad, rec.mu), state
 
-    return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
+    return transformation(lambda params: optax.EmptyState(), update)
 
 
 @recipe

@@ -13,6 +13,8 @@ from adamx.blocks._base import (
     Moments,
     PyTree,
     ScalarOrSchedule,
+    abs_sq,
+    abstract_or_array,
     check_decay,
     check_learning_rate,
     check_moments,
@@ -21,6 +23,7 @@ from adamx.blocks._base import (
     one_minus,
     require_params,
     safe_increment,
+    transformation,
 )
 from adamx.blocks._correction import correct_bias
 from adamx.blocks._decay import decay_block
@@ -31,7 +34,7 @@ from adamx.optimizers._guard import recipe
 
 
 def _norm(x: jax.Array) -> jax.Array:
-    return jnp.sqrt(jnp.sum(jnp.square(x)))
+    return jnp.sqrt(jnp.sum(abs_sq(x)))
 
 
 def scale_by_trust_ratio() -> optax.GradientTransformation:
@@ -60,14 +63,14 @@ def scale_by_trust_ratio() -> optax.GradientTransformation:
         p_norm, u_norm = _norm(p.astype(dtype)), _norm(uc)
         both = (p_norm > 0) & (u_norm > 0)
         ratio = jnp.where(both, p_norm / jnp.where(both, u_norm, 1), 1)
-        return (uc * ratio).astype(u.dtype)
+        return (uc * ratio.astype(dtype)).astype(u.dtype)
 
     def update(updates, state, params=None):
         require_params(params, "adamx.scale_by_trust_ratio")
         check_trees_match(params, updates, "params", "the updates")
         return jax.tree.map(leaf, updates, params), state
 
-    return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
+    return transformation(lambda params: optax.EmptyState(), update)
 
 
 @recipe
@@ -186,7 +189,7 @@ def scale_by_lion_moments(b1: float = 0.9, b2: float = 0.99) -> optax.GradientTr
     def init(params):
         return LionMomentsState(
             count=jnp.zeros([], jnp.int32),
-            mu=jax.tree.map(lambda p: jnp.zeros_like(jnp.asarray(p)), params),
+            mu=jax.tree.map(lambda p: jnp.zeros_like(abstract_or_array(p)), params),
         )
 
     def update(grads, state, params=None):
@@ -201,7 +204,7 @@ def scale_by_lion_moments(b1: float = 0.9, b2: float = 0.99) -> optax.GradientTr
         count = safe_increment(state.count)
         return Moments(grad=grads, mu=read, nu=None, count=count), LionMomentsState(count, mu)
 
-    return optax.GradientTransformation(init, update)
+    return transformation(init, update)
 
 
 def read_sign() -> optax.GradientTransformation:
@@ -221,7 +224,7 @@ def read_sign() -> optax.GradientTransformation:
         direction = jax.tree.map(lambda g, m: jnp.sign(m).astype(g.dtype), rec.grad, rec.mu)
         return direction, state
 
-    return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
+    return transformation(lambda params: optax.EmptyState(), update)
 
 
 @recipe

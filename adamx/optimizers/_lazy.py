@@ -12,6 +12,7 @@ from adamx.blocks._base import (
     check_flag,
     check_learning_rate,
     check_moments,
+    transformation,
 )
 from adamx.blocks._correction import bias_correction, correct_bias
 from adamx.blocks._decay import maximize_block
@@ -68,7 +69,7 @@ def scale_by_lazy_moments(b1: float = 0.9, b2: float = 0.999) -> optax.GradientT
         kept = MomentsState(count=new.count, mu=keep(new.mu, state.mu), nu=keep(new.nu, state.nu))
         return rec._replace(mu=read(rec.mu, 0), nu=read(rec.nu, 1)), kept
 
-    return optax.GradientTransformation(dense.init, update)
+    return transformation(dense.init, update)
 
 
 def _scale_mu_by_root_bias_correction(b2: float) -> optax.GradientTransformation:
@@ -86,7 +87,7 @@ def _scale_mu_by_root_bias_correction(b2: float) -> optax.GradientTransformation
         root = jnp.sqrt(bias_correction(b2, rec.count))
         return rec._replace(mu=jax.tree.map(lambda m: m * root.astype(m.dtype), rec.mu)), state
 
-    return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
+    return transformation(lambda params: optax.EmptyState(), update)
 
 
 @recipe

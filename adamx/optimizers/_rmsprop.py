@@ -8,11 +8,13 @@ import optax
 
 from adamx.blocks._base import (
     ScalarOrSchedule,
+    abs_sq,
     check_decay,
     check_flag,
     check_learning_rate,
     check_moments,
     check_range,
+    transformation,
 )
 from adamx.blocks._decay import decay_block, maximize_block
 from adamx.blocks._moments import scale_by_moments
@@ -52,10 +54,12 @@ def center_second_moment() -> optax.GradientTransformation:
                 "numeric `b1` and `b2`."
             )
         # an overflowed v (inf) is kept: v - m*m would be inf - inf = NaN where m*m is inf too
-        nu = jax.tree.map(lambda v, m: jnp.where(jnp.isinf(v), v, v - m * m), rec.nu, rec.mu)
+        nu = jax.tree.map(
+            lambda v, m: jnp.where(jnp.isinf(v), v, v - abs_sq(m).astype(v.dtype)), rec.nu, rec.mu
+        )
         return rec._replace(nu=nu), state
 
-    return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
+    return transformation(lambda params: optax.EmptyState(), update)
 
 
 @recipe

@@ -11,6 +11,7 @@ import optax
 from adamx.blocks._base import (
     PyTree,
     ScalarOrSchedule,
+    abstract_or_array,
     as_scalar,
     check_decay,
     check_flag,
@@ -21,6 +22,7 @@ from adamx.blocks._base import (
     concrete_value,
     one_minus,
     safe_increment,
+    transformation,
 )
 from adamx.blocks._decay import decay_block, maximize_block
 from adamx.blocks._schedule import scale_by_learning_rate
@@ -87,7 +89,7 @@ def trace_momentum(
     def init(params):
         return MomentumState(
             count=jnp.zeros([], jnp.int32),
-            trace=jax.tree.map(lambda p: jnp.zeros_like(jnp.asarray(p)), params),
+            trace=jax.tree.map(lambda p: jnp.zeros_like(abstract_or_array(p)), params),
         )
 
     def new_trace(g, b, first):
@@ -113,7 +115,7 @@ def trace_momentum(
         stored = jax.tree.map(lambda new, old: new.astype(old.dtype), trace, state.trace)
         return updates, MomentumState(count=safe_increment(state.count), trace=stored)
 
-    return optax.GradientTransformation(init, update)
+    return transformation(init, update)
 
 
 def momentum_block(momentum, *, dampening=0.0, nesterov=False) -> list:

@@ -193,11 +193,13 @@ def with_storage(
         :func:`adamx.storage_error`). Costs a decode per step. Default False.
 
     Returns:
-      An ``optax.GradientTransformation`` whose state is :class:`StorageState`.
+      An ``optax.GradientTransformationExtraArgs`` whose state is :class:`StorageState`;
+      extra keyword arguments of ``update`` go on to ``optimizer``.
 
     Raises:
       ValueError: at construction, for an unknown policy, a policy that does not fit the
-        moment (``mu="factored"``), or an optimizer without that moment.
+        moment (``mu="factored"``), or an optimizer without that moment; at ``init``, for a
+        policy asked to store a complex moment (``mu`` of complex params).
 
     Example:
       >>> import jax.numpy as jnp, adamx
@@ -219,6 +221,7 @@ def with_storage(
     if roles is not None:
         _check_roles(roles, policies, who)
     stochastic = any(p is not None and p.stochastic for p in policies.values())
+    with_extras = optax.with_extra_args_support(optimizer)  # extras go on to the inner update
 
     def encode_all(inner, key):
         """Encode every moment leaf (the tree holds them in working form); with
@@ -231,6 +234,8 @@ def with_storage(
 
         def encode(role, value):
             policy = policies[role]
+            if policy is not None:
+                _check_real(role, policy, value)
             leaves, treedef = jax.tree.flatten(value)
             out = []
             for x in leaves:
@@ -275,12 +280,12 @@ def with_storage(
         encoded, error = encode_all(inner, key)
         return StorageState(inner=encoded, key=key, error=error)
 
-    def update(grads, state, params=None):
+    def update(grads, state, params=None, **extra_args):
         # The working shapes and dtypes of the moments: those of a fresh init (the grads
         # have the params' structure, shapes and dtypes).
         like = jax.eval_shape(optimizer.init, grads)
         inner = decode_all(state.inner, like)
-        updates, inner = optimizer.update(grads, inner, params)
+        updates, inner = with_extras.update(grads, inner, params, **extra_args)
         key, sub = next_rounding_key(state.key, stochastic)
         encoded, error = encode_all(inner, sub)
         return updates, StorageState(inner=encoded, key=key, error=error)
@@ -289,7 +294,23 @@ def with_storage(
     if rule is not None:  # adamx.adam / adamw: adamx.step can take the fused kernel
         fused = getattr(optimizer.update, "fused", None)
         update.stored_adam = StoredAdam(rule, fused, policies, track_error, stochastic)  # type: ignore[attr-defined]
-    return optax.GradientTransformation(init, update)
+    return optax.GradientTransformationExtraArgs(init, update)
+
+
+def _check_real(role: str, policy: Storage, value: PyTree) -> None:
+    """Raise ``ValueError`` at the first complex leaf of a moment that a policy would store:
+    the policies hold real numbers (a complex param's second moment is real and stores
+    fine; its first moment is complex)."""
+    for path, x in jax.tree_util.tree_flatten_with_path(value)[0]:
+        dtype = jnp.result_type(x)
+        if jnp.issubdtype(dtype, jnp.complexfloating):
+            raise ValueError(
+                f"with_storage({role}={policy.name!r}): the {role} leaf of "
+                f"params{jax.tree_util.keystr(path)} is {dtype.name}; the storage policies "
+                f"hold real moments only. Pass {role}=None (a complex param's second moment, "
+                f"`nu`, is real and can be stored), or store the complex leaves' moments as "
+                f"they are by leaving them out of this optimizer (`optax.masked`)."
+            )
 
 
 def _count_moment_leaves(inner) -> int:

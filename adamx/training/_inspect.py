@@ -13,11 +13,14 @@ import optax
 from adamx.blocks._base import (
     PyTree,
     ScalarOrSchedule,
+    abs_sq,
     check_decay,
     check_learning_rate,
     check_range,
     check_trees_match,
     compute_dtype,
+    is_complex,
+    real_dtype,
 )
 from adamx.blocks._correction import bias_correction
 from adamx.blocks._moments import MomentsState
@@ -156,8 +159,14 @@ def _rates(v: jax.Array, count: jax.Array, hyper: _Hyper) -> tuple[jax.Array, ..
 
 def _norm_ratio(u, p) -> jax.Array:
     """``||u|| / ||p||`` of one leaf, in the parameter's compute dtype."""
-    dtype = _stat_dtype(jnp.asarray(p).dtype)
-    norm = lambda x: jnp.sqrt(jnp.sum(jnp.square(jnp.asarray(x).astype(dtype))))  # noqa: E731
+    dtype = _stat_dtype(real_dtype(jnp.asarray(p).dtype))  # complex leaves: |x|**2, real
+
+    def norm(x):
+        x = jnp.asarray(x)
+        return jnp.sqrt(
+            jnp.sum(abs_sq(x if is_complex(x.dtype) else x.astype(dtype)).astype(dtype))
+        )
+
     return norm(u) / norm(p)
 
 

@@ -157,18 +157,15 @@ def shard_state(
     def constrain_state(state):
         return _constrain(state, lambda x: _leaf_sharding(x, mesh, axis))
 
+    inner = optax.with_extra_args_support(optimizer)  # extras go on where they are taken
+
     def init_fn(params):
-        return constrain_state(optimizer.init(params))
+        return constrain_state(inner.init(params))
 
     def update_fn(updates, state, params=None, **extra_args):
         state = constrain_state(state)
-        if extra_args:
-            updates, state = optimizer.update(updates, state, params, **extra_args)
-        else:
-            updates, state = optimizer.update(updates, state, params)
+        updates, state = inner.update(updates, state, params, **extra_args)
         updates = _constrain(updates, lambda _: replicated)
         return updates, constrain_state(state)
 
-    if isinstance(optimizer, optax.GradientTransformationExtraArgs):
-        return optax.GradientTransformationExtraArgs(init_fn, update_fn)
-    return optax.GradientTransformation(init_fn, update_fn)
+    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
