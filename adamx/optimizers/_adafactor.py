@@ -312,7 +312,7 @@ def scale_by_relative_step(learning_rate: ScalarOrSchedule = 1e-2) -> optax.Grad
 
 
 def shrink_weights(
-    learning_rate: ScalarOrSchedule, weight_decay: float
+    learning_rate: ScalarOrSchedule, weight_decay: float | None
 ) -> list[optax.GradientTransformation]:
     """``[block]`` subtracting ``lr * wd * p`` from the updates, or ``[]`` when
     ``weight_decay`` is ``None`` or the Python number 0 (validated either way). Its state
@@ -533,11 +533,12 @@ def _unused_by_pytorch_reading(name: str, value, default) -> None:
 
 def _one_of(name: str, value, optax_name: str, optax_value, optax_default: float, sign: int):
     """PyTorch's ``name`` if given, else ``sign * optax_value`` (its optax counterpart);
-    both given, the optax one must keep its default."""
+    both given, the optax one must keep its default (an array, as
+    ``optax.inject_hyperparams`` makes of the default, cannot be read and yields)."""
     if value is None:
         return None if optax_value is None else sign * optax_value
-    same = isinstance(optax_value, (int, float)) and optax_value == optax_default
-    if not same:
+    python = isinstance(optax_value, (int, float)) and not isinstance(optax_value, bool)
+    if optax_value is None or (python and optax_value != optax_default):
         raise ValueError(
             f"`{name}` and `{optax_name}` set the same thing; pass one of them, got "
             f"{name}={value!r} and {optax_name}={optax_value!r}."

@@ -243,11 +243,12 @@ def adopt(
     check_flag("nesterov", nesterov)
     check_flag("use_clipping", use_clipping)
     check_optional_range("clip_exponent", clip_exponent, low=0.0)
-    clip = dict(clip_exponent=None, clip_value_fn=None)
-    if use_clipping:
-        clip = dict(clip_exponent=clip_exponent, clip_value_fn=clip_value_fn)
+    if not use_clipping:
+        clip_exponent, clip_value_fn = None, None
     return optax.chain(
-        normalize_by_previous_rms(b2, eps, **clip),
+        normalize_by_previous_rms(
+            b2, eps, clip_exponent=clip_exponent, clip_value_fn=clip_value_fn
+        ),
         scale_by_moments(b1, None, mu_dtype=mu_dtype),
         read_momentum(b1 if nesterov else None),
         scale_by_learning_rate(learning_rate),

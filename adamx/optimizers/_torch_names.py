@@ -114,7 +114,7 @@ def misspelt_torch_names(
         f"adamx.{who} has no argument{plural} {listed} (torch.optim's spelling{plural}): {hints}."
     )
     twin = TORCH_TWIN.get(who)
-    theirs = [k for k in torch_names if k in TORCH_DEFAULTS.get(twin, ())]
+    theirs = [k for k in torch_names if k in TORCH_DEFAULTS.get(twin or "", ())]
     if theirs:
         example = ", ".join(f"{k}=..." for k in theirs)
         message += (
