@@ -39,6 +39,7 @@ from adamx.kernels._build import FusedKernelWarning, KernelInfo, kernel_info
 from adamx.kernels._step import step
 from adamx.optimizers._adafactor import (
     FactoredRmsState,
+    RelativeStepState,
     adafactor,
     clip_by_block_rms,
     scale_by_factored_rms,
@@ -141,6 +142,7 @@ __all__ = [
     "MomentsState",
     "NesterovState",
     "PreviousRmsState",
+    "RelativeStepState",
     "ScheduleState",
     "SkipNonfiniteState",
     "SecondMomentRule",
