@@ -39,6 +39,7 @@ from adamx.kernels._build import FusedKernelWarning, KernelInfo, kernel_info
 from adamx.kernels._step import step
 from adamx.optimizers._adafactor import (
     FactoredRmsState,
+    RelativeStepState,
     adafactor,
     clip_by_block_rms,
     scale_by_factored_rms,
@@ -89,7 +90,7 @@ from adamx.training._inspect import Diagnostics, inspect, summarize
 from adamx.training._sharding import state_shardings
 from adamx.training._zero import shard_state, zero_shardings
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 # The names of the optimizers (recipes); everything else in __all__ is a building block.
 OPTIMIZERS = (
@@ -141,6 +142,7 @@ __all__ = [
     "MomentsState",
     "NesterovState",
     "PreviousRmsState",
+    "RelativeStepState",
     "ScheduleState",
     "SkipNonfiniteState",
     "SecondMomentRule",

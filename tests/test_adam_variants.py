@@ -612,23 +612,28 @@ def test_inject_hyperparams_matches_plain(name, kw):
 
 # ----------------------------------------------------------------------------- API and errors
 SIGNATURES = {
-    "amsgrad": "(learning_rate=0.001, b1=0.9, b2=0.999, eps=1e-08, *, weight_decay=0.0, "
+    "amsgrad": "(learning_rate=0.001, b1=0.9, b2=0.999, eps=1e-08, eps_root=0.0, mu_dtype=None, "
+    "bias_correction_mu=True, bias_correction_nu=True, *, weight_decay=None, "
     "maximize=False)",
-    "adamax": "(learning_rate=0.002, b1=0.9, b2=0.999, eps=1e-08, *, weight_decay=0.0, "
+    "adamax": "(learning_rate=0.002, b1=0.9, b2=0.999, eps=1e-08, *, mu_dtype=None, "
+    "weight_decay=None, maximize=False)",
+    "nadam": "(learning_rate=0.002, b1=0.9, b2=0.999, eps=1e-08, eps_root=0.0, mu_dtype=None, *, "
+    "nesterov=True, momentum_decay=0.004, weight_decay=None, maximize=False)",
+    "nadamw": "(learning_rate=0.002, b1=0.9, b2=0.999, eps=1e-08, eps_root=0.0, mu_dtype=None, "
+    "weight_decay=0.01, mask=None, *, nesterov=True, momentum_decay=0.004, "
     "maximize=False)",
-    "nadam": "(learning_rate=0.002, b1=0.9, b2=0.999, eps=1e-08, *, momentum_decay=0.004, "
-    "weight_decay=0.0, maximize=False)",
-    "nadamw": "(learning_rate=0.002, b1=0.9, b2=0.999, eps=1e-08, *, momentum_decay=0.004, "
-    "weight_decay=0.01, mask=None, maximize=False)",
-    "radam": "(learning_rate=0.001, b1=0.9, b2=0.999, eps=1e-08, *, threshold=5.0, "
-    "weight_decay=0.0, decoupled_weight_decay=False, maximize=False)",
-    "adabelief": "(learning_rate=0.001, b1=0.9, b2=0.999, eps=1e-16, *, eps_root=None, "
-    "weight_decay=0.0)",
-    "yogi": "(learning_rate=0.01, b1=0.9, b2=0.999, eps=0.001, *, initial_accumulator_value=1e-06)",
-    "adam": "(learning_rate=0.001, b1=0.9, b2=0.999, eps=1e-08, eps_root=0.0, *, "
-    "weight_decay=0.0, nesterov=False, maximize=False, fused=None, amsgrad=False)",
-    "adamw": "(learning_rate=0.001, b1=0.9, b2=0.999, eps=1e-08, eps_root=0.0, "
-    "weight_decay=0.01, *, mask=None, maximize=False, fused=None, amsgrad=False)",
+    "radam": "(learning_rate=0.001, b1=0.9, b2=0.999, eps=1e-08, eps_root=0.0, threshold=5.0, *, "
+    "nesterov=False, weight_decay=None, decoupled_weight_decay=False, maximize=False, "
+    "mu_dtype=None)",
+    "adabelief": "(learning_rate=0.001, b1=0.9, b2=0.999, eps=1e-16, eps_root=None, *, "
+    "nesterov=False, weight_decay=None, mu_dtype=None)",
+    "yogi": "(learning_rate=0.01, b1=0.9, b2=0.999, eps=0.001, *, "
+    "initial_accumulator_value=1e-06, mu_dtype=None)",
+    "adam": "(learning_rate=0.001, b1=0.9, b2=0.999, eps=1e-08, eps_root=0.0, mu_dtype=None, *, "
+    "nesterov=False, weight_decay=None, maximize=False, fused=None, amsgrad=False)",
+    "adamw": "(learning_rate=0.001, b1=0.9, b2=0.999, eps=1e-08, eps_root=0.0, mu_dtype=None, "
+    "weight_decay=0.01, mask=None, *, nesterov=False, maximize=False, fused=None, "
+    "amsgrad=False)",
 }
 
 

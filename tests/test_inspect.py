@@ -200,7 +200,7 @@ def test_hyperparameters_are_read_from_inject_hyperparams():
         diag = inspect(state, p, updates, learning_rate=123.0, b2=0.5, eps=1.0)
         lr = 0.1 / (1.0 + step)  # the schedule at the updates before this one
         hyper = dict(lr=lr, b2=float(np.float32(0.99)), eps=float(np.float32(1e-4)))
-        assert_matches(diag, state.inner_state[1].nu, step + 1, p, updates, rtol=1e-5, **hyper)
+        assert_matches(diag, state.inner_state[0].nu, step + 1, p, updates, rtol=1e-5, **hyper)
 
 
 def test_injected_values_are_scoped_to_their_part():
@@ -216,7 +216,7 @@ def test_injected_values_are_scoped_to_their_part():
     )
     p, _, updates, state = train(opt, params, 3)[-1]
     diag = inspect(state, p, updates, learning_rate=0.01, b2=0.99)
-    fast = state.inner_states["fast"].inner_state.inner_state[1].nu  # after the decay block
+    fast = state.inner_states["fast"].inner_state.inner_state[0].nu  # weight_decay=None: no block
     slow = state.inner_states["slow"].inner_state[0].nu
     assert_matches(diag, {"dense": fast["dense"]}, 3, lr=0.2, b2=float(np.float32(0.9)), eps=1e-8)
     assert_matches(diag, {"scale": slow["scale"]}, 3, lr=0.01, b2=0.99, eps=1e-8)

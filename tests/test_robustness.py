@@ -197,7 +197,8 @@ def follow_reference(name, state, grads_seq, params, *, t0, rtol, overrides=None
 
 # ----------------------------------------------------------------------------- step counts
 def counts(state) -> list[int]:
-    """Every int32 scalar named ``count`` in a (chained) state."""
+    """Every int32 scalar step counter (``count``, or ``step`` of adopt / adafactor's
+    schedule blocks) in a (chained) state."""
     found = []
 
     def visit(path, x):
@@ -213,7 +214,7 @@ def is_count(path, x) -> bool:
     last = path[-1] if path else None
     return (
         isinstance(last, jax.tree_util.GetAttrKey)
-        and last.name == "count"
+        and last.name in ("count", "step")
         and jnp.result_type(x) == jnp.int32
         and jnp.ndim(x) == 0
     )

@@ -425,7 +425,7 @@ def test_bfloat16_params_keep_bfloat16_updates_and_state(name):
 
 # ----------------------------------------------------------------------------- bad input
 BAD = [
-    (lambda: sgd(nesterov=True), r"`nesterov=True` needs `momentum`.*momentum=0\.0"),
+    (lambda: sgd(momentum=0.0, nesterov=True), r"`nesterov=True` needs `momentum`.*momentum=0\.0"),
     (lambda: sgd(momentum=0.9, nesterov=True, dampening=0.1), r"dampening=0\.1"),
     (lambda: sgd(momentum=-0.1), r"`momentum` must lie in \[0\.0, 1\.0\).*momentum=-0\.1"),
     (lambda: sgd(momentum=1.0), r"`momentum` must lie in \[0\.0, 1\.0\)"),

@@ -8,6 +8,7 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from jax.sharding import NamedSharding, PartitionSpec
 
@@ -154,22 +155,80 @@ def concrete_value(x) -> float | None:
         return None
 
 
+def is_real_number(value) -> bool:
+    """Whether ``value`` is a real number a hyperparameter may be: a Python ``int`` or
+    ``float`` (not ``bool``), a NumPy integer or float scalar, or a NumPy / JAX array of an
+    integer or float dtype (concrete or traced, as ``optax.inject_hyperparams`` passes).
+    Strings, ``None``, complex numbers and containers are not."""
+    if isinstance(value, (bool, np.bool_)):
+        return False
+    if isinstance(value, (int, float, np.integer, np.floating)):
+        return True
+    if isinstance(value, (jax.Array, np.ndarray)):
+        dtype = value.dtype
+        return bool(jnp.issubdtype(dtype, jnp.integer) or jnp.issubdtype(dtype, jnp.floating))
+    return False
+
+
+def _interval(low: float, high: float, high_open: bool) -> str:
+    if high == math.inf:
+        return f"[{low}, inf) and finite"
+    return f"[{low}, {high})" if high_open else f"[{low}, {high}]"
+
+
 def check_range(
     name: str, value, *, low: float, high: float = math.inf, high_open: bool = False
 ) -> None:
-    """Raise ``ValueError`` unless a concrete ``value`` lies in ``[low, high]`` (or
-    ``[low, high)``); traced values pass untouched."""
-    if isinstance(value, bool):
-        raise ValueError(f"`{name}` must be a number, got the bool {name}={value!r}.")
+    """Raise ``ValueError`` unless ``value`` is a real number (:func:`is_real_number`) and,
+    when concrete, lies in ``[low, high]`` (or ``[low, high)``); traced values pass
+    untouched. A string such as ``"1e-3"`` is refused, not parsed."""
+    interval = _interval(low, high, high_open)
+    if isinstance(value, (bool, np.bool_)):
+        raise ValueError(f"`{name}` must be a number in {interval}, got the bool {name}={value!r}.")
+    if not is_real_number(value):
+        raise ValueError(
+            f"`{name}` must be a number in {interval}, got {name}={value!r} "
+            f"(a {type(value).__name__})."
+        )
     v = concrete_value(value)
     if v is None:
         return
     ok = math.isfinite(v) and low <= v and (v < high if high_open else v <= high)
     if not ok:
-        interval = f"[{low}, {high})" if high_open else f"[{low}, {high}]"
-        if high == math.inf:
-            interval = f"[{low}, inf) and finite"
         raise ValueError(f"`{name}` must lie in {interval}, got {name}={value!r}.")
+
+
+def check_optional_range(
+    name: str, value, *, low: float, high: float = math.inf, high_open: bool = False
+) -> None:
+    """:func:`check_range` for an option whose ``None`` means "off"."""
+    if value is not None:
+        check_range(name, value, low=low, high=high, high_open=high_open)
+
+
+def check_dtype(name: str, value, *, optional: bool = True) -> None:
+    """Raise ``ValueError`` unless ``value`` names a floating-point dtype (``jnp.bfloat16``,
+    ``"float32"``, ``np.dtype("float16")``), or is ``None`` when ``optional``.
+
+    Under ``optax.inject_hyperparams`` a dtype class such as ``jnp.bfloat16`` is callable
+    and is taken for a schedule: declare it with ``static_args=("mu_dtype",)``."""
+    if value is None and optional:
+        return
+    try:
+        ok = not isinstance(value, (bool, jax.Array, np.ndarray)) and jnp.issubdtype(
+            jnp.dtype(value), jnp.floating
+        )
+    except TypeError:
+        ok = False
+    if not ok:
+        hint = (
+            " Under `optax.inject_hyperparams`, a dtype is callable and is taken for a "
+            f'schedule: pass static_args=("{name}",).'
+            if isinstance(value, (jax.Array, np.ndarray))
+            else ""
+        )
+        allowed = "None or a floating-point dtype" if optional else "a floating-point dtype"
+        raise ValueError(f"`{name}` must be {allowed}, got {name}={value!r}.{hint}")
 
 
 def check_decay(name: str, value) -> None:
@@ -192,10 +251,25 @@ def check_flag(name: str, value) -> None:
         raise ValueError(f"`{name}` must be True or False, got {name}={value!r}.")
 
 
-def check_learning_rate(value) -> None:
-    """A learning rate: a finite, non-negative number, an array, or a schedule (callable)."""
+def check_learning_rate(value, *, allow_none: bool = False) -> None:
+    """A learning rate: a finite number ``>= 0`` (a Python, NumPy or JAX scalar, concrete
+    or traced), or a schedule (a callable of the step count); ``None`` only with
+    ``allow_none`` (the optimizers whose optax namesake declares ``learning_rate=None``).
+    Anything else, a string included, raises ``ValueError`` naming the argument."""
+    if value is None:
+        if allow_none:
+            return
+        raise ValueError(
+            "`learning_rate` must be a number in [0.0, inf) or a schedule (a callable of the "
+            "step count), got learning_rate=None."
+        )
     if callable(value):
         return
+    if is_real_number(value) and jnp.ndim(value) != 0:
+        raise ValueError(
+            f"`learning_rate` must be a scalar in [0.0, inf) or a schedule, got an array of "
+            f"shape {jnp.shape(value)}: learning_rate={value!r}."
+        )
     check_range("learning_rate", value, low=0.0)
 
 

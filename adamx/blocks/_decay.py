@@ -64,16 +64,33 @@ def add_decayed_weights(
     return inner if mask is None else optax.masked(inner, mask)
 
 
+def is_off(value) -> bool:
+    """Whether an optional hyperparameter switches its block off: ``None`` or the Python
+    number 0.
+
+    Arrays, even 0, keep the block: ``optax.inject_hyperparams`` passes every number as an
+    array (defaults included), and the chain, hence the state's structure, must not depend
+    on whether a value is concrete or traced. That is why the options that are off by
+    default default to ``None``: inject_hyperparams leaves ``None`` alone, so
+    ``inject_hyperparams(recipe)(...)`` builds the same chain as ``recipe(...)``.
+    """
+    return value is None or (
+        isinstance(value, (int, float)) and not isinstance(value, bool) and value == 0
+    )
+
+
 def decay_block(weight_decay, mask=None) -> list[optax.GradientTransformation]:
-    """``[add_decayed_weights(weight_decay, mask)]``, or ``[]`` when the decay is the Python
-    number 0 (validated either way).
+    """``[add_decayed_weights(weight_decay, mask)]``, or ``[]`` when the decay is off
+    (``None`` or the Python number 0, see :func:`is_off`; validated either way).
 
     Arrays (as ``optax.inject_hyperparams`` passes) always keep the block, so that a
     recipe's state has the same structure whether the value is concrete or traced. Splice
     it into a recipe with ``optax.chain(..., *decay_block(wd), ...)``.
     """
+    if weight_decay is None:
+        return []
     block = add_decayed_weights(weight_decay, mask)
-    if isinstance(weight_decay, (int, float)) and weight_decay == 0:
+    if is_off(weight_decay):
         return []
     return [block]
 

@@ -16,6 +16,7 @@ from adamx.blocks._base import (
     abstract_or_array,
     as_scalar,
     check_decay,
+    check_dtype,
     check_trees_match,
     compute_dtype,
     is_complex,
@@ -127,6 +128,7 @@ def scale_by_moments(
     b2: float | None = 0.999,
     *,
     nu_rule: SecondMomentRule | None = None,
+    mu_dtype: Any = None,
 ) -> optax.GradientTransformation:
     """Exponential moving averages of the gradient and of its square (Adam's moments).
 
@@ -149,6 +151,9 @@ def scale_by_moments(
       b1: decay of the first moment, in ``[0, 1)``, or ``None``. Default 0.9.
       b2: decay of the second moment, in ``[0, 1)``, or ``None``. Default 0.999.
       nu_rule: the second-moment rule; default :func:`ema_of_squares`.
+      mu_dtype: the dtype ``m`` is stored in (optax's ``mu_dtype``), or ``None`` for the
+        params' dtypes. ``m`` is computed in that dtype but at least float32 and cast to it
+        after the update, as ``optax.scale_by_adam`` does. Default None.
 
     Returns:
       An ``optax.GradientTransformation`` whose state is :class:`MomentsState`.
@@ -161,7 +166,9 @@ def scale_by_moments(
         check_decay("b1", b1)
     if b2 is not None:
         check_decay("b2", b2)
+    check_dtype("mu_dtype", mu_dtype)
     rule = ema_of_squares() if nu_rule is None else nu_rule
+    mu_storage = (lambda dtype: dtype) if mu_dtype is None else (lambda dtype: jnp.dtype(mu_dtype))
 
     def init(params):
         def full(value, storage=lambda dtype: dtype):
@@ -173,7 +180,7 @@ def scale_by_moments(
 
         return MomentsState(
             count=jnp.zeros([], jnp.int32),
-            mu=None if b1 is None else jax.tree.map(full(0.0), params),
+            mu=None if b1 is None else jax.tree.map(full(0.0, mu_storage), params),
             nu=None
             if b2 is None
             else jax.tree.map(full(rule.initial_value, second_moment_dtype), params),
@@ -181,8 +188,10 @@ def scale_by_moments(
 
     def update(grads, state, params=None):
         del params
-        if b1 is not None:  # m is stored in the params' dtypes
-            check_trees_match(grads, state.mu, "grads", "the optimizer state", dtypes=True)
+        if b1 is not None:  # m is stored in the params' dtypes (unless mu_dtype says)
+            check_trees_match(
+                grads, state.mu, "grads", "the optimizer state", dtypes=mu_dtype is None
+            )
         elif b2 is not None:
             check_trees_match(grads, state.nu, "grads", "the optimizer state")
         grads = jax.tree.map(jnp.asarray, grads)

@@ -359,7 +359,7 @@ def sma_length(b2, count: jax.Array) -> jax.Array:
 
 
 def normalize_rectified(
-    b2: float = 0.999, eps: float = 1e-8, threshold: float = 5.0
+    b2: float = 0.999, eps: float = 1e-8, threshold: float = 5.0, *, eps_root: float = 0.0
 ) -> optax.GradientTransformation:
     """RAdam's read-out: Adam's direction scaled by the variance rectification, or plain
     momentum while the variance of the adaptive rate is intractable.
@@ -370,10 +370,12 @@ def normalize_rectified(
         rho_inf = 2 / (1 - b2) - 1
         rho_t   = rho_inf - 2 * t * b2**t / bc2          (see sma_length)
         r_t     = sqrt((rho_t - 4)(rho_t - 2) rho_inf / ((rho_inf - 4)(rho_inf - 2) rho_t))
-        d = m^ * r_t * sqrt(bc2) / (sqrt(v) + eps)       if rho_t > threshold
-        d = m^                                           otherwise
+        d = m^ * r_t * sqrt(bc2) / (sqrt(v + eps_root * bc2) + eps)   if rho_t > threshold
+        d = m^                                                        otherwise
 
-    ``eps`` is added to the root of the raw ``v`` (PyTorch). The scalars are formed in
+    ``eps`` is added to the root of the raw ``v`` (PyTorch); ``eps_root`` inside the root
+    of the bias-corrected ``v^ = v / bc2`` (optax's ``eps_root``):
+    ``sqrt(v + eps_root * bc2) / sqrt(bc2) = sqrt(v^ + eps_root)``. The scalars are formed in
     float32 (float64 under ``jax_enable_x64``), ``rho_t`` by :func:`sma_length` without
     cancellation. Both branches are computed and ``jnp.where`` picks one, so a traced
     ``b2`` or ``threshold`` works.
@@ -383,6 +385,7 @@ def normalize_rectified(
       eps: added to ``sqrt(v)``, ``>= 0``. Default 1e-8.
       threshold: rectify when ``rho_t > threshold``; ``>= 4``, since ``r_t`` is not real
         for ``2 < rho_t < 4``. Default 5.0.
+      eps_root: added to the bias-corrected ``v`` inside the root, ``>= 0``. Default 0.
 
     Returns:
       A stateless ``optax.GradientTransformation`` from a ``Moments`` record to updates.
@@ -394,9 +397,11 @@ def normalize_rectified(
     check_decay("b2", b2)
     check_range("eps", eps, low=0.0)
     check_range("threshold", threshold, low=4.0)
+    check_range("eps_root", eps_root, low=0.0)
 
     def scalars(count):
-        """``(rectify, scale)``: whether to rectify at step ``count``, and ``r_t sqrt(bc2)``."""
+        """``(rectify, scale, bc2)``: whether to rectify at step ``count``, ``r_t sqrt(bc2)``
+        and ``bc2``."""
         sd = scalar_dtype()
         rho_inf = 2 / as_scalar(one_minus(b2), sd) - 1
         rho_t = sma_length(b2, count)
@@ -404,16 +409,17 @@ def normalize_rectified(
         rectify = rho_t > as_scalar(threshold, sd)
         rho = jnp.where(rectify, rho_t, rho_inf)  # r = 1 where not used: no nan to leak
         r = jnp.sqrt((rho - 4) * (rho - 2) * rho_inf / ((rho_inf - 4) * (rho_inf - 2) * rho))
-        return rectify, r * jnp.sqrt(bc2)
+        return rectify, r * jnp.sqrt(bc2), bc2
 
     def update(updates, state, params=None):
         del params
         rec = check_moments(updates, "adamx.normalize_rectified")
-        rectify, scale = scalars(rec.count)
+        rectify, scale, bc2 = scalars(rec.count)
 
         def direction(g, m, v):
             d = v.dtype  # real, also for a complex m
-            adapted = over_real(m * scale.astype(m.dtype), jnp.sqrt(v) + as_scalar(eps, d))
+            root = jnp.sqrt(v + as_scalar(eps_root, d) * bc2.astype(d))
+            adapted = over_real(m * scale.astype(m.dtype), root + as_scalar(eps, d))
             return jnp.where(rectify, adapted, m).astype(g.dtype)
 
         return jax.tree.map(direction, rec.grad, rec.mu, rec.nu), state

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -16,10 +17,15 @@ from adamx.blocks._base import (
     abs_sq,
     abstract_or_array,
     as_scalar,
+    check_dtype,
+    check_flag,
     check_learning_rate,
+    check_optional_range,
     check_range,
     check_trees_match,
     compute_dtype,
+    concrete_value,
+    is_real_number,
     map_unzip,
     over_real,
     padded_spec,
@@ -30,9 +36,8 @@ from adamx.blocks._base import (
     scalar_dtype,
     transformation,
 )
-from adamx.blocks._decay import maximize_block
+from adamx.blocks._decay import is_off, maximize_block
 from adamx.blocks._moments import ema, second_moment_dtype, second_moment_zeros
-from adamx.blocks._schedule import ScheduleState
 from adamx.optimizers._guard import recipe
 
 
@@ -78,7 +83,7 @@ class FactoredRmsState(NamedTuple):
 
 
 def scale_by_factored_rms(
-    beta2_decay: float = -0.8, eps1: float | None = None
+    beta2_decay: float = -0.8, eps1: float | None = None, *, factored: bool = True
 ) -> optax.GradientTransformation:
     """Divide the gradient by the root of a factored estimate of its second moment.
 
@@ -104,6 +109,7 @@ def scale_by_factored_rms(
         Default -0.8.
       eps1: floor of the row mean and of ``sqrt(V)``, ``>= 0``; ``None`` takes the
         machine epsilon of each leaf's dtype (``jnp.finfo(dtype).eps``). Default None.
+      factored: ``False`` keeps the full ``V`` of every leaf (no factoring). Default True.
 
     Returns:
       An ``optax.GradientTransformation`` whose state is :class:`FactoredRmsState`.
@@ -115,6 +121,7 @@ def scale_by_factored_rms(
     check_range("beta2_decay", beta2_decay, low=-math.inf, high=0.0)
     if eps1 is not None:
         check_range("eps1", eps1, low=0.0)
+    check_flag("factored", factored)
 
     def init(params):
         def slots(p):
@@ -123,7 +130,7 @@ def scale_by_factored_rms(
             def empty():  # a fresh buffer per slot: a donated state must not alias itself
                 return jnp.zeros((1,), real_dtype(p.dtype))
 
-            if p.ndim < 2:
+            if p.ndim < 2 or not factored:
                 return empty(), empty(), second_moment_zeros(p)
             dtype = second_moment_dtype(p.dtype)  # squared gradients: float32 for float16
             row_shape, col_shape = p.shape[:-1] + (1,), p.shape[:-2] + (1, p.shape[-1])
@@ -167,7 +174,7 @@ def scale_by_factored_rms(
             storage = second_moment_dtype(g.dtype)
             g2 = _saturate(abs_sq(gc), storage)
             weight = w.astype(dtype)
-            if g.ndim >= 2:
+            if g.ndim >= 2 and factored:
                 r = ema(row, _saturate(_mean(g2, -1), storage), weight)
                 c = ema(col, _saturate(_mean(g2, -2), storage), weight)
                 v = r * (c / jnp.maximum(_saturate(_mean(r, -2), storage), floor))
@@ -251,6 +258,20 @@ def scale_by_param_block_rms(min_scale: float = 1e-3) -> optax.GradientTransform
     return transformation(lambda params: optax.EmptyState(), update)
 
 
+class RelativeStepState(NamedTuple):
+    """State of :func:`scale_by_relative_step` and of :func:`shrink_weights`.
+
+    Attributes:
+      step: int32 number of updates taken so far (saturates at the int32 maximum). Named
+        ``step``, not ``count``, so that in :func:`adafactor`'s state
+        ``optax.tree_utils.tree_get(state, "count")`` finds the one count of
+        :class:`FactoredRmsState` (these blocks kept a :class:`adamx.ScheduleState` before
+        adamx 0.2).
+    """
+
+    step: jax.Array
+
+
 def _learning_rate(learning_rate, count):
     return learning_rate(count) if callable(learning_rate) else learning_rate
 
@@ -272,15 +293,15 @@ def scale_by_relative_step(learning_rate: ScalarOrSchedule = 1e-2) -> optax.Grad
       learning_rate: a number ``>= 0`` or a schedule of the step count. Default 1e-2.
 
     Returns:
-      An ``optax.GradientTransformation`` whose state is :class:`adamx.ScheduleState`.
+      An ``optax.GradientTransformation`` whose state is :class:`RelativeStepState`.
     """
     check_learning_rate(learning_rate)
 
     def update(updates, state, params=None):
         del params
         dtype = scalar_dtype()
-        t = jnp.asarray(state.count, dtype) + 1
-        lr = jnp.asarray(_learning_rate(learning_rate, state.count), dtype)
+        t = jnp.asarray(state.step, dtype) + 1
+        lr = jnp.asarray(_learning_rate(learning_rate, state.step), dtype)
         rho = jnp.minimum(lr, 1 / jnp.sqrt(t))
 
         def leaf(u):
@@ -288,16 +309,17 @@ def scale_by_relative_step(learning_rate: ScalarOrSchedule = 1e-2) -> optax.Grad
             d = compute_dtype(u.dtype)
             return (-rho.astype(d) * u.astype(d)).astype(u.dtype)
 
-        return jax.tree.map(leaf, updates), ScheduleState(count=safe_increment(state.count))
+        return jax.tree.map(leaf, updates), RelativeStepState(step=safe_increment(state.step))
 
-    return transformation(lambda params: ScheduleState(count=jnp.zeros([], jnp.int32)), update)
+    return transformation(lambda params: RelativeStepState(step=jnp.zeros([], jnp.int32)), update)
 
 
 def shrink_weights(
-    learning_rate: ScalarOrSchedule, weight_decay: float
+    learning_rate: ScalarOrSchedule, weight_decay: float | None
 ) -> list[optax.GradientTransformation]:
     """``[block]`` subtracting ``lr * wd * p`` from the updates, or ``[]`` when
-    ``weight_decay`` is the Python number 0 (validated either way).
+    ``weight_decay`` is ``None`` or the Python number 0 (validated either way). Its state
+    is a :class:`RelativeStepState`.
 
     Per leaf, with ``lr`` read at ``t - 1`` when it is a schedule::
 
@@ -309,15 +331,15 @@ def shrink_weights(
     passes) always keep the block, so the state's structure does not depend on it.
     """
     check_learning_rate(learning_rate)
-    check_range("weight_decay", weight_decay, low=0.0)
-    if isinstance(weight_decay, (int, float)) and weight_decay == 0:
+    check_optional_range("weight_decay", weight_decay, low=0.0)
+    if is_off(weight_decay):
         return []
 
     def update(updates, state, params=None):
         require_params(params, f"Weight decay (weight_decay={weight_decay!r})")
         check_trees_match(params, updates, "params", "the updates")
         dtype = scalar_dtype()
-        lr = jnp.asarray(_learning_rate(learning_rate, state.count), dtype)
+        lr = jnp.asarray(_learning_rate(learning_rate, state.step), dtype)
         factor = lr * jnp.asarray(weight_decay, dtype)
 
         def leaf(u, p):
@@ -325,20 +347,31 @@ def shrink_weights(
             d = compute_dtype(u.dtype)
             return (u.astype(d) - factor.astype(d) * p.astype(d)).astype(u.dtype)
 
-        return jax.tree.map(leaf, updates, params), ScheduleState(safe_increment(state.count))
+        return jax.tree.map(leaf, updates, params), RelativeStepState(safe_increment(state.step))
 
-    init = lambda params: ScheduleState(count=jnp.zeros([], jnp.int32))  # noqa: E731
+    init = lambda params: RelativeStepState(step=jnp.zeros([], jnp.int32))  # noqa: E731
     return [transformation(init, update)]
 
 
 @recipe
 def adafactor(
-    learning_rate: ScalarOrSchedule = 1e-2,
+    learning_rate: ScalarOrSchedule | None = 1e-2,
+    min_dim_size_to_factor: int = 128,
+    decay_rate: float = 0.8,
+    decay_offset: int = 0,
+    multiply_by_parameter_scale: bool = True,
+    clipping_threshold: float | None = 1.0,
+    momentum: float | None = None,
+    dtype_momentum: Any = jnp.float32,
+    weight_decay_rate: float | None = None,
+    eps: float | tuple[float | None, float] | None = None,
+    factored: bool = True,
+    weight_decay_mask: Any | Callable[[Any], Any] | None = None,
     *,
-    beta2_decay: float = -0.8,
-    eps: tuple[float | None, float] = (None, 1e-3),
-    d: float = 1.0,
-    weight_decay: float = 0.0,
+    reading: str = "pytorch",
+    beta2_decay: float | None = None,
+    d: float | None = None,
+    weight_decay: float | None = None,
     maximize: bool = False,
 ) -> optax.GradientTransformation:
     """Adafactor as in ``torch.optim.Adafactor``: factored ``v``, no ``m``, relative steps.
@@ -360,18 +393,52 @@ def adafactor(
         clip_by_block_rms(d)
         scale_by_param_block_rms(eps2)
         scale_by_relative_step(learning_rate)
-        shrink_weights(learning_rate, weight_decay)   # decoupled, at the raw lr; omitted when 0
+        shrink_weights(learning_rate, weight_decay)   # decoupled, at the raw lr; omitted
+                                                      # when None or 0
+
+    Two readings of the paper share this signature: ``reading="pytorch"`` (the default,
+    above, ``torch.optim.Adafactor``) and ``reading="optax"`` (``optax.adafactor``, built
+    from optax's own blocks, step for step its rule). optax's parameters come first, in
+    optax's order; under the PyTorch reading those it can express keep their meaning
+    (``decay_rate`` is ``-beta2_decay``, ``clipping_threshold`` is ``d``,
+    ``multiply_by_parameter_scale``, ``factored``), and the others
+    (``min_dim_size_to_factor``, ``decay_offset``, ``momentum``, ``weight_decay_rate``,
+    ``weight_decay_mask``, a number as ``eps``) must keep their defaults: a ``ValueError``
+    names the argument and ``reading="optax"``. PyTorch's own options (``beta2_decay``,
+    ``d``, ``weight_decay``, a pair as ``eps``) are refused under the optax reading.
 
     Args:
-      learning_rate: a number ``>= 0`` or a schedule of the step count; the step is
-        ``min(lr, 1/sqrt(t))`` times the parameter's RMS. Default 1e-2.
-      beta2_decay: ``<= 0``. Default -0.8.
-      eps: ``(eps1, eps2)``: ``eps1 >= 0`` floors the second moment (``None``: the
-        machine epsilon of the params' dtype), ``eps2 >= 0`` floors the parameter scale.
-        Default ``(None, 1e-3)``.
-      d: clipping threshold of the update's RMS, ``>= 1``. Default 1.
-      weight_decay: decoupled decay ``>= 0``, scaled by the raw ``lr`` (not by the
-        relative step). Default 0.
+      learning_rate: a number ``>= 0`` or a schedule of the step count. PyTorch: the step
+        is ``min(lr, 1/sqrt(t))`` times the parameter's RMS. optax: a plain factor of the
+        update; ``None`` (optax's default) applies none. Default 1e-2.
+      min_dim_size_to_factor: optax only: factor the two largest axes of a leaf when both
+        are at least this long. Default 128 (the PyTorch reading factors every leaf of
+        two or more dimensions over its last two axes).
+      decay_rate: the averaging weight is ``t**-decay_rate`` (PyTorch: ``-beta2_decay``;
+        optax: ``1 - decay`` with ``decay = 1 - (t - decay_offset)**-decay_rate``), ``>= 0``.
+        Default 0.8.
+      decay_offset: optax only: starts optax's decay schedule later. Default 0.
+      multiply_by_parameter_scale: scale the step by ``max(eps2, RMS(p))`` (PyTorch) or
+        ``max(1e-3, RMS(p))`` (optax). Default True.
+      clipping_threshold: the largest RMS of an update, ``>= 1`` (PyTorch's ``d``);
+        ``None`` clips nothing. Default 1.0.
+      momentum: optax only: an EMA of the updates with this decay; ``None`` keeps none.
+        Default None.
+      dtype_momentum: optax only: the dtype of that EMA. Default ``jnp.float32``.
+      weight_decay_rate: optax only: ``u + wd * p`` before the sign flip (not scaled by the
+        learning rate); ``None`` for none. Default None.
+      eps: PyTorch: a pair ``(eps1, eps2)``, ``eps1 >= 0`` the floor of the second moment
+        (``None``: the machine epsilon of the params' dtype), ``eps2 >= 0`` the floor of the
+        parameter scale. optax: a number added to ``g**2``. ``None`` (default): ``(None,
+        1e-3)`` or ``1e-30``.
+      factored: ``False`` keeps the full second moment of every leaf. Default True.
+      weight_decay_mask: optax only: the mask of ``weight_decay_rate``. Default None.
+      reading: ``"pytorch"`` (default) or ``"optax"``, as above.
+      beta2_decay: PyTorch only: ``<= 0``; ``None`` is ``-decay_rate``. Default None (-0.8).
+      d: PyTorch only: clipping threshold, ``>= 1``; ``None`` is ``clipping_threshold``.
+        Default None (1.0).
+      weight_decay: PyTorch only: decoupled decay ``>= 0``, scaled by the raw ``lr`` (not by
+        the relative step); ``None`` (default) or the Python 0 leave the block out.
       maximize: ascend instead of descend. Default False.
 
     Returns:
@@ -395,29 +462,137 @@ def adafactor(
        uses ``1 - (t+1)**-0.8``-style decay with ``decay_offset``, normalises the factored
        estimate by the mean of the row statistic without PyTorch's ``eps1`` floor, takes
        ``learning_rate`` as an external step (no ``min(lr, 1/sqrt(t))``), and defaults to
-       ``learning_rate=None`` (no scaling). Its trajectories differ from these. Hugging
+       ``learning_rate=None`` (no scaling). Its trajectories differ from these:
+       ``reading="optax"`` gives them. Hugging
        Face's ``transformers.Adafactor`` also differs (``relative_step``, ``warmup_init``).
 
     References:
       Shazeer & Stern, "Adafactor: Adaptive Learning Rates with Sublinear Memory Cost",
       ICML 2018, https://arxiv.org/abs/1804.04235
     """
+    if reading == "optax":
+        return _optax_adafactor(
+            learning_rate, min_dim_size_to_factor, decay_rate, decay_offset,
+            multiply_by_parameter_scale, clipping_threshold, momentum, dtype_momentum,
+            weight_decay_rate, 1e-30 if eps is None else eps, factored, weight_decay_mask,
+            maximize=maximize, torch_options=dict(beta2_decay=beta2_decay, d=d,
+                                                  weight_decay=weight_decay),
+        )  # fmt: skip
+    if reading != "pytorch":
+        raise ValueError(f'`reading` must be "pytorch" or "optax", got reading={reading!r}.')
     check_learning_rate(learning_rate)
+    for name, value, default in (
+        ("min_dim_size_to_factor", min_dim_size_to_factor, 128),
+        ("decay_offset", decay_offset, 0),
+        ("momentum", momentum, None),
+        ("weight_decay_rate", weight_decay_rate, None),
+        ("weight_decay_mask", weight_decay_mask, None),
+    ):
+        _unused_by_pytorch_reading(name, value, default)
+    if eps is None:
+        eps = (None, 1e-3)
     if not isinstance(eps, (tuple, list)) or len(eps) != 2:
         raise ValueError(
-            f"`eps` must be a pair (eps1, eps2) with eps1 None or >= 0 and eps2 >= 0, "
-            f"got eps={eps!r}."
+            f"`eps` must be a pair (eps1, eps2) with eps1 None or >= 0 and eps2 >= 0 under "
+            f'the PyTorch reading (a number is optax\'s eps: pass reading="optax"), got '
+            f"eps={eps!r}."
         )
+    check_range("decay_rate", decay_rate, low=0.0)
+    check_flag("multiply_by_parameter_scale", multiply_by_parameter_scale)
+    check_flag("factored", factored)
+    beta2_decay = _one_of("beta2_decay", beta2_decay, "decay_rate", decay_rate, 0.8, -1)
+    d = _one_of("d", d, "clipping_threshold", clipping_threshold, 1.0, 1)
     eps1, eps2 = eps
     if eps1 is not None:
         check_range("eps[0]", eps1, low=0.0)
     check_range("eps[1]", eps2, low=0.0)
-    check_range("d", d, low=1.0)
+    if d is not None:
+        check_range("d", d, low=1.0)
     return optax.chain(
         *maximize_block(maximize),
-        scale_by_factored_rms(beta2_decay, eps1),
-        clip_by_block_rms(d),
-        scale_by_param_block_rms(eps2),
+        scale_by_factored_rms(beta2_decay, eps1, factored=factored),
+        *([] if d is None else [clip_by_block_rms(d)]),
+        *([scale_by_param_block_rms(eps2)] if multiply_by_parameter_scale else []),
         scale_by_relative_step(learning_rate),
         *shrink_weights(learning_rate, weight_decay),
     )
+
+
+def _unused_by_pytorch_reading(name: str, value, default) -> None:
+    """Raise unless an optax-only option of :func:`adafactor` keeps its default (a traced
+    number passes: it cannot be read)."""
+    if value is None and default is None:
+        return
+    if default is not None and is_real_number(value):
+        v = concrete_value(value)
+        if v is None or v == default:
+            return
+    raise ValueError(
+        f"`{name}` is an option of optax's reading of Adafactor, which adamx.adafactor "
+        f'follows only with reading="optax" (its default reading is torch.optim.Adafactor\'s),'
+        f" got {name}={value!r}."
+    )
+
+
+def _one_of(name: str, value, optax_name: str, optax_value, optax_default: float, sign: int):
+    """PyTorch's ``name`` if given, else ``sign * optax_value`` (its optax counterpart);
+    both given, the optax one must keep its default (an array, as
+    ``optax.inject_hyperparams`` makes of the default, cannot be read and yields)."""
+    if value is None:
+        return None if optax_value is None else sign * optax_value
+    python = isinstance(optax_value, (int, float)) and not isinstance(optax_value, bool)
+    if optax_value is None or (python and optax_value != optax_default):
+        raise ValueError(
+            f"`{name}` and `{optax_name}` set the same thing; pass one of them, got "
+            f"{name}={value!r} and {optax_name}={optax_value!r}."
+        )
+    return value
+
+
+def _optax_adafactor(
+    learning_rate, min_dim_size_to_factor, decay_rate, decay_offset,
+    multiply_by_parameter_scale, clipping_threshold, momentum, dtype_momentum,
+    weight_decay_rate, eps, factored, weight_decay_mask, *, maximize, torch_options,
+) -> optax.GradientTransformation:  # fmt: skip
+    """``optax.adafactor``'s chain, of optax's own blocks (plus ``maximize``)."""
+    for name, value in torch_options.items():
+        if value is not None:
+            raise ValueError(
+                f"`{name}` is an option of PyTorch's reading of Adafactor; with "
+                f'reading="optax" leave it None, got {name}={value!r}.'
+            )
+    check_learning_rate(learning_rate, allow_none=True)
+    check_range("eps", eps, low=0.0)
+    check_range("decay_rate", decay_rate, low=0.0)
+    check_range("decay_offset", decay_offset, low=0.0)
+    check_flag("multiply_by_parameter_scale", multiply_by_parameter_scale)
+    check_flag("factored", factored)
+    check_optional_range("clipping_threshold", clipping_threshold, low=0.0)
+    check_optional_range("momentum", momentum, low=0.0, high=1.0)
+    check_optional_range("weight_decay_rate", weight_decay_rate, low=0.0)
+    if isinstance(min_dim_size_to_factor, bool) or not isinstance(min_dim_size_to_factor, int):
+        raise ValueError(
+            f"`min_dim_size_to_factor` must be a Python int >= 0 (a static shape threshold; "
+            f'under optax.inject_hyperparams declare static_args="min_dim_size_to_factor"), '
+            f"got min_dim_size_to_factor={min_dim_size_to_factor!r}."
+        )
+    check_range("min_dim_size_to_factor", min_dim_size_to_factor, low=0.0)
+    tx = [
+        *maximize_block(maximize),
+        optax.scale_by_factored_rms(
+            factored, decay_rate, decay_offset, min_dim_size_to_factor, eps
+        ),
+    ]
+    if clipping_threshold is not None:
+        tx.append(optax.clip_by_block_rms(clipping_threshold))
+    if learning_rate is not None:
+        tx.append(optax.scale_by_learning_rate(learning_rate, flip_sign=False))
+    if multiply_by_parameter_scale:
+        tx.append(optax.scale_by_param_block_rms())
+    if momentum is not None:
+        check_dtype("dtype_momentum", dtype_momentum, optional=False)
+        tx.append(optax.ema(momentum, debias=False, accumulator_dtype=dtype_momentum))
+    if weight_decay_rate is not None:
+        tx.append(optax.add_decayed_weights(weight_decay_rate, mask=weight_decay_mask))
+    tx.append(optax.scale(-1))
+    return optax.chain(*tx)

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -16,6 +17,7 @@ from adamx.blocks._base import (
     check_flag,
     check_learning_rate,
     check_moments,
+    check_optional_range,
     check_range,
     check_trees_match,
     compute_dtype,
@@ -23,7 +25,7 @@ from adamx.blocks._base import (
     scalar_dtype,
     transformation,
 )
-from adamx.blocks._decay import decay_block, maximize_block
+from adamx.blocks._decay import decay_block, is_off, maximize_block
 from adamx.blocks._moments import SecondMomentRule, scale_by_moments, second_moment_zeros
 from adamx.blocks._normalize import normalize
 from adamx.blocks._schedule import scale_by_learning_rate
@@ -99,7 +101,7 @@ def _inverse_time_decay(learning_rate: ScalarOrSchedule, lr_decay) -> ScalarOrSc
     """``lr(k) / (1 + k * lr_decay)``, PyTorch AdaGrad's ``clr`` as a schedule of ``k = t-1``
     (the learning rate itself when ``lr_decay`` is the Python number 0). Formed in float32,
     or float64 under ``jax_enable_x64`` (PyTorch forms it in float64 on the host)."""
-    if isinstance(lr_decay, (int, float)) and lr_decay == 0:
+    if is_off(lr_decay):
         return learning_rate
 
     def schedule(count):
@@ -114,11 +116,11 @@ def _inverse_time_decay(learning_rate: ScalarOrSchedule, lr_decay) -> ScalarOrSc
 @recipe
 def adagrad(
     learning_rate: ScalarOrSchedule = 1e-2,
-    *,
-    lr_decay: float = 0.0,
     initial_accumulator_value: float = 0.0,
     eps: float = 1e-10,
-    weight_decay: float = 0.0,
+    *,
+    lr_decay: float | None = None,
+    weight_decay: float | None = None,
     eps_in_sqrt: bool = False,
     maximize: bool = False,
 ) -> optax.GradientTransformation:
@@ -137,7 +139,7 @@ def adagrad(
     folded into the schedule::
 
         negate()                                          # maximize only
-        add_decayed_weights(weight_decay)                 # coupled L2, omitted when 0
+        add_decayed_weights(weight_decay)                 # coupled L2, omitted when None/0
         scale_by_moments(b1=None, b2=0.0, nu_rule=sum_of_squares(initial_accumulator_value))
         use_gradient()                                    # m <- g
         normalize(eps)                                    # normalize(0, eps_root=eps)
@@ -145,11 +147,15 @@ def adagrad(
 
     Args:
       learning_rate: a number ``>= 0`` or a schedule of the step count. Default 1e-2.
+      initial_accumulator_value: the start of ``s``, ``>= 0``. Default 0 (PyTorch's;
+        optax's is 0.1).
+      eps: ``>= 0``, added to the root (inside it with ``eps_in_sqrt``). Default 1e-10
+        (PyTorch's; optax's is 1e-7, inside the root).
       lr_decay: ``>= 0``; the rate of step ``t`` is divided by ``1 + (t-1)*lr_decay``.
-        Default 0.
-      initial_accumulator_value: the start of ``s``, ``>= 0``. Default 0.
-      eps: ``>= 0``, added to the root (inside it with ``eps_in_sqrt``). Default 1e-10.
-      weight_decay: coupled L2 coefficient, ``>= 0``. Default 0.
+        ``None`` (default) or the Python 0: no decay (an array, even 0, keeps the
+        schedule and its step count).
+      weight_decay: coupled L2 coefficient, ``>= 0``; ``None`` (default) or the Python 0
+        leave the block out.
       eps_in_sqrt: put ``eps`` inside the root (optax's and Keras' reading). Default False.
       maximize: ascend instead of descend. Default False.
 
@@ -177,7 +183,7 @@ def adagrad(
       Stochastic Optimization", JMLR 12, 2011, https://jmlr.org/papers/v12/duchi11a.html
     """
     check_learning_rate(learning_rate)
-    check_range("lr_decay", lr_decay, low=0.0)
+    check_optional_range("lr_decay", lr_decay, low=0.0)
     check_range("initial_accumulator_value", initial_accumulator_value, low=0.0)
     check_range("eps", eps, low=0.0)
     check_flag("eps_in_sqrt", eps_in_sqrt)
@@ -258,11 +264,12 @@ def scale_by_update_rms(rho: float = 0.9, eps: float = 1e-6) -> optax.GradientTr
 
 @recipe
 def adadelta(
-    learning_rate: ScalarOrSchedule = 1.0,
+    learning_rate: ScalarOrSchedule | None = 1.0,
     rho: float = 0.9,
     eps: float = 1e-6,
+    weight_decay: float | None = None,
+    weight_decay_mask: Any | Callable[[Any], Any] | None = None,
     *,
-    weight_decay: float = 0.0,
     maximize: bool = False,
 ) -> optax.GradientTransformation:
     """AdaDelta, as ``torch.optim.Adadelta``: steps in the units of past steps.
@@ -280,17 +287,24 @@ def adadelta(
     that keeps its own average of squared steps::
 
         negate()                                   # maximize only
-        add_decayed_weights(weight_decay)          # coupled L2, omitted when 0
+        add_decayed_weights(weight_decay, weight_decay_mask)   # coupled L2, omitted when
+                                                               # None or 0
         scale_by_moments(b1=None, b2=0.0, nu_rule=average_of_squares(rho))   # rule owns rho
         scale_by_update_rms(rho, eps)
-        scale_by_learning_rate(learning_rate)
+        scale_by_learning_rate(learning_rate)      # omitted when learning_rate is None
 
     Args:
-      learning_rate: a number ``>= 0`` or a schedule; scales ``d``. Default 1.0.
+      learning_rate: a number ``>= 0`` or a schedule; scales ``d``. ``None`` is optax's
+        "no scaling": the chain ends without the learning rate *and its minus sign*, so the
+        updates are ``+d`` and ascend (``optax.adadelta``'s default). Default 1.0.
       rho: decay of both averages, in ``[0, 1]``. Default 0.9.
       eps: ``>= 0``, inside both roots; it also sets the size of the first steps
         (about ``sqrt(eps)``). Default 1e-6.
-      weight_decay: coupled L2 coefficient, ``>= 0``. Default 0.
+      weight_decay: coupled L2 coefficient, ``>= 0``; ``None`` (default) or the Python 0
+        leave the block out (optax's default 0.0 keeps a block that adds nothing and
+        needs ``params``).
+      weight_decay_mask: a tree of booleans like the params, or a function of the params
+        returning one; only ``True`` leaves are decayed (optax's). Default None (all).
       maximize: ascend instead of descend. Default False.
 
     Returns:
@@ -316,12 +330,12 @@ def adadelta(
       Zeiler, "ADADELTA: An Adaptive Learning Rate Method", 2012,
       https://arxiv.org/abs/1212.5701
     """
-    check_learning_rate(learning_rate)
+    check_learning_rate(learning_rate, allow_none=True)
     check_range("eps", eps, low=0.0)
     return optax.chain(
         *maximize_block(maximize),
-        *decay_block(weight_decay),
+        *decay_block(weight_decay, weight_decay_mask),
         scale_by_moments(b1=None, b2=_RULE_OWNS_DECAY, nu_rule=average_of_squares(rho)),
         scale_by_update_rms(rho, eps),
-        scale_by_learning_rate(learning_rate),
+        *([] if learning_rate is None else [scale_by_learning_rate(learning_rate)]),
     )

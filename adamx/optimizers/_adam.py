@@ -32,9 +32,10 @@ def adam(
     b2: float = 0.999,
     eps: float = 1e-8,
     eps_root: float = 0.0,
+    mu_dtype: Any | None = None,
     *,
-    weight_decay: float = 0.0,
     nesterov: bool = False,
+    weight_decay: float | None = None,
     maximize: bool = False,
     fused: bool | None = None,
     amsgrad: bool = False,
@@ -63,8 +64,8 @@ def adam(
     The recipe is the chain::
 
         negate()                            # only if maximize
-        add_decayed_weights(weight_decay)   # coupled L2, omitted when 0
-        scale_by_moments(b1, b2)
+        add_decayed_weights(weight_decay)   # coupled L2, omitted when None or 0
+        scale_by_moments(b1, b2, mu_dtype=mu_dtype)
         keep_max_nu()                       # only if amsgrad
         correct_bias(b1, None)              # correct_bias_nesterov(b1, None) if nesterov
         normalize(eps, eps_root, b2=b2)
@@ -84,13 +85,20 @@ def adam(
       b2: decay of the second moment, ``[0, 1)``. Default 0.999.
       eps: added to the root of ``v^``, ``>= 0``. Default 1e-8.
       eps_root: added inside the root, ``>= 0``. Default 0.
-      weight_decay: coupled L2 coefficient, ``>= 0``; when positive, ``update`` needs
-        ``params``. Default 0.
-      nesterov: read the first moment with Nesterov's look-ahead. Default False.
+      mu_dtype: the dtype the first moment ``m`` is stored in (optax's ``mu_dtype``), e.g.
+        ``jnp.bfloat16``; ``None`` keeps the params' dtypes. ``m`` is updated in at least
+        float32 and cast after the update, as optax does. Takes the XLA path. Default None.
+      nesterov: read the first moment with Nesterov's look-ahead (optax's ``nesterov``).
+        Default False.
+      weight_decay: coupled L2 coefficient, ``>= 0``; ``None`` (default) or the Python
+        number 0 leave the block out. Any other value (an array too, as
+        ``optax.inject_hyperparams`` passes) keeps it, and ``update`` then needs
+        ``params``. Default None.
       maximize: ascend the objective instead of descending it (PyTorch's ``maximize``).
         Default False.
       fused: the single-pass CPU kernel. ``None`` (default): used when it applies
-        (float32 leaves, one CPU device, not ``nesterov`` or ``amsgrad``) and the XLA path
+        (float32 leaves, one CPU device, not ``nesterov``, ``amsgrad`` or ``mu_dtype``) and
+        the XLA path
         otherwise; ``False``: always the XLA path; ``True``: the kernel or an error saying
         why not (e.g. per shard inside ``shard_map``). Same results either way (see
         :func:`adamx.step` and the README's Performance section).
@@ -129,7 +137,7 @@ def adam(
     head = [*maximize_block(maximize), *decay_block(weight_decay)]
     blocks = [
         *head,
-        scale_by_moments(b1, b2),
+        scale_by_moments(b1, b2, mu_dtype=mu_dtype),
         *_max_nu_block(amsgrad),
         correct_bias_nesterov(b1, None) if nesterov else correct_bias(b1, None),
         normalize(eps, eps_root, b2=b2),
@@ -141,9 +149,12 @@ def adam(
             raise ValueError("fused=True is not available with nesterov=True; use fused=None.")
         return tx
     if amsgrad:
-        return _unfused(tx, fused)
+        return _unfused(tx, fused, "amsgrad=True (the fused kernel keeps no running maximum of v)")
+    if mu_dtype is not None:
+        return _unfused(tx, fused, "mu_dtype (the fused kernel keeps m in the params' dtypes)")
     decay = COUPLED if len(head) > int(maximize) else NO_DECAY
-    rule = AdamRule(b1, b2, eps, eps_root, learning_rate, weight_decay, decay, None, maximize,
+    wd = 0.0 if weight_decay is None else weight_decay
+    rule = AdamRule(b1, b2, eps, eps_root, learning_rate, wd, decay, None, maximize,
                     moments_at=len(head), lr_at=len(blocks) - 1)  # fmt: skip
     return describe(tx, rule, fused)
 
@@ -155,9 +166,11 @@ def adamw(
     b2: float = 0.999,
     eps: float = 1e-8,
     eps_root: float = 0.0,
+    mu_dtype: Any | None = None,
     weight_decay: float = 1e-2,
-    *,
     mask: Any | Callable[[Any], Any] | None = None,
+    *,
+    nesterov: bool = False,
     maximize: bool = False,
     fused: bool | None = None,
     amsgrad: bool = False,
@@ -180,10 +193,12 @@ def adamw(
 
     Args:
       learning_rate: a number ``>= 0`` or a schedule. Default 1e-3.
-      b1, b2, eps, eps_root: as in :func:`adam`.
+      b1, b2, eps, eps_root, mu_dtype: as in :func:`adam`.
       weight_decay: ``>= 0``. Default 1e-2 (PyTorch's; optax's is 1e-4).
       mask: a tree of booleans like the params, or a function of the params returning one;
         only ``True`` leaves are decayed (commonly: not biases and norm scales).
+      nesterov: read the first moment with Nesterov's look-ahead, as in :func:`adam`
+        (optax's ``nesterov``). Default False.
       maximize: ascend instead of descend (PyTorch's ``maximize``); the decay still
         shrinks the weights. Default False.
       fused: the single-pass CPU kernel, as in :func:`adam` (a ``mask`` must then give
@@ -199,23 +214,34 @@ def adamw(
       https://arxiv.org/abs/1711.05101
     """
     check_learning_rate(learning_rate)
+    check_flag("nesterov", nesterov)
     check_flag("amsgrad", amsgrad)
     check_fused(fused)
     head = maximize_block(maximize)
     tail = decay_block(weight_decay, mask)
     blocks = [
         *head,
-        scale_by_moments(b1, b2),
+        scale_by_moments(b1, b2, mu_dtype=mu_dtype),
         *_max_nu_block(amsgrad),
-        correct_bias(b1, None),
+        correct_bias_nesterov(b1, None) if nesterov else correct_bias(b1, None),
         normalize(eps, eps_root, b2=b2),
         *tail,
         scale_by_learning_rate(learning_rate),
     ]
+    if nesterov:
+        return _unfused(optax.chain(*blocks), fused, "nesterov=True")
     if amsgrad:
-        return _unfused(optax.chain(*blocks), fused)
+        return _unfused(
+            optax.chain(*blocks), fused, "amsgrad=True (the fused kernel keeps no running "
+            "maximum of v)"
+        )  # fmt: skip
+    if mu_dtype is not None:
+        return _unfused(
+            optax.chain(*blocks), fused, "mu_dtype (the fused kernel keeps m in the params' dtypes)"
+        )
     decay = DECOUPLED if tail else NO_DECAY
-    rule = AdamRule(b1, b2, eps, eps_root, learning_rate, weight_decay, decay, mask, maximize,
+    wd = 0.0 if weight_decay is None else weight_decay
+    rule = AdamRule(b1, b2, eps, eps_root, learning_rate, wd, decay, mask, maximize,
                     moments_at=len(head), lr_at=len(blocks) - 1)  # fmt: skip
     return describe(optax.chain(*blocks), rule, fused)
 
@@ -225,11 +251,10 @@ def _max_nu_block(amsgrad: bool) -> list[optax.GradientTransformation]:
     return [keep_max_nu()] if amsgrad else []
 
 
-def _unfused(tx: optax.GradientTransformation, fused: bool | None) -> optax.GradientTransformation:
-    """The XLA chain of an ``amsgrad=True`` recipe: the fused kernel keeps no ``v_max``."""
+def _unfused(
+    tx: optax.GradientTransformation, fused: bool | None, why: str
+) -> optax.GradientTransformation:
+    """The XLA chain of a recipe the fused kernel cannot run (``why``)."""
     if fused:
-        raise ValueError(
-            "fused=True is not available with amsgrad=True (the fused kernel keeps no running "
-            "maximum of v); use fused=None or fused=False."
-        )
+        raise ValueError(f"fused=True is not available with {why}; use fused=None or fused=False.")
     return tx

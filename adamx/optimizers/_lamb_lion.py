@@ -16,6 +16,7 @@ from adamx.blocks._base import (
     abs_sq,
     abstract_or_array,
     check_decay,
+    check_dtype,
     check_learning_rate,
     check_moments,
     check_trees_match,
@@ -79,25 +80,28 @@ def lamb(
     b1: float = 0.9,
     b2: float = 0.999,
     eps: float = 1e-6,
-    weight_decay: float = 0.0,
-    *,
+    eps_root: float = 0.0,
+    weight_decay: float | None = None,
     mask: Any | Callable[[Any], Any] | None = None,
+    *,
+    mu_dtype: Any | None = None,
 ) -> optax.GradientTransformation:
     """LAMB: AdamW's step rescaled per tensor by a trust ratio ``||p|| / ||step||``.
 
     Per leaf, with ``t`` the step number (1 on the first update)::
 
         m = b1 * m + (1 - b1) * g;   v = b2 * v + (1 - b2) * g**2
-        r = (m / (1 - b1**t)) / (sqrt(v / (1 - b2**t)) + eps) + wd * p
+        r = (m / (1 - b1**t)) / (sqrt(v / (1 - b2**t) + eps_root) + eps) + wd * p
         p = p - lr * (||p|| / ||r||) * r          (ratio 1 where either norm is 0)
 
     The recipe is AdamW's chain with :func:`scale_by_trust_ratio` inserted before the
     learning rate::
 
-        scale_by_moments(b1, b2)
+        scale_by_moments(b1, b2, mu_dtype=mu_dtype)
         correct_bias(b1, None)
-        normalize(eps, b2=b2)
-        add_decayed_weights(weight_decay, mask)   # decoupled, inside the ratio; omitted when 0
+        normalize(eps, eps_root, b2=b2)
+        add_decayed_weights(weight_decay, mask)   # decoupled, inside the ratio; omitted when
+                                                  # None or 0
         scale_by_trust_ratio()
         scale_by_learning_rate(learning_rate)
 
@@ -106,12 +110,17 @@ def lamb(
       b1: decay of the first moment, ``[0, 1)``. Default 0.9.
       b2: decay of the second moment, ``[0, 1)``. Default 0.999.
       eps: added to the root of the bias-corrected ``v``, ``>= 0``. Default 1e-6.
-      weight_decay: decoupled decay ``>= 0``, added to the step before the trust ratio.
-        Default 0.
+      eps_root: added to the bias-corrected ``v`` inside the root, ``>= 0`` (optax's
+        ``eps_root``). Default 0.
+      weight_decay: decoupled decay ``>= 0``, added to the step before the trust ratio;
+        ``None`` (default) or the Python 0 leave the block out (optax's default 0.0 keeps
+        a block that adds nothing).
       mask: a tree of booleans like the params, or a function of the params returning one;
         only ``True`` leaves are decayed. The trust ratio applies to every leaf. Under
         ``optax.inject_hyperparams`` a function must be declared ``static_args="mask"``
         (it would otherwise be taken for a schedule).
+      mu_dtype: the dtype ``m`` is stored in, or ``None`` for the params' (as in
+        :func:`adamx.adam`; optax.lamb has no such option). Default None.
 
     Returns:
       An ``optax.GradientTransformation`` that needs ``params`` in ``update``.
@@ -128,7 +137,7 @@ def lamb(
        The ratio is taken per leaf of the pytree: a layer split over several leaves
        (kernel and bias) gets one ratio per leaf, as in optax and the paper's per-layer
        reading applied to tensors. ``optax.lamb`` is the same rule (it needs an explicit
-       ``learning_rate`` and also offers ``eps_root``). Some implementations (NVIDIA apex,
+       ``learning_rate``). Some implementations (NVIDIA apex,
        the paper's Algorithm 2 with a clipping function ``phi``) bound the ratio or skip
        bias correction; this one does neither.
 
@@ -138,9 +147,9 @@ def lamb(
     """
     check_learning_rate(learning_rate)
     return optax.chain(
-        scale_by_moments(b1, b2),
+        scale_by_moments(b1, b2, mu_dtype=mu_dtype),
         correct_bias(b1, None),
-        normalize(eps, b2=b2),
+        normalize(eps, eps_root, b2=b2),
         *decay_block(weight_decay, mask),
         scale_by_trust_ratio(),
         scale_by_learning_rate(learning_rate),
@@ -159,7 +168,9 @@ class LionMomentsState(NamedTuple):
     mu: PyTree
 
 
-def scale_by_lion_moments(b1: float = 0.9, b2: float = 0.99) -> optax.GradientTransformation:
+def scale_by_lion_moments(
+    b1: float = 0.9, b2: float = 0.99, *, mu_dtype: Any | None = None
+) -> optax.GradientTransformation:
     """Lion's momentum: read out an interpolation with ``b1``, then average with ``b2``.
 
     Per leaf::
@@ -175,6 +186,8 @@ def scale_by_lion_moments(b1: float = 0.9, b2: float = 0.99) -> optax.GradientTr
     Args:
       b1: weight of the momentum in the read-out, ``[0, 1)``. Default 0.9.
       b2: decay of the momentum, ``[0, 1)``. Default 0.99.
+      mu_dtype: the dtype ``m`` is stored in (optax's ``mu_dtype``), or ``None`` for the
+        params' dtypes. Default None.
 
     Returns:
       An ``optax.GradientTransformation`` whose state is :class:`LionMomentsState`.
@@ -185,11 +198,12 @@ def scale_by_lion_moments(b1: float = 0.9, b2: float = 0.99) -> optax.GradientTr
     """
     check_decay("b1", b1)
     check_decay("b2", b2)
+    check_dtype("mu_dtype", mu_dtype)
 
     def init(params):
         return LionMomentsState(
             count=jnp.zeros([], jnp.int32),
-            mu=jax.tree.map(lambda p: jnp.zeros_like(abstract_or_array(p)), params),
+            mu=jax.tree.map(lambda p: jnp.zeros_like(abstract_or_array(p), dtype=mu_dtype), params),
         )
 
     def update(grads, state, params=None):
@@ -232,8 +246,8 @@ def lion(
     learning_rate: ScalarOrSchedule = 1e-4,
     b1: float = 0.9,
     b2: float = 0.99,
-    weight_decay: float = 0.0,
-    *,
+    mu_dtype: Any | None = None,
+    weight_decay: float | None = None,
     mask: Any | Callable[[Any], Any] | None = None,
 ) -> optax.GradientTransformation:
     """Lion: the sign of an interpolated momentum, one state tensor, decoupled decay.
@@ -247,16 +261,19 @@ def lion(
     Every element moves by exactly ``lr`` (plus the decay), so Lion needs a learning
     rate 3-10x smaller than AdamW's and a weight decay 3-10x larger. The recipe::
 
-        scale_by_lion_moments(b1, b2)             # instead of moments + bias correction
+        scale_by_lion_moments(b1, b2, mu_dtype=mu_dtype)  # instead of moments + correction
         read_sign()                               # instead of normalize
-        add_decayed_weights(weight_decay, mask)   # decoupled; omitted when 0
+        add_decayed_weights(weight_decay, mask)   # decoupled; omitted when None or 0
         scale_by_learning_rate(learning_rate)
 
     Args:
       learning_rate: a number ``>= 0`` or a schedule of the step count. Default 1e-4.
       b1: weight of the momentum in the read-out, ``[0, 1)``. Default 0.9.
       b2: decay of the momentum, ``[0, 1)``. Default 0.99.
-      weight_decay: decoupled decay ``>= 0``. Default 0.
+      mu_dtype: the dtype ``m`` is stored in (optax's ``mu_dtype``), or ``None`` for the
+        params' dtypes. Default None.
+      weight_decay: decoupled decay ``>= 0``; ``None`` (default) or the Python 0 leave the
+        block out (optax's default is 1e-3).
       mask: a tree of booleans like the params, or a function of the params returning one
         (``static_args="mask"`` under ``optax.inject_hyperparams``); only ``True`` leaves
         are decayed.
@@ -283,7 +300,7 @@ def lion(
     """
     check_learning_rate(learning_rate)
     return optax.chain(
-        scale_by_lion_moments(b1, b2),
+        scale_by_lion_moments(b1, b2, mu_dtype=mu_dtype),
         read_sign(),
         *decay_block(weight_decay, mask),
         scale_by_learning_rate(learning_rate),

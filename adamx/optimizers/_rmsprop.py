@@ -16,8 +16,9 @@ from adamx.blocks._base import (
     check_range,
     transformation,
 )
+from adamx.blocks._correction import correct_bias
 from adamx.blocks._decay import decay_block, maximize_block
-from adamx.blocks._moments import scale_by_moments
+from adamx.blocks._moments import ema_of_squares, scale_by_moments
 from adamx.blocks._normalize import normalize
 from adamx.blocks._schedule import scale_by_learning_rate
 from adamx.optimizers._adagrad import use_gradient
@@ -67,11 +68,14 @@ def rmsprop(
     learning_rate: ScalarOrSchedule = 1e-2,
     decay: float = 0.99,
     eps: float = 1e-8,
-    *,
-    centered: bool = False,
-    momentum: float = 0.0,
+    initial_scale: float = 0.0,
     eps_in_sqrt: bool = False,
-    weight_decay: float = 0.0,
+    centered: bool = False,
+    momentum: float | None = None,
+    nesterov: bool = False,
+    bias_correction: bool = False,
+    *,
+    weight_decay: float | None = None,
     maximize: bool = False,
 ) -> optax.GradientTransformation:
     """RMSProp, as ``torch.optim.RMSprop`` (``decay`` is PyTorch's ``alpha``).
@@ -80,23 +84,26 @@ def rmsprop(
 
         g   = -g                                       (maximize)
         g   = g + wd * p                               (coupled L2, if weight_decay > 0)
-        v   = decay * v + (1 - decay) * g**2
+        v   = decay * v + (1 - decay) * g**2           (v starts at initial_scale)
         m   = decay * m + (1 - decay) * g              (centered only)
+        v, m = v / (1 - decay**t), m / (1 - decay**t)  (bias_correction only)
         a   = sqrt(v - m**2) + eps   if centered,  else  sqrt(v) + eps
               (eps inside the root with eps_in_sqrt: sqrt(v - m**2 + eps), sqrt(v + eps))
-        b   = mu * b + g / a;   p = p - lr * b         (momentum mu > 0; b starts at 0)
-        p   = p - lr * g / a                           (momentum 0)
+        b   = mu * b + g / a;   p = p - lr * b         (momentum mu; b starts at 0)
+        p   = p - lr * (g / a + mu * b)                (nesterov)
+        p   = p - lr * g / a                           (momentum None or 0)
 
     The recipe is Adam's chain with no bias correction, the gradient as numerator, and
     SGD's momentum buffer on the direction::
 
         negate()                                   # maximize only
-        add_decayed_weights(weight_decay)          # coupled L2, omitted when 0
-        scale_by_moments(b1=decay if centered else None, b2=decay)
+        add_decayed_weights(weight_decay)          # coupled L2, omitted when None or 0
+        scale_by_moments(b1=decay if centered else None, b2=decay)   # v from initial_scale
+        correct_bias(b1, b2)                       # bias_correction only
         center_second_moment()                     # centered only: v <- v - m**2
         use_gradient()                             # m <- g
         normalize(eps)                             # normalize(0, eps_root=eps)
-        trace_momentum(momentum)                   # omitted when momentum is 0
+        trace_momentum(momentum, nesterov=...)     # omitted when momentum is None or 0
         scale_by_learning_rate(learning_rate)
 
     Args:
@@ -104,11 +111,19 @@ def rmsprop(
       decay: of both moving averages, ``[0, 1)``. Default 0.99 (PyTorch's; optax and
         Keras use 0.9).
       eps: ``>= 0``, added to the root (inside it with ``eps_in_sqrt``). Default 1e-8.
+      initial_scale: the start of ``v``, ``>= 0`` (optax's). Default 0.
+      eps_in_sqrt: put ``eps`` inside the root (optax's reading and default). Default
+        False (PyTorch's).
       centered: divide by the root of the variance ``v - m**2``. Default False.
-      momentum: ``mu`` in ``[0, 1)``; the buffer holds the directions, not the steps, so
-        a schedule scales each step by its own rate. Default 0.
-      eps_in_sqrt: put ``eps`` inside the root (optax's reading). Default False.
-      weight_decay: coupled L2 coefficient, ``>= 0``. Default 0.
+      momentum: ``mu`` in ``[0, 1)``; ``None`` (default, optax's) or the Python 0 keep no
+        buffer. The buffer holds the directions, not the steps, so a schedule scales each
+        step by its own rate. Default None.
+      nesterov: Nesterov momentum, ``g / a + mu * b`` (optax's flag); needs a positive
+        ``momentum``, unused when it is ``None``. Default False.
+      bias_correction: divide ``v`` (and ``m`` when centered) by ``1 - decay**t`` (optax's
+        flag). Default False.
+      weight_decay: coupled L2 coefficient, ``>= 0``; ``None`` (default) or the Python 0
+        leave the block out.
       maximize: ascend instead of descend. Default False.
 
     Returns:
@@ -140,15 +155,20 @@ def rmsprop(
     check_learning_rate(learning_rate)
     check_decay("decay", decay)
     check_range("eps", eps, low=0.0)
+    check_range("initial_scale", initial_scale, low=0.0)
     check_flag("centered", centered)
     check_flag("eps_in_sqrt", eps_in_sqrt)
+    check_flag("bias_correction", bias_correction)
+    b1 = decay if centered else None
+    squares = ema_of_squares()._replace(initial_value=initial_scale)
     return optax.chain(
         *maximize_block(maximize),
         *decay_block(weight_decay),
-        scale_by_moments(b1=decay if centered else None, b2=decay),
+        scale_by_moments(b1=b1, b2=decay, nu_rule=squares),
+        *([correct_bias(b1, decay)] if bias_correction else []),
         *([center_second_moment()] if centered else []),
         use_gradient(),
         normalize(0.0, eps_root=eps) if eps_in_sqrt else normalize(eps),
-        *momentum_block(momentum),
+        *momentum_block(momentum, nesterov=nesterov),
         scale_by_learning_rate(learning_rate),
     )

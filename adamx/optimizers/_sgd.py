@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -14,6 +14,7 @@ from adamx.blocks._base import (
     abstract_or_array,
     as_scalar,
     check_decay,
+    check_dtype,
     check_flag,
     check_learning_rate,
     check_range,
@@ -24,7 +25,7 @@ from adamx.blocks._base import (
     safe_increment,
     transformation,
 )
-from adamx.blocks._decay import decay_block, maximize_block
+from adamx.blocks._decay import decay_block, is_off, maximize_block
 from adamx.blocks._schedule import scale_by_learning_rate
 from adamx.optimizers._guard import recipe
 
@@ -43,7 +44,11 @@ class MomentumState(NamedTuple):
 
 
 def trace_momentum(
-    momentum: float = 0.9, *, dampening: float = 0.0, nesterov: bool = False
+    momentum: float = 0.9,
+    *,
+    dampening: float = 0.0,
+    nesterov: bool = False,
+    accumulator_dtype: Any | None = None,
 ) -> optax.GradientTransformation:
     """Heavy-ball (or Nesterov) momentum, kept as ``torch.optim.SGD`` keeps it.
 
@@ -58,13 +63,15 @@ def trace_momentum(
     step by its own rate. The first-step choice is a ``jnp.where`` on the count and the
     ``mu == 0`` case another, so ``momentum`` and ``dampening`` may be traced (e.g. by
     ``optax.inject_hyperparams``). Arithmetic runs in the leaf's dtype but at least
-    float32; the buffer is stored in the params' dtypes.
+    float32; the buffer is stored in the params' dtypes (in ``accumulator_dtype`` if given).
 
     Args:
       momentum: ``mu``, in ``[0, 1)``. Default 0.9.
       dampening: ``d``, in ``[0, 1]``; the weight of the new gradient is ``1 - d``.
         Default 0.
       nesterov: use the Nesterov direction ``g + mu * b``; needs ``mu > 0`` and ``d == 0``.
+      accumulator_dtype: the dtype the buffer is stored in (optax's ``accumulator_dtype``),
+        or ``None`` for the params' dtypes. Default None.
 
     Returns:
       An ``optax.GradientTransformation`` whose state is :class:`MomentumState`.
@@ -77,6 +84,7 @@ def trace_momentum(
     check_decay("momentum", momentum)
     check_range("dampening", dampening, low=0.0, high=1.0)
     check_flag("nesterov", nesterov)
+    check_dtype("accumulator_dtype", accumulator_dtype)
     if nesterov:
         mu, d = concrete_value(momentum), concrete_value(dampening)
         if (mu is not None and mu <= 0) or (d is not None and d != 0):
@@ -89,7 +97,9 @@ def trace_momentum(
     def init(params):
         return MomentumState(
             count=jnp.zeros([], jnp.int32),
-            trace=jax.tree.map(lambda p: jnp.zeros_like(abstract_or_array(p)), params),
+            trace=jax.tree.map(
+                lambda p: jnp.zeros_like(abstract_or_array(p), dtype=accumulator_dtype), params
+            ),
         )
 
     def new_trace(g, b, first):
@@ -99,7 +109,8 @@ def trace_momentum(
         return jnp.where(first, g, later)
 
     def direction(g, b):
-        dtype = b.dtype
+        dtype = compute_dtype(b.dtype)
+        b = b.astype(dtype)
         mu = as_scalar(momentum, dtype)
         g_c = g.astype(dtype)
         d = g_c + mu * b if nesterov else b
@@ -118,16 +129,24 @@ def trace_momentum(
     return transformation(init, update)
 
 
-def momentum_block(momentum, *, dampening=0.0, nesterov=False) -> list:
-    """``[trace_momentum(...)]``, or ``[]`` when ``momentum`` is the Python number 0
-    (validated either way, so ``nesterov=True`` with ``momentum=0`` is still refused).
+def momentum_block(momentum, *, dampening=0.0, nesterov=False, accumulator_dtype=None) -> list:
+    """``[trace_momentum(...)]``, or ``[]`` when ``momentum`` is ``None`` (optax's "no
+    momentum": ``nesterov`` and the other options are then unused, as in optax) or the
+    Python number 0 (validated, so ``nesterov=True`` with ``momentum=0`` is still refused).
 
     Arrays always keep the block, so that a recipe's state has the same structure whether
     the value is concrete or traced; a traced 0 gives the plain gradient, as PyTorch's
     ``momentum=0`` does.
     """
-    block = trace_momentum(momentum, dampening=dampening, nesterov=nesterov)
-    if isinstance(momentum, (int, float)) and momentum == 0:
+    if momentum is None:
+        check_flag("nesterov", nesterov)
+        check_range("dampening", dampening, low=0.0, high=1.0)
+        check_dtype("accumulator_dtype", accumulator_dtype)
+        return []
+    block = trace_momentum(
+        momentum, dampening=dampening, nesterov=nesterov, accumulator_dtype=accumulator_dtype
+    )
+    if is_off(momentum):
         return []
     return [block]
 
@@ -135,11 +154,12 @@ def momentum_block(momentum, *, dampening=0.0, nesterov=False) -> list:
 @recipe
 def sgd(
     learning_rate: ScalarOrSchedule = 1e-3,
-    momentum: float = 0.0,
-    *,
+    momentum: float | None = None,
     nesterov: bool = False,
+    accumulator_dtype: Any | None = None,
+    *,
     dampening: float = 0.0,
-    weight_decay: float = 0.0,
+    weight_decay: float | None = None,
     maximize: bool = False,
 ) -> optax.GradientTransformation:
     """Stochastic gradient descent with optional momentum, as ``torch.optim.SGD``.
@@ -156,17 +176,21 @@ def sgd(
     replaced by one momentum buffer)::
 
         negate()                                         # maximize only
-        add_decayed_weights(weight_decay)                # coupled L2, omitted when 0
-        trace_momentum(momentum, dampening=..., nesterov=...)   # omitted when momentum is 0
+        add_decayed_weights(weight_decay)                # coupled L2, omitted when None or 0
+        trace_momentum(momentum, ...)                    # omitted when momentum is None or 0
         scale_by_learning_rate(learning_rate)
 
     Args:
       learning_rate: a number ``>= 0`` or a schedule of the step count. Default 1e-3.
-      momentum: ``mu`` in ``[0, 1)``; 0 keeps no buffer. Default 0.
-      nesterov: Nesterov momentum; needs ``momentum > 0`` and ``dampening == 0``.
+      momentum: ``mu`` in ``[0, 1)``; ``None`` (default, optax's) or the Python number 0
+        keep no buffer (the steps are the same as with a buffer at ``mu = 0``).
+      nesterov: Nesterov momentum; needs ``momentum > 0`` and ``dampening == 0``. Unused
+        with ``momentum=None``, as in optax. Default False.
+      accumulator_dtype: the dtype the momentum buffer is stored in (optax's), or ``None``
+        for the params' dtypes. Default None.
       dampening: ``[0, 1]``; the buffer adds ``(1 - dampening) * g``. Default 0.
-      weight_decay: coupled L2 coefficient, ``>= 0``; when positive, ``update`` needs
-        ``params``. Default 0.
+      weight_decay: coupled L2 coefficient, ``>= 0``; ``None`` (default) or the Python 0
+        leave the block out; otherwise ``update`` needs ``params``.
       maximize: ascend instead of descend. Default False.
 
     Returns:
@@ -202,6 +226,8 @@ def sgd(
     return optax.chain(
         *maximize_block(maximize),
         *decay_block(weight_decay),
-        *momentum_block(momentum, dampening=dampening, nesterov=nesterov),
+        *momentum_block(
+            momentum, dampening=dampening, nesterov=nesterov, accumulator_dtype=accumulator_dtype
+        ),
         scale_by_learning_rate(learning_rate),
     )

@@ -20,7 +20,7 @@ from typing import Any
 
 import optax
 
-from adamx.blocks._base import ScalarOrSchedule, check_learning_rate
+from adamx.blocks._base import ScalarOrSchedule, check_decay, check_flag, check_learning_rate
 from adamx.blocks._correction import correct_bias
 from adamx.blocks._decay import decay_block, maximize_block
 from adamx.blocks._moments import scale_by_moments
@@ -43,8 +43,12 @@ def amsgrad(
     b1: float = 0.9,
     b2: float = 0.999,
     eps: float = 1e-8,
+    eps_root: float = 0.0,
+    mu_dtype: Any | None = None,
+    bias_correction_mu: bool = True,
+    bias_correction_nu: bool = True,
     *,
-    weight_decay: float = 0.0,
+    weight_decay: float | None = None,
     maximize: bool = False,
 ) -> optax.GradientTransformation:
     """AMSGrad: Adam whose denominator never shrinks, as ``torch.optim.Adam(amsgrad=True)``.
@@ -55,16 +59,19 @@ def amsgrad(
         m     = b1 * m + (1 - b1) * g
         v     = b2 * v + (1 - b2) * g**2     (the plain EMA, unchanged)
         v_max = max(v_max, v)                (of the raw v)
-        p     = p - lr * (m / (1 - b1**t)) / (sqrt(v_max / (1 - b2**t)) + eps)
+        p     = p - lr * (m / (1 - b1**t)) / (sqrt(v_max / (1 - b2**t) + eps_root) + eps)
+
+    (``m / (1 - b1**t)`` is ``m`` with ``bias_correction_mu=False``, ``v_max / (1 - b2**t)``
+    is ``v_max`` with ``bias_correction_nu=False``.)
 
     The chain is Adam's with :func:`adamx.keep_max_nu` inserted after the moments::
 
         negate()                  # if maximize
-        add_decayed_weights(wd)   # coupled L2, omitted when 0
-        scale_by_moments(b1, b2)
+        add_decayed_weights(wd)   # coupled L2, omitted when None or 0
+        scale_by_moments(b1, b2, mu_dtype=mu_dtype)
         keep_max_nu()
-        correct_bias(b1, None)
-        normalize(eps, b2=b2)
+        correct_bias(b1, None)    # correct_bias(None, None) without bias_correction_mu
+        normalize(eps, eps_root, b2=b2)   # b2=None without bias_correction_nu
         scale_by_learning_rate(learning_rate)
 
     Args:
@@ -72,7 +79,15 @@ def amsgrad(
       b1: decay of the first moment, ``[0, 1)``. Default 0.9.
       b2: decay of the second moment, ``[0, 1)``. Default 0.999.
       eps: added to the root, ``>= 0``. Default 1e-8.
-      weight_decay: coupled L2 coefficient, ``>= 0``. Default 0.
+      eps_root: added inside the root, to the bias-corrected ``v_max``, ``>= 0`` (optax's
+        ``eps_root``). Default 0.
+      mu_dtype: the dtype ``m`` is stored in, or ``None`` for the params' (optax's
+        ``mu_dtype``; see :func:`adamx.adam`). Default None.
+      bias_correction_mu: divide ``m`` by ``1 - b1**t`` (optax's flag). Default True.
+      bias_correction_nu: divide ``v_max`` by ``1 - b2**t`` (optax's flag). With False the
+        rule equals ``optax.amsgrad(..., bias_correction_nu=False)``. Default True.
+      weight_decay: coupled L2 coefficient, ``>= 0``; ``None`` (default) or the Python 0
+        leave the block out.
       maximize: ascend instead of descend. Default False.
 
     Returns:
@@ -89,13 +104,17 @@ def amsgrad(
       https://arxiv.org/abs/1904.09237
     """
     check_learning_rate(learning_rate)
+    check_flag("bias_correction_mu", bias_correction_mu)
+    check_flag("bias_correction_nu", bias_correction_nu)
+    if not bias_correction_nu:
+        check_decay("b2", b2)
     return optax.chain(
         *maximize_block(maximize),
         *decay_block(weight_decay),
-        scale_by_moments(b1, b2),
+        scale_by_moments(b1, b2, mu_dtype=mu_dtype),
         keep_max_nu(),
-        correct_bias(b1, None),
-        normalize(eps, b2=b2),
+        correct_bias(b1 if bias_correction_mu else None, None),
+        normalize(eps, eps_root, b2=b2 if bias_correction_nu else None),
         scale_by_learning_rate(learning_rate),
     )
 
@@ -107,7 +126,8 @@ def adamax(
     b2: float = 0.999,
     eps: float = 1e-8,
     *,
-    weight_decay: float = 0.0,
+    mu_dtype: Any | None = None,
+    weight_decay: float | None = None,
     maximize: bool = False,
 ) -> optax.GradientTransformation:
     """Adamax: Adam with an infinity norm in place of the root mean square, as
@@ -123,8 +143,8 @@ def adamax(
     The chain is Adam's with the second-moment rule and the read-out swapped::
 
         negate()                  # if maximize
-        add_decayed_weights(wd)   # coupled L2, omitted when 0
-        scale_by_moments(b1, b2, nu_rule=infinity_norm(eps))
+        add_decayed_weights(wd)   # coupled L2, omitted when None or 0
+        scale_by_moments(b1, b2, nu_rule=infinity_norm(eps), mu_dtype=mu_dtype)
         correct_bias(b1, None)
         normalize_inf()
         scale_by_learning_rate(learning_rate)
@@ -134,7 +154,10 @@ def adamax(
       b1: decay of the first moment, ``[0, 1)``. Default 0.9.
       b2: decay of the infinity norm, ``[0, 1)``. Default 0.999.
       eps: added to ``|g|`` inside the maximum, ``>= 0``. Default 1e-8.
-      weight_decay: coupled L2 coefficient, ``>= 0``. Default 0.
+      mu_dtype: the dtype ``m`` is stored in, or ``None`` for the params' (as in
+        :func:`adamx.adam`; optax.adamax has no such option). Default None.
+      weight_decay: coupled L2 coefficient, ``>= 0``; ``None`` (default) or the Python 0
+        leave the block out.
       maximize: ascend instead of descend. Default False.
 
     Returns:
@@ -161,7 +184,7 @@ def adamax(
     return optax.chain(
         *maximize_block(maximize),
         *decay_block(weight_decay),
-        scale_by_moments(b1, b2, nu_rule=infinity_norm(eps)),
+        scale_by_moments(b1, b2, nu_rule=infinity_norm(eps), mu_dtype=mu_dtype),
         correct_bias(b1, None),
         normalize_inf(),
         scale_by_learning_rate(learning_rate),
@@ -174,9 +197,12 @@ def nadam(
     b1: float = 0.9,
     b2: float = 0.999,
     eps: float = 1e-8,
+    eps_root: float = 0.0,
+    mu_dtype: Any | None = None,
     *,
+    nesterov: bool = True,
     momentum_decay: float | None = 4e-3,
-    weight_decay: float = 0.0,
+    weight_decay: float | None = None,
     maximize: bool = False,
 ) -> optax.GradientTransformation:
     """NAdam: Adam with Nesterov momentum and Dozat's momentum schedule, as
@@ -198,10 +224,10 @@ def nadam(
     The chain is Adam's with the bias correction replaced by the Nesterov read-out::
 
         negate()                  # if maximize
-        add_decayed_weights(wd)   # coupled L2, omitted when 0
-        scale_by_moments(b1, b2)
-        correct_bias_nesterov(b1, None, momentum_decay=momentum_decay)
-        normalize(eps, b2=b2)
+        add_decayed_weights(wd)   # coupled L2, omitted when None or 0
+        scale_by_moments(b1, b2, mu_dtype=mu_dtype)
+        correct_bias_nesterov(b1, None, momentum_decay=momentum_decay)  # nesterov=False:
+        normalize(eps, eps_root, b2=b2)                                 # correct_bias(b1, None)
         scale_by_learning_rate(learning_rate)
 
     Args:
@@ -209,9 +235,16 @@ def nadam(
       b1: decay of the first moment and base momentum, ``[0, 1)``. Default 0.9.
       b2: decay of the second moment, ``[0, 1)``. Default 0.999.
       eps: added to the root, ``>= 0``. Default 1e-8.
+      eps_root: added inside the root of the bias-corrected ``v``, ``>= 0`` (optax's).
+        Default 0.
+      mu_dtype: the dtype ``m`` is stored in, or ``None`` for the params' (optax's; see
+        :func:`adamx.adam`). Default None.
+      nesterov: the Nesterov read-out (optax's flag). ``False`` gives Adam's bias
+        correction, as ``optax.nadam(nesterov=False)`` does, and ``momentum_decay`` is then
+        unused. Default True.
       momentum_decay: ``psi >= 0`` of the schedule, or ``None`` for none. Default 4e-3.
-      weight_decay: coupled L2 coefficient, ``>= 0``. Default 0; see :func:`nadamw` for
-        the decoupled decay.
+      weight_decay: coupled L2 coefficient, ``>= 0``; ``None`` (default) or the Python 0
+        leave the block out; see :func:`nadamw` for the decoupled decay.
       maximize: ascend instead of descend. Default False.
 
     Returns:
@@ -239,11 +272,19 @@ def nadam(
     return optax.chain(
         *maximize_block(maximize),
         *decay_block(weight_decay),
-        scale_by_moments(b1, b2),
-        correct_bias_nesterov(b1, None, momentum_decay=momentum_decay),
-        normalize(eps, b2=b2),
+        scale_by_moments(b1, b2, mu_dtype=mu_dtype),
+        _nesterov_read(b1, nesterov, momentum_decay),
+        normalize(eps, eps_root, b2=b2),
         scale_by_learning_rate(learning_rate),
     )
+
+
+def _nesterov_read(b1, nesterov: bool, momentum_decay) -> optax.GradientTransformation:
+    """NAdam's correction, or Adam's with ``nesterov=False`` (``momentum_decay`` checked and
+    unused)."""
+    check_flag("nesterov", nesterov)
+    block = correct_bias_nesterov(b1, None, momentum_decay=momentum_decay)
+    return block if nesterov else correct_bias(b1, None)
 
 
 @recipe
@@ -252,10 +293,13 @@ def nadamw(
     b1: float = 0.9,
     b2: float = 0.999,
     eps: float = 1e-8,
-    *,
-    momentum_decay: float | None = 4e-3,
+    eps_root: float = 0.0,
+    mu_dtype: Any | None = None,
     weight_decay: float = 1e-2,
     mask: Mask = None,
+    *,
+    nesterov: bool = True,
+    momentum_decay: float | None = 4e-3,
     maximize: bool = False,
 ) -> optax.GradientTransformation:
     """NAdamW: NAdam with decoupled weight decay, as
@@ -275,7 +319,8 @@ def nadamw(
         scale_by_learning_rate(learning_rate)
 
     Args:
-      learning_rate, b1, b2, eps, momentum_decay, maximize: as in :func:`nadam`.
+      learning_rate, b1, b2, eps, eps_root, mu_dtype, nesterov, momentum_decay, maximize:
+        as in :func:`nadam`.
       weight_decay: decoupled decay, ``>= 0``. Default 1e-2 (PyTorch's AdamW default).
       mask: a tree of booleans like the params, or a function returning one; only
         ``True`` leaves are decayed. Default ``None`` (all).
@@ -296,9 +341,9 @@ def nadamw(
     check_learning_rate(learning_rate)
     return optax.chain(
         *maximize_block(maximize),
-        scale_by_moments(b1, b2),
-        correct_bias_nesterov(b1, None, momentum_decay=momentum_decay),
-        normalize(eps, b2=b2),
+        scale_by_moments(b1, b2, mu_dtype=mu_dtype),
+        _nesterov_read(b1, nesterov, momentum_decay),
+        normalize(eps, eps_root, b2=b2),
         *decay_block(weight_decay, mask),
         scale_by_learning_rate(learning_rate),
     )

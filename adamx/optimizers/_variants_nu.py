@@ -5,14 +5,22 @@ See :mod:`adamx.optimizers._variants` for the chain they share with Adam.
 
 from __future__ import annotations
 
+from typing import Any
+
 import optax
 
-from adamx.blocks._base import ScalarOrSchedule, check_flag, check_learning_rate, check_range
+from adamx.blocks._base import (
+    ScalarOrSchedule,
+    check_flag,
+    check_learning_rate,
+    check_optional_range,
+)
 from adamx.blocks._correction import correct_bias
 from adamx.blocks._decay import decay_block, maximize_block
 from adamx.blocks._moments import scale_by_moments
 from adamx.blocks._normalize import normalize
 from adamx.blocks._rules import (
+    correct_bias_nesterov,
     ema_of_belief,
     normalize_rectified,
     yogi_squares,
@@ -27,11 +35,14 @@ def radam(
     b1: float = 0.9,
     b2: float = 0.999,
     eps: float = 1e-8,
-    *,
+    eps_root: float = 0.0,
     threshold: float = 5.0,
-    weight_decay: float = 0.0,
+    *,
+    nesterov: bool = False,
+    weight_decay: float | None = None,
     decoupled_weight_decay: bool = False,
     maximize: bool = False,
+    mu_dtype: Any | None = None,
 ) -> optax.GradientTransformation:
     """RAdam: Adam whose adaptive step is rectified, or switched off while its variance is
     intractable, as ``torch.optim.RAdam``.
@@ -50,10 +61,10 @@ def radam(
     The chain is Adam's with the read-out swapped::
 
         negate()                  # if maximize
-        add_decayed_weights(wd)   # coupled L2, omitted when 0 or decoupled
-        scale_by_moments(b1, b2)
-        correct_bias(b1, None)
-        normalize_rectified(b2, eps, threshold)
+        add_decayed_weights(wd)   # coupled L2, omitted when None, 0 or decoupled
+        scale_by_moments(b1, b2, mu_dtype=mu_dtype)
+        correct_bias(b1, None)    # correct_bias_nesterov(b1, None) if nesterov
+        normalize_rectified(b2, eps, threshold, eps_root=eps_root)
         add_decayed_weights(wd)   # only with decoupled_weight_decay
         scale_by_learning_rate(learning_rate)
 
@@ -62,12 +73,18 @@ def radam(
       b1: decay of the first moment, ``[0, 1)``. Default 0.9.
       b2: decay of the second moment, ``[0, 1)``. Default 0.999.
       eps: added to ``sqrt(v)`` (the raw root), ``>= 0``. Default 1e-8.
+      eps_root: added to the bias-corrected ``v`` inside the root, ``>= 0`` (optax's
+        ``eps_root``). Default 0.
       threshold: rectify when ``rho_t > threshold``, ``>= 4``. Default 5.0 (PyTorch's,
         fixed there).
-      weight_decay: ``>= 0``. Default 0.
+      nesterov: read ``m^`` with Nesterov's look-ahead, as ``optax.radam(nesterov=True)``.
+        Default False.
+      weight_decay: ``>= 0``; ``None`` (default) or the Python 0 leave the block out.
       decoupled_weight_decay: apply the decay as AdamW does (``p *= 1 - lr*wd``) instead
         of adding it to the gradient. Default False.
       maximize: ascend instead of descend. Default False.
+      mu_dtype: the dtype ``m`` is stored in, or ``None`` for the params' (as in
+        :func:`adamx.adam`; optax.radam has no such option). Default None.
 
     Returns:
       An ``optax.GradientTransformation``.
@@ -92,14 +109,15 @@ def radam(
     """
     check_learning_rate(learning_rate)
     check_flag("decoupled_weight_decay", decoupled_weight_decay)
+    check_flag("nesterov", nesterov)
     coupled = [] if decoupled_weight_decay else decay_block(weight_decay)
     decoupled = decay_block(weight_decay) if decoupled_weight_decay else []
     return optax.chain(
         *maximize_block(maximize),
         *coupled,
-        scale_by_moments(b1, b2),
-        correct_bias(b1, None),
-        normalize_rectified(b2, eps, threshold),
+        scale_by_moments(b1, b2, mu_dtype=mu_dtype),
+        correct_bias_nesterov(b1, None) if nesterov else correct_bias(b1, None),
+        normalize_rectified(b2, eps, threshold, eps_root=eps_root),
         *decoupled,
         scale_by_learning_rate(learning_rate),
     )
@@ -111,9 +129,11 @@ def adabelief(
     b1: float = 0.9,
     b2: float = 0.999,
     eps: float = 1e-16,
-    *,
     eps_root: float | None = None,
-    weight_decay: float = 0.0,
+    *,
+    nesterov: bool = False,
+    weight_decay: float | None = None,
+    mu_dtype: Any | None = None,
 ) -> optax.GradientTransformation:
     """AdaBelief: Adam with the variance of the gradient around its mean in place of its
     second moment.
@@ -127,9 +147,9 @@ def adabelief(
 
     The chain is Adam's with the second-moment rule swapped::
 
-        add_decayed_weights(wd)   # coupled L2, omitted when 0
-        scale_by_moments(b1, b2, nu_rule=ema_of_belief(eps))
-        correct_bias(b1, None)
+        add_decayed_weights(wd)   # coupled L2, omitted when None or 0
+        scale_by_moments(b1, b2, nu_rule=ema_of_belief(eps_root), mu_dtype=mu_dtype)  # or eps
+        correct_bias(b1, None)    # correct_bias_nesterov(b1, None) if nesterov
         normalize(eps, b2=b2)
         scale_by_learning_rate(learning_rate)
 
@@ -139,9 +159,15 @@ def adabelief(
       b2: decay of ``s``, ``[0, 1)``. Default 0.999.
       eps: added to the root, and (unless ``eps_root`` is given) to ``s`` at every step,
         as in the paper, ``>= 0``. Default 1e-16.
-      eps_root: the term added to ``s`` at every step, ``>= 0``; ``None`` uses ``eps``.
-        Default ``None``.
-      weight_decay: coupled L2 coefficient, ``>= 0``. Default 0.
+      eps_root: the term added to ``s`` at every step, ``>= 0`` (optax's ``eps_root``);
+        ``None`` uses ``eps``, as the paper does. Default ``None`` (optax: 1e-16, the same
+        value at the default ``eps``).
+      nesterov: read ``m^`` with Nesterov's look-ahead, as
+        ``optax.adabelief(nesterov=True)``. Default False.
+      weight_decay: coupled L2 coefficient, ``>= 0``; ``None`` (default) or the Python 0
+        leave the block out.
+      mu_dtype: the dtype ``m`` is stored in, or ``None`` for the params' (as in
+        :func:`adamx.adam`; optax.adabelief has no such option). Default None.
 
     Returns:
       An ``optax.GradientTransformation``.
@@ -157,12 +183,13 @@ def adabelief(
       Gradients", NeurIPS 2020, https://arxiv.org/abs/2010.07468
     """
     check_learning_rate(learning_rate)
-    if eps_root is not None:
-        check_range("eps_root", eps_root, low=0.0)
+    check_optional_range("eps_root", eps_root, low=0.0)
+    check_flag("nesterov", nesterov)
+    belief = ema_of_belief(eps if eps_root is None else eps_root)
     return optax.chain(
         *decay_block(weight_decay),
-        scale_by_moments(b1, b2, nu_rule=ema_of_belief(eps if eps_root is None else eps_root)),
-        correct_bias(b1, None),
+        scale_by_moments(b1, b2, nu_rule=belief, mu_dtype=mu_dtype),
+        correct_bias_nesterov(b1, None) if nesterov else correct_bias(b1, None),
         normalize(eps, b2=b2),
         scale_by_learning_rate(learning_rate),
     )
@@ -176,6 +203,7 @@ def yogi(
     eps: float = 1e-3,
     *,
     initial_accumulator_value: float = 1e-6,
+    mu_dtype: Any | None = None,
 ) -> optax.GradientTransformation:
     """Yogi: Adam whose second moment moves additively, by at most ``(1 - b2) g**2``.
 
@@ -198,6 +226,8 @@ def yogi(
       b2: the rate of ``v``'s additive steps, ``[0, 1)``. Default 0.999.
       eps: added to the root, ``>= 0``. Default 1e-3 (the paper's).
       initial_accumulator_value: the start of ``v``, ``>= 0``. Default 1e-6.
+      mu_dtype: the dtype ``m`` is stored in, or ``None`` for the params' (as in
+        :func:`adamx.adam`; optax.yogi has no such option). Default None.
 
     Returns:
       An ``optax.GradientTransformation``.
@@ -215,7 +245,9 @@ def yogi(
     """
     check_learning_rate(learning_rate)
     return optax.chain(
-        scale_by_moments(b1, b2, nu_rule=yogi_squares(initial_accumulator_value)),
+        scale_by_moments(
+            b1, b2, nu_rule=yogi_squares(initial_accumulator_value), mu_dtype=mu_dtype
+        ),
         correct_bias(b1, None),
         normalize(eps, b2=b2),
         scale_by_learning_rate(learning_rate),
