@@ -27,7 +27,9 @@ from adamx.blocks._base import (
 )
 from adamx.blocks._decay import decay_block, is_off, maximize_block
 from adamx.blocks._schedule import scale_by_learning_rate
+from adamx.optimizers._adam_rule import COUPLED, NO_DECAY, check_fused, describe
 from adamx.optimizers._guard import recipe
+from adamx.optimizers._momentum_rule import SgdRule
 
 
 class MomentumState(NamedTuple):
@@ -161,6 +163,7 @@ def sgd(
     dampening: float = 0.0,
     weight_decay: float | None = None,
     maximize: bool = False,
+    fused: bool | None = None,
 ) -> optax.GradientTransformation:
     """Stochastic gradient descent with optional momentum, as ``torch.optim.SGD``.
 
@@ -192,6 +195,12 @@ def sgd(
       weight_decay: coupled L2 coefficient, ``>= 0``; ``None`` (default) or the Python 0
         leave the block out; otherwise ``update`` needs ``params``.
       maximize: ascend instead of descend. Default False.
+      fused: the single-pass CPU kernel of :func:`adamx.step` for SGD with momentum
+        (reads ``p``, ``g``, ``b`` and writes ``p``, ``b`` in place). ``None`` (default):
+        used when it applies (a momentum buffer, float32 params, gradients and buffer,
+        one CPU device) and the XLA path otherwise; ``False``: always the XLA path;
+        ``True``: the kernel or an error saying why not (plain SGD without momentum is
+        refused: XLA's ``p - lr * g`` is one pass already). Same results either way.
 
     Returns:
       An ``optax.GradientTransformation``.
@@ -223,11 +232,30 @@ def sgd(
       2013, https://proceedings.mlr.press/v28/sutskever13.html
     """
     check_learning_rate(learning_rate)
-    return optax.chain(
-        *maximize_block(maximize),
-        *decay_block(weight_decay),
-        *momentum_block(
-            momentum, dampening=dampening, nesterov=nesterov, accumulator_dtype=accumulator_dtype
-        ),
-        scale_by_learning_rate(learning_rate),
+    check_fused(fused)
+    head = [*maximize_block(maximize), *decay_block(weight_decay)]
+    trace = momentum_block(
+        momentum, dampening=dampening, nesterov=nesterov, accumulator_dtype=accumulator_dtype
     )
+    blocks = [*head, *trace, scale_by_learning_rate(learning_rate)]
+    tx = optax.chain(*blocks)
+    why = None
+    if not trace:
+        why = (
+            f"momentum={momentum!r} (plain SGD keeps no buffer, and XLA's p - lr * g is one "
+            "pass already)"
+        )
+    elif accumulator_dtype is not None and jnp.dtype(accumulator_dtype) != jnp.float32:
+        why = (
+            f"accumulator_dtype={jnp.dtype(accumulator_dtype).name} (the fused kernel keeps "
+            "the buffer in float32)"
+        )
+    if why is not None:
+        if fused:
+            raise ValueError(f"fused=True is not available with {why}; use fused=None or False.")
+        return tx
+    decay = COUPLED if len(head) > int(maximize) else NO_DECAY
+    wd = 0.0 if weight_decay is None else weight_decay
+    rule = SgdRule(momentum, dampening, nesterov, maximize, learning_rate, wd, decay,
+                   trace_at=len(head), lr_at=len(blocks) - 1)  # fmt: skip
+    return describe(tx, rule, fused, "sgd_rule")
