@@ -27,7 +27,7 @@ from adamx.blocks._base import (
     transformation,
 )
 from adamx.blocks._correction import correct_bias
-from adamx.blocks._decay import decay_block
+from adamx.blocks._decay import decay_block, is_off
 from adamx.blocks._moments import ema, scale_by_moments
 from adamx.blocks._normalize import normalize
 from adamx.blocks._schedule import scale_by_learning_rate
@@ -326,6 +326,6 @@ def lion(
             )
         return tx
     wd = 0.0 if weight_decay is None else weight_decay
-    decay = DECOUPLED if tail else NO_DECAY
+    decay = NO_DECAY if is_off(weight_decay) else DECOUPLED
     rule = LionRule(b1, b2, learning_rate, wd, decay, mask, moments_at=0, lr_at=len(blocks) - 1)
     return describe(tx, rule, fused, "lion_rule")
