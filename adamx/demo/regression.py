@@ -39,7 +39,7 @@ def _mlp_init(key: jax.Array, sizes: list[int], gain: float) -> list[dict[str, j
 
 def _mlp(params: list[dict[str, jax.Array]], x: jax.Array) -> jax.Array:
     for i, layer in enumerate(params):
-        x = x @ layer["w"] + layer["b"]
+        x = x @ layer["w"] + layer["b"][None, :]
         if i < len(params) - 1:
             x = jnp.tanh(x)
     return x
