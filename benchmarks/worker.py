@@ -183,7 +183,13 @@ def jax_contender(spec: dict):
         "sgd": lambda: lib.sgd(h["lr"], momentum=h["momentum"], **xla_only),
     }[spec["optimizer"].removesuffix(" storage")]()  # case (e) is Adam, stored otherwise
     if name in workloads.STORAGE_CONTENDERS:  # case (e): the moments in another storage
-        opt = adamx.with_storage(opt, **workloads.STORAGE_CONTENDERS[name])
+        policies = {  # "8bit nearest": 8-bit codes rounded to nearest (adamx 0.2's)
+            moment: adamx.storage.blockwise8(stochastic_rounding=False)
+            if policy == "8bit nearest"
+            else policy
+            for moment, policy in workloads.STORAGE_CONTENDERS[name].items()
+        }
+        opt = adamx.with_storage(opt, **policies)
 
     shapes = workloads.workload_shapes(spec["workload"], spec["quick"])
     treedef = jax.tree_util.tree_structure(shapes, is_leaf=lambda x: isinstance(x, tuple))

@@ -50,9 +50,12 @@ STORAGE_POLICIES = {
     "bf16": dict(mu="bfloat16", nu="bfloat16"),
     "bf16 sr": dict(mu="bfloat16_sr", nu="bfloat16_sr"),
     "8bit": dict(mu="8bit", nu="8bit"),
+    "8bit nearest": dict(
+        mu="8bit nearest", nu="8bit nearest"
+    ),  # blockwise8(stochastic_rounding=False)
     "factored nu": dict(nu="factored"),
 }
-STORAGE_KERNELS = ("bf16", "bf16 sr", "8bit")
+STORAGE_KERNELS = ("bf16", "bf16 sr", "8bit", "8bit nearest")
 STORAGE_CONTENDERS = {}
 for _name, _policy in STORAGE_POLICIES.items():
     STORAGE_CONTENDERS[f"adamx {_name}"] = _policy

@@ -413,3 +413,23 @@ def test_messages_name_the_first_mismatch():
 
 def moments_dict(state) -> dict:
     return dict(state[1][0]._asdict())
+
+
+def test_an_8bit_checkpoint_from_before_stochastic_codes_is_refused_saying_why():
+    """adamx 0.2's 8-bit state (codes rounded to nearest, no key) restored into today's
+    default 8-bit state (stochastic codes and a key): refused with a message naming the
+    format change and the policy that reads it; that policy restores it."""
+    params = {"w": jnp.ones((64, 128))}
+    old = adamx.with_storage(
+        adamx.adam(1e-3),
+        mu=adamx.storage.blockwise8(stochastic_rounding=False),
+        nu=adamx.storage.blockwise8(stochastic_rounding=False),
+    )
+    saved = flax.serialization.msgpack_restore(flax.serialization.to_bytes(old.init(params)))
+    new = adamx.with_storage(adamx.adam(1e-3), mu="8bit", nu="8bit")
+    with pytest.raises(ValueError, match=r"state\.key .*8-bit storage .*stored format changed"):
+        restore_state(saved, new.init(params))
+    with pytest.raises(ValueError, match=r"blockwise8\(stochastic_rounding=False\)"):
+        restore_state(saved, new.init(params))
+    restored = restore_state(saved, old.init(params))
+    assert jax.tree.structure(restored) == jax.tree.structure(old.init(params))

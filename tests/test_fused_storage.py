@@ -129,7 +129,17 @@ def np_encode(policy, x, seed):
     scale = np.max(np.abs(blocks), axis=-1)
     safe = np.where(scale > 0, scale, F32(1))
     y = (blocks / safe[..., None]).astype(F32)
-    codes = np.searchsorted(_blockwise8._midpoints(policy.signed), y, side="right")
+    if policy.stochastic_rounding:  # between the neighbours t[k] <= y < t[k+1], by the hash
+        table = st.dynamic_code(policy.signed)
+        count = np.searchsorted(table[1:], y, side="right")
+        k = np.minimum(count, 254)
+        index = (np.arange(rows)[:, None] * c + np.arange(nb * b)).astype(np.uint32)
+        h = np_mix32(np_mix32(index ^ np.uint32(seed)) + np.uint32(seed)) >> np.uint32(8)
+        u = (h.astype(F32) * F32(2.0**-24)).reshape(blocks.shape)
+        up = (y - table[k]) > u * (table[k + 1] - table[k])
+        codes = np.where(count >= 255, 255, k + up)
+    else:
+        codes = np.searchsorted(_blockwise8._midpoints(policy.signed), y, side="right")
     if not policy.signed:
         codes = np.where(blocks > 0, np.maximum(codes, 1), 0)
     shape = x.shape[:-1] if x.ndim else ()
@@ -318,7 +328,7 @@ def test_every_midpoint_and_its_neighbours_get_the_exact_code(kernel):
     flat = np.resize(vals, n_blocks * per)
     g[:n_blocks, 1:] = flat.reshape(n_blocks, per)
     inner = adamx.adam(1e-3, b1=0.0)
-    opt = adamx.with_storage(inner, mu="8bit")
+    opt = adamx.with_storage(inner, mu=st.blockwise8(stochastic_rounding=False))
     params = {"w": jnp.zeros(g.shape, jnp.float32)}
     state = jax.jit(opt.init)(params)
     _, new_state = jax.jit(kernel_step(opt))(params, state, {"w": jnp.asarray(g)})
@@ -337,7 +347,7 @@ def test_unsigned_code_near_its_midpoints(kernel):
     rows[:, 0] = 1.0
     rows[: -(-g.size // 255), 1:] = np.resize(g, (-(-g.size // 255)) * 255).reshape(-1, 255)
     inner = adamx.adam(1e-3, b2=0.0)
-    opt = adamx.with_storage(inner, nu="8bit")
+    opt = adamx.with_storage(inner, nu=st.blockwise8(stochastic_rounding=False))
     params = {"w": jnp.zeros(rows.shape, jnp.float32)}
     state = jax.jit(opt.init)(params)
     _, new_state = jax.jit(kernel_step(opt))(params, state, {"w": jnp.asarray(rows)})
@@ -348,14 +358,59 @@ def test_unsigned_code_near_its_midpoints(kernel):
     np.testing.assert_array_equal(codes, want)
 
 
-def test_search_buckets_hold_at_most_one_midpoint_and_match_searchsorted():
-    """The bucket tables (built and checked in Python) give searchsorted's code for a
-    large random sample of [-1, 1], every midpoint and its neighbours (a NumPy model of the
-    kernel's search; the kernel itself is checked above)."""
+@pytest.mark.parametrize("signed", [True, False])
+def test_stochastic_codes_at_table_values_and_neighbours(kernel, signed):
+    """b1 = 0 (or b2 = 0) from a fresh state: the new moment is g (or g * g) exactly, with
+    each block's first element 1; every code value, its float32 neighbours and points
+    between them get the stochastic code of the NumPy reference (floor by searchsorted,
+    the hash's uniform), bitwise."""
+    table = st.dynamic_code(signed).astype(F32)
+    vals = np.concatenate(
+        [
+            table,
+            np.nextafter(table, F32(2)),
+            np.nextafter(table, F32(-2)),
+            ((table[1:].astype(np.float64) + table[:-1]) / 2).astype(F32),
+            (table[1:] * F32(0.7) + table[:-1] * F32(0.3)).astype(F32),
+        ]
+    )
+    vals = vals[(np.abs(vals) <= 1) & ((vals == 0) | (np.abs(vals) >= TINY))]
+    if not signed:
+        vals = np.sqrt(vals[vals >= 0].astype(np.float64)).astype(F32)  # v = g * g
+    per = 255
+    n_blocks = -(-vals.size // per)
+    g = np.zeros((max(n_blocks, 16), 256), F32)
+    g[:, 0] = 1.0
+    g[:n_blocks, 1:] = np.resize(vals, n_blocks * per).reshape(n_blocks, per)
+    inner = adamx.adam(1e-3, b1=0.0) if signed else adamx.adam(1e-3, b2=0.0)
+    policies = {"mu": "8bit"} if signed else {"nu": "8bit"}
+    opt = adamx.with_storage(inner, **policies)
+    params = {"w": jnp.zeros(g.shape, jnp.float32)}
+    state = jax.jit(opt.init)(params)
+    _, new_state = jax.jit(kernel_step(opt))(params, state, {"w": jnp.asarray(g)})
+    moment = new_state.inner[0].mu["w"] if signed else new_state.inner[0].nu["w"]
+    x = g if signed else g * g
+    seed = np_seeds(state.key, 2)[0 if signed else 1]
+    policy = st.blockwise8().for_moment("mu" if signed else "nu")
+    want_codes, want_scale = np_encode(policy, x, seed)
+    np.testing.assert_array_equal(np.asarray(moment.codes), want_codes)
+    np.testing.assert_array_equal(np.asarray(moment.scale), want_scale)
+
+
+def test_search_buckets_hold_at_most_one_boundary_and_match_searchsorted():
+    """The bucket tables (built and checked in Python) give searchsorted's count for a
+    large random sample of [-1, 1], every boundary and its neighbours, for the four
+    searches (nearest: the midpoints; floor: the code values but the first); a NumPy model
+    of the kernel's search, the kernel itself is checked above."""
     lo, n, buckets, _ = _fused_storage.bucket_tables()
     rng = np.random.default_rng(0)
-    for u, signed in ((0, True), (1, False)):
-        mid = _blockwise8._midpoints(signed)
+    searches = [
+        _blockwise8._midpoints(True),
+        _blockwise8._midpoints(False),
+        st.dynamic_code(True)[1:],
+        st.dynamic_code(False)[1:],
+    ]
+    for u, mid in enumerate(searches):
         y = np.concatenate(
             [
                 rng.uniform(-1, 1, 200_000).astype(F32),
@@ -499,3 +554,82 @@ def test_grad_through_the_step_is_the_xla_paths(kernel):
     want = jax.jit(jax.grad(lambda s: loss(xla_step(opt), s)))(1.0)
     np.testing.assert_allclose(float(got), float(want), rtol=1e-6)
     assert np.isfinite(float(got)) and float(got) != 0.0
+
+
+# The same steps in a fresh process, whose kernel is built for another -march.
+BUILD_SCRIPT = r"""
+import sys
+import jax, jax.numpy as jnp, numpy as np
+import adamx
+from adamx import storage as st
+
+def run():
+    rng = np.random.default_rng(0)
+    shapes = {"a": (24, 300), "b": (48, 100), "c": (4500,), "d": (2, 3, 768), "e": (10,)}
+    tree = lambda scale: {
+        k: jnp.asarray(rng.standard_normal(s).astype(np.float32) * np.float32(scale))
+        for k, s in shapes.items()
+    }
+    near = st.blockwise8(stochastic_rounding=False)
+    cases = [
+        (adamx.adam(1e-2), "8bit", "8bit"),
+        (adamx.adamw(1e-2, weight_decay=0.1), near, near),
+        (adamx.adam(1e-2), "bfloat16_sr", "8bit"),
+        (adamx.adam(1e-2), "8bit", "bfloat16"),
+    ]
+    out = {}
+    for c, (inner, mu, nu) in enumerate(cases):
+        opt = adamx.with_storage(inner, mu=mu, nu=nu)
+        params = tree(1.0)
+        state = jax.jit(opt.init)(params)
+        step = jax.jit(lambda p, s, g: adamx.step(opt, g, s, p))
+        hlo = step.lower(params, state, params).as_text()
+        assert "adamx_adam_storage_step_v1" in hlo, "the kernel is not in the program"
+        for t in range(3):
+            params, state = step(params, state, tree(10.0 ** -(t + 1)))
+        for i, leaf in enumerate(jax.tree.leaves((params, state))):
+            out[f"{c}_{i}"] = np.asarray(leaf).reshape(-1).view(np.uint8)
+    return out
+
+if __name__ == "__main__":
+    info = adamx.kernel_info()
+    assert info.available and info.path.startswith(sys.argv[2]), info
+    np.savez(sys.argv[1], **run())
+"""
+
+
+@pytest.mark.parametrize("march", ["haswell", "x86-64"])
+def test_avx2_and_scalar_builds_are_bitwise_the_native_one(kernel, march, tmp_path):
+    """The kernel built with ``ADAMX_MARCH=haswell`` (AVX2, no AVX-512: the scalar code,
+    vectorised by the compiler) and ``x86-64`` (SSE2 only) gives the native build's
+    params, codes, scales and bfloat16 bits, bitwise, over three steps of 8-bit moments
+    rounded stochastically and to nearest (Adam and AdamW)."""
+    import os
+    import subprocess
+    import sys
+
+    script = tmp_path / "steps.py"
+    script.write_text(BUILD_SCRIPT)
+    root = os.path.dirname(os.path.dirname(adamx.__file__))  # this adamx, not an installed one
+    path = os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))
+    env = {
+        **os.environ,
+        "ADAMX_MARCH": march,
+        "ADAMX_CACHE_DIR": str(tmp_path / "cache"),
+        "PYTHONPATH": path,
+    }
+    done = subprocess.run(
+        [sys.executable, str(script), str(tmp_path / "out.npz"), str(tmp_path / "cache")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    namespace: dict = {}
+    exec(compile(BUILD_SCRIPT.split("if __name__")[0], "steps", "exec"), namespace)
+    want = namespace["run"]()
+    got = np.load(tmp_path / "out.npz")
+    assert sorted(got.files) == sorted(want)
+    for name, value in want.items():
+        np.testing.assert_array_equal(got[name], value, err_msg=f"{march}: leaf {name}")

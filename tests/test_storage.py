@@ -33,7 +33,10 @@ def spec(x, dtype=jnp.float32):
 
 @functools.partial(jax.jit, static_argnums=0)
 def enc(policy, x, key=None):
-    """``policy.encode``, jitted (eager JAX compiles every operation on its own: slow)."""
+    """``policy.encode``, jitted (eager JAX compiles every operation on its own: slow); a
+    stochastic policy without ``key`` gets the seed 7."""
+    if key is None and policy.stochastic:
+        key = jnp.uint32(7)
     return policy.encode(x, key)
 
 
@@ -130,7 +133,7 @@ def test_nearest_rounding_matches_brute_force(signed):
     if not signed:
         x = np.square(x)
     x[0, :50] = 0.0
-    policy = blockwise8(block_size=128, min_size=0, signed=signed)
+    policy = blockwise8(block_size=128, min_size=0, signed=signed, stochastic_rounding=False)
     stored = enc(policy, jnp.asarray(x))
     scale, decoded, margin, y = reference_blockwise(x, 128, signed)
     np.testing.assert_array_equal(stored.scale, scale.astype(np.float32))
@@ -152,7 +155,7 @@ def test_rounding_at_midpoints_and_decade_edges(signed):
     x = np.unique(np.clip(x, -1 if signed else 0, 1))
     x = np.concatenate([x, np.zeros(-x.size % 255, np.float32)]).reshape(-1, 255)
     x = np.concatenate([x, np.ones((x.shape[0], 1), np.float32)], axis=1)  # scale 1 per block
-    stored = enc(blockwise8(min_size=0, signed=signed), jnp.asarray(x))
+    stored = enc(blockwise8(min_size=0, signed=signed, stochastic_rounding=False), jnp.asarray(x))
     expected = np.searchsorted(mid, x, side="right")
     if not signed:
         expected = np.where(x > 0, np.maximum(expected, 1), 0)
@@ -164,7 +167,7 @@ def test_relative_error_per_decade(signed):
     """Within decade z (k = bits-1-z fraction bits) nearest rounding errs by <= 4.5/(2**k+4.5)."""
     bits = 7 if signed else 8
     r = rng(2)
-    policy = blockwise8(block_size=4096, min_size=0, signed=signed)
+    policy = blockwise8(block_size=4096, min_size=0, signed=signed, stochastic_rounding=False)
     for z in range(bits - 1):
         k = bits - 1 - z
         bound = 4.5 / (2**k + 4.5)
@@ -245,6 +248,103 @@ def test_non_finite_block_decodes_non_finite():
     for moment in ("mu", "nu"):
         got = roundtrip(blockwise8(min_size=0).for_moment(moment), x)
         assert not np.any(np.isfinite(got))
+
+
+def np_hash(index, seed):
+    """The documented per-element hash: lowbias32(lowbias32(index ^ seed) + seed)."""
+
+    def mix(h):
+        h = h ^ (h >> np.uint32(16))
+        h = h * np.uint32(0x7FEB352D)
+        h = h ^ (h >> np.uint32(15))
+        h = h * np.uint32(0x846CA68B)
+        return h ^ (h >> np.uint32(16))
+
+    return mix(mix(index ^ np.uint32(seed)) + np.uint32(seed))
+
+
+def reference_stochastic_codes(x, block, signed, seed):
+    """The stochastic 8-bit codes from the docstring's formula, in NumPy: per block ``y = x /
+    absmax``, ``t[k] <= y < t[k+1]`` by ``np.searchsorted``, up when ``y - t[k] > u (t[k+1] -
+    t[k])`` with ``u = (hash(row * C + col) >> 8) * 2**-24``."""
+    table = dynamic_code(signed)
+    c = x.shape[-1]
+    b = min(block, c)
+    rows = x.reshape(-1, c)
+    pad = -c % b
+    padded = np.concatenate([rows, np.zeros((rows.shape[0], pad), np.float32)], axis=1)
+    blocks = padded.reshape(rows.shape[0], -1, b)
+    scale = np.abs(blocks).max(axis=-1)
+    y = (blocks / np.where(scale > 0, scale, np.float32(1))[..., None]).astype(np.float32)
+    count = np.searchsorted(table[1:], y, side="right")
+    k = np.minimum(count, 254)
+    index = (np.arange(rows.shape[0])[:, None] * c + np.arange(padded.shape[1])).astype(np.uint32)
+    u = (np_hash(index, seed) >> np.uint32(8)).astype(np.float32) * np.float32(2.0**-24)
+    u = u.reshape(blocks.shape)
+    up = (y - table[k]) > u * (table[k + 1] - table[k])
+    codes = np.where(count >= 255, 255, k + up)
+    if not signed:
+        codes = np.where(blocks > 0, np.maximum(codes, 1), 0)
+    return codes.astype(np.uint8), scale
+
+
+@pytest.mark.parametrize("signed", [True, False])
+def test_stochastic_codes_match_the_formula(signed):
+    r = rng(21)
+    x = (r.standard_normal((5, 700)) * 10.0 ** r.uniform(-3, 3, (5, 1))).astype(np.float32)
+    if not signed:
+        x = np.square(x)
+    x[0, :50] = 0.0
+    x[1, 7] = -0.0
+    policy = blockwise8(block_size=128, min_size=0, signed=signed)
+    stored = enc(policy, jnp.asarray(x), jnp.uint32(12345))
+    codes, scale = reference_stochastic_codes(x, 128, signed, 12345)
+    np.testing.assert_array_equal(stored.scale, scale)
+    np.testing.assert_array_equal(stored.codes, codes)
+
+
+@pytest.mark.parametrize("signed", [True, False])
+def test_stochastic_codes_are_unbiased(signed):
+    """Over many seeds the mean decoded value is the value itself (to the sampling error),
+    where rounding to nearest is off by up to half a code gap; a table value is kept."""
+    table = dynamic_code(signed)
+    lo, hi = (table[200], table[201]) if signed else (table[60], table[61])
+    y = np.linspace(lo, hi, 255, dtype=np.float32)
+    x = np.concatenate([y, [np.float32(1.0)]])[None]  # scale 1
+    policy = blockwise8(min_size=0, signed=signed)
+    decoded = np.stack([roundtrip(policy, x, jnp.uint32(s))[0, :255] for s in range(400)]).astype(
+        np.float64
+    )
+    assert set(np.unique(decoded)) <= {float(lo), float(hi)}
+    gap = float(hi) - float(lo)
+    err = np.abs(decoded.mean(axis=0) - y)
+    assert err.max() < 0.1 * gap and err.mean() < 0.03 * gap
+    assert decoded[:, 0].min() == lo and decoded[:, -1].max() == hi  # table values kept
+
+
+def test_stochastic_codes_move_a_slow_average():
+    """An EMA with b2 = 0.999 stored in 8 bits: rounded to nearest it never moves from its
+    code (each step's change is far below half a gap); rounded stochastically it follows
+    the float32 average."""
+    x = np.full((1, 256), 0.5, np.float32)
+    x[0, 0] = 1.0  # the block's absmax, constant
+    target = np.float32(0.3)
+    nearest = blockwise8(min_size=0, signed=False, stochastic_rounding=False)
+    sr = blockwise8(min_size=0, signed=False)
+
+    @jax.jit
+    def run(x):
+        def body(i, carry):
+            a, b, f = carry
+            a = nearest.decode(nearest.encode(0.999 * a + 0.001 * target, None), spec(x))
+            b = sr.decode(sr.encode(0.999 * b + 0.001 * target, i.astype(jnp.uint32)), spec(x))
+            return a.at[0, 0].set(1.0), b.at[0, 0].set(1.0), 0.999 * f + 0.001 * target
+
+        return jax.lax.fori_loop(0, 1000, body, (x, x, x))
+
+    a, b, f = (np.asarray(v)[0, 1:] for v in run(jnp.asarray(x)))
+    assert np.all(np.abs(a - 0.5) < 0.01)  # frozen
+    assert abs(f.mean() - b.mean()) < 0.01 and abs(f.mean() - 0.5) > 0.07
 
 
 # ---------------------------------------------------------------------------------------------
@@ -433,8 +533,9 @@ def test_names_parse():
         assert isinstance(policy, Storage) and policy.name == name
         assert resolve(policy) is policy and hash(policy) == hash(resolve(name))
     assert resolve(None) is None
-    assert resolve("bfloat16_sr").stochastic and not resolve("8bit").stochastic
-    assert resolve("8bit") == Blockwise8(256, 4096, None)
+    assert resolve("bfloat16_sr").stochastic and resolve("8bit").stochastic
+    assert not blockwise8(stochastic_rounding=False).stochastic
+    assert resolve("8bit") == Blockwise8(256, 4096, None, True)
     assert resolve("factored") == Factored(128)
     assert resolve("float16") == Cast("float16", False)
 

@@ -9,6 +9,7 @@ with a :class:`FusedKernelWarning`.
 
 Environment:
   ``ADAMX_FUSED=0``: never use the kernel (no build, no warning).
+  ``ADAMX_MARCH``: the ``-march`` to build for (default ``native``).
   ``ADAMX_CACHE_DIR``: where the built library goes (default
   ``$XDG_CACHE_HOME/adamx`` or ``~/.cache/adamx``).
   ``CXX``: the compiler (default ``c++``).
@@ -53,9 +54,14 @@ _MOMENTUM_TARGETS = (("AdamxLionStep", LION_TARGET), ("AdamxSgdStep", SGD_TARGET
 # formula, operation by operation (tested bitwise against NumPy). -fno-math-errno lets
 # sqrt vectorise without changing its results.
 _FLAGS = (
-    "-O3", "-march=native", "-fno-math-errno", "-ffp-contract=off", "-std=c++17",
-    "-shared", "-fPIC", "-w",
+    "-O3", "-fno-math-errno", "-ffp-contract=off", "-std=c++17", "-shared", "-fPIC", "-w",
 )  # fmt: skip
+
+
+def _flags() -> tuple[str, ...]:
+    """The compiler flags: ``_FLAGS`` and ``-march=$ADAMX_MARCH`` (default ``native``; the
+    tests build ``haswell`` (AVX2) and ``x86-64`` (scalar) kernels and compare them)."""
+    return (f"-march={os.environ.get('ADAMX_MARCH') or 'native'}", *_FLAGS)
 
 
 class FusedKernelWarning(UserWarning):
@@ -122,7 +128,7 @@ def _library_path(include: str) -> Path:
     key = hashlib.sha256()
     for part in (
         *(source.read_bytes() for source in _SOURCES + _HEADERS),
-        " ".join(_compiler() + list(_FLAGS)).encode(),
+        " ".join(_compiler() + list(_flags())).encode(),
         include.encode(),
         jax.__version__.encode(),
         _jaxlib_version().encode(),
@@ -143,7 +149,7 @@ def _build(path: Path, include: str) -> float:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=path.stem + ".", suffix=".tmp", dir=path.parent)
     os.close(fd)
-    command = [*compiler, *_FLAGS, f"-I{include}", *map(str, _SOURCES), "-o", tmp]
+    command = [*compiler, *_flags(), f"-I{include}", *map(str, _SOURCES), "-o", tmp]
     start = time.perf_counter()
     try:
         done = subprocess.run(command, capture_output=True, text=True, timeout=300)

@@ -53,80 +53,25 @@ from adamx.storage._with_storage import (
     walk_moments,
 )
 
-F32, BF16, BF16_SR, Q8_SIGNED, Q8_UNSIGNED = range(5)
+F32, BF16, BF16_SR, Q8_SIGNED, Q8_UNSIGNED, Q8_SIGNED_SR, Q8_UNSIGNED_SR = range(7)
+STOCHASTIC = (BF16_SR, Q8_SIGNED_SR, Q8_UNSIGNED_SR)
 
 
 # ------------------------------------------------------------------ the code tables
 
 
-def _mag16(x: float) -> int:
-    """The top 16 bits of a float32's magnitude (exponent and 7 mantissa bits)."""
-    return int(np.float32(abs(x)).view(np.uint32)) >> 16
-
-
-def _float_of_bits(bits: int) -> np.float32:
-    return np.uint32(bits).view(np.float32)
-
-
 @functools.cache
 def bucket_tables() -> tuple[int, int, np.ndarray, np.ndarray]:
-    """``(lo, n, buckets, tables)`` for the kernel's nearest-code search.
+    """``(lo, n, buckets, tables)``: the kernel's operands for the 8-bit codes.
 
-    The kernel finds ``searchsorted(midpoints, y, side="right")`` (the number of midpoints
-    at or below ``y``) for a float32 ``y`` (``-0.0`` made ``+0.0``) with one table read: the
-    bucket of ``y`` is ``clamp((bits(y) >> 16 & 0x7FFF) - lo, 0, n - 1)``, plus ``n`` when
-    ``y`` is negative: its sign, exponent and top 7 mantissa bits. ``lo`` is two binades
-    below the smallest positive midpoint of either code, so the first bucket (every
-    magnitude below ``2**e(lo)``, zero included) holds no midpoint but the signed code's
-    0, and the last bucket takes every magnitude from 1 up.
-
-    ``buckets[u]`` (``u``: 0 signed, 1 unsigned) holds per bucket ``c | has << 8 |
-    t << 16``: ``c`` the number of midpoints at or below the bucket's lowest value; ``has``
-    whether one midpoint lies above that, inside the bucket (never two: checked here), and
-    then ``t`` the low 16 bits of its float32 bits (its high 16 are the bucket's, so
-    ``y >= midpoint`` is ``low16(y) >= t``, or ``<=`` for negative ``y``). The code is
-    ``c + (has and that comparison)``.
-
-    ``tables`` is float32[4, 256]: the signed and unsigned code values, then their
-    midpoints padded with ``+inf`` (not used by the search; kept for the decode).
+    ``lo``, ``n`` and ``buckets`` (``uint32[4 * 2 n]``: nearest signed, nearest unsigned,
+    floor signed, floor unsigned) are ``adamx.storage._blockwise8.search_buckets()``, the searches
+    the XLA path makes; ``tables`` is ``float32[2, 256]``, the signed and unsigned code
+    values (the decode, and the neighbours of stochastic rounding).
     """
-    mids = [_blockwise8._midpoints(True), _blockwise8._midpoints(False)]
-    smallest = min(float(m[m > 0].min()) for m in mids)
-    lo = ((_mag16(smallest) >> 7) - 2) << 7
-    top = _mag16(1.0)
-    n = top - lo + 1
-    idx = np.arange(n, dtype=np.uint32)
-    top16 = idx + np.uint32(lo)
-    lo_val = np.where(idx == 0, np.float32(0), (top16 << 16).view(np.float32))
-    hi_val = np.where(idx == n - 1, np.float32(np.inf), ((top16 << 16) | 0xFFFF).view(np.float32))
-    tiny = np.float32(np.finfo(np.float32).smallest_subnormal)
-    # the negative buckets: y < 0 strictly (the kernel turns -0.0 into +0.0)
-    neg_hi = np.where(idx == 0, -tiny, -lo_val).astype(np.float32)
-    buckets = []
-    for mid in mids:
-        halves = []
-        for bmin, bmax in ((lo_val.astype(np.float32), hi_val), (-hi_val, neg_hi)):
-            c = np.searchsorted(mid, bmin, side="right")
-            inside = np.searchsorted(mid, bmax, side="right") - c
-            if inside.max() > 1:  # pragma: no cover - a property of the tables, tested
-                raise AssertionError("a search bucket holds two midpoints")
-            has = inside == 1
-            t = mid[np.minimum(c, len(mid) - 1)].view(np.uint32)
-            same = (t >> 16) & 0x7FFF == top16
-            if np.any(has & (~same | (idx == 0) | (idx == n - 1))):  # pragma: no cover
-                raise AssertionError("a midpoint lies in a clamped bucket")
-            entry = c.astype(np.uint32) | np.where(has, (t & 0xFFFF) << 16 | 0x100, 0)
-            halves.append(entry.astype(np.uint32))
-        buckets.append(np.concatenate(halves))
-    tables = np.stack(
-        [
-            _storage.dynamic_code(True),
-            _storage.dynamic_code(False),
-            np.append(mids[0], np.float32(np.inf)),
-            np.append(mids[1], np.float32(np.inf)),
-        ]
-    ).astype(np.float32)
-    return lo, n, np.concatenate(buckets), tables
+    lo, n, buckets = _blockwise8.search_buckets()
+    tables = np.stack([_storage.dynamic_code(True), _storage.dynamic_code(False)])
+    return lo, n, buckets.reshape(-1), tables.astype(np.float32)
 
 
 # ------------------------------------------------------------------------ the plan
@@ -154,7 +99,7 @@ def _q8_layout(policy, shape, stored) -> tuple[int, int, int] | None:
     :func:`adamx.storage.row_blocks`), checked against what ``policy.encode`` makes; None
     if the stored leaf is not that."""
     like = jax.ShapeDtypeStruct(shape, jnp.float32)
-    want = jax.eval_shape(lambda x: policy.encode(x, None), like)
+    want = jax.eval_shape(lambda x: policy.encode(x, jnp.uint32(0)), like)
     got = jax.tree.map(lambda x: (tuple(jnp.shape(x)), jnp.result_type(x)), stored)
     if jax.tree.map(lambda x: (tuple(x.shape), x.dtype), want) != got:
         return None
@@ -190,6 +135,8 @@ def _moment_leaf(policy, shape, stored):
         layout = _q8_layout(policy, tuple(shape), stored)
         if layout is None:
             return "an 8-bit moment is not in a block layout the kernel knows"
+        if policy.stochastic_rounding:
+            return (Q8_SIGNED_SR if policy.signed else Q8_UNSIGNED_SR), 2, layout
         return (Q8_SIGNED if policy.signed else Q8_UNSIGNED), 2, layout
     return f"storage {getattr(policy, 'name', policy)!r} has no kernel"
 
@@ -331,9 +278,9 @@ def kernel_step(rule: AdamRule, config: _Plan, stochastic: bool, grads, state, p
     key, sub = next_rounding_key(state.key, stochastic)
     n = len(g)
     modes = [(leaf.mu, leaf.nu) for leaf in config.leaves]
-    if any(BF16_SR in pair for pair in modes):
+    if any(mode in STOCHASTIC for pair in modes for mode in pair):
         seeds = rounding_seeds(sub, 2 * n)
-        mask = np.asarray([[mu == BF16_SR, nu == BF16_SR] for mu, nu in modes]).T.reshape(-1)
+        mask = np.asarray([[mu in STOCHASTIC, nu in STOCHASTIC] for mu, nu in modes]).T.reshape(-1)
         seeds = jnp.where(mask, seeds, jnp.uint32(0))
         seeds = seeds.reshape(2, n).T.reshape(-1)  # per leaf: mu's seed, nu's seed
     else:

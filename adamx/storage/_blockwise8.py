@@ -10,8 +10,10 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax import lax
 from jax.sharding import AxisType
 
+from adamx.storage._cast import _mix32, _seed
 from adamx.storage._policy import _Policy, check_moment_name, is_int
 
 
@@ -61,13 +63,76 @@ def _midpoints(signed: bool) -> np.ndarray:
     return ((table[1:] + table[:-1]) / 2).astype(np.float32)
 
 
+# The four searches of :func:`search_buckets`, in the order of its table.
+NEAREST_SIGNED, NEAREST_UNSIGNED, FLOOR_SIGNED, FLOOR_UNSIGNED = range(4)
+
+
+def _mag16(x: float) -> int:
+    """The top 16 bits of a float32's magnitude (exponent and 7 mantissa bits)."""
+    return int(np.float32(abs(x)).view(np.uint32)) >> 16
+
+
 @functools.cache
-def _lookup(signed: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per decade ``z``: ``10**z`` and ``2**k``; and the midpoints padded with ``-+inf``."""
-    bits = 7 if signed else 8
-    z = np.arange(bits)
-    edges = np.concatenate([[-np.inf], _midpoints(signed), [np.inf]]).astype(np.float32)
-    return (10.0**z).astype(np.float32), (2.0 ** (bits - 1 - z)).astype(np.float32), edges
+def search_buckets() -> tuple[int, int, np.ndarray]:
+    """``(lo, n, buckets)``: the tables that find an 8-bit code with one read per element.
+
+    Four searches, each counting the boundaries at or below a float32 ``y`` in ``[-1, 1]``
+    (``-0.0`` taken as ``+0.0``), that is ``searchsorted(boundaries, y, side="right")``:
+
+    * ``NEAREST_SIGNED`` / ``NEAREST_UNSIGNED``: the midpoints of :func:`dynamic_code`
+      (the count is the nearest code, ties to the larger value);
+    * ``FLOOR_SIGNED`` / ``FLOOR_UNSIGNED``: the code values but the first, ``table[1:]``
+      (the count is the index of the largest value at or below ``y``).
+
+    The bucket of ``y`` is ``clamp((bits(y) >> 16 & 0x7FFF) - lo, 0, n - 1)``, plus ``n``
+    when ``y`` is negative: its sign, exponent and top 7 mantissa bits. ``lo`` is two
+    binades below the smallest positive boundary of any search, so the first bucket
+    (every magnitude below ``2**e(lo)``, zero included) holds no boundary but the signed
+    code's zeros, and the last bucket takes every magnitude from 1 up.
+
+    ``buckets[s, :]`` (``uint32[4, 2 n]``, search ``s``) holds per bucket ``c | has << 8 |
+    t << 16``: ``c`` the number of boundaries at or below the bucket's lowest value;
+    ``has`` whether one boundary lies above that, inside the bucket (never two: checked
+    here), and then ``t`` the low 16 bits of its float32 bits (its high 16 are the
+    bucket's, so ``y >= boundary`` is ``low16(y) >= t``, or ``<=`` for negative ``y``). The
+    count is ``c + (has and that comparison)``. The XLA path and the fused CPU kernel
+    (``adamx/kernels/csrc/adam_storage_cpu.cc``) both search with these tables.
+    """
+    bounds = [
+        _midpoints(True),
+        _midpoints(False),
+        dynamic_code(True)[1:],
+        dynamic_code(False)[1:],
+    ]
+    smallest = min(float(b[b > 0].min()) for b in bounds)
+    lo = ((_mag16(smallest) >> 7) - 2) << 7
+    n = _mag16(1.0) - lo + 1
+    idx = np.arange(n, dtype=np.uint32)
+    top16 = idx + np.uint32(lo)
+    lo_val = np.where(idx == 0, np.float32(0), (top16 << 16).view(np.float32))
+    hi_val = np.where(idx == n - 1, np.float32(np.inf), ((top16 << 16) | 0xFFFF).view(np.float32))
+    tiny = np.float32(np.finfo(np.float32).smallest_subnormal)
+    # the negative buckets: y < 0 strictly (-0.0 is searched as +0.0)
+    neg_hi = np.where(idx == 0, -tiny, -lo_val).astype(np.float32)
+    tables = []
+    for bound in bounds:
+        halves = []
+        for bmin, bmax in ((lo_val.astype(np.float32), hi_val), (-hi_val, neg_hi)):
+            c = np.searchsorted(bound, bmin, side="right")
+            inside = np.searchsorted(bound, bmax, side="right") - c
+            if inside.max() > 1:  # pragma: no cover - a property of the tables, tested
+                raise AssertionError("a search bucket holds two boundaries")
+            has = inside == 1
+            t = bound[np.minimum(c, len(bound) - 1)].view(np.uint32)
+            same = (t >> 16) & 0x7FFF == top16
+            if np.any(has & (~same | (idx == 0) | (idx == n - 1))):  # pragma: no cover
+                raise AssertionError("a boundary lies in a clamped bucket")
+            entry = c.astype(np.uint32) | np.where(has, (t & 0xFFFF) << 16 | 0x100, 0)
+            halves.append(entry.astype(np.uint32))
+        tables.append(np.concatenate(halves))
+    buckets = np.stack(tables)
+    buckets.flags.writeable = False
+    return lo, n, buckets
 
 
 def _gather(table: jax.Array, index: jax.Array) -> jax.Array:
@@ -80,28 +145,47 @@ def _gather(table: jax.Array, index: jax.Array) -> jax.Array:
     return table[index]
 
 
-def _nearest_code(y: jax.Array, signed: bool) -> jax.Array:
-    """Index of the table value nearest to ``y`` in ``[-1, 1]``, int32.
+def _count_at_or_below(y: jax.Array, search: int) -> jax.Array:
+    """``searchsorted(boundaries, y, side="right")`` for one of the searches of
+    :func:`search_buckets`, int32: one read of its bucket table per element."""
+    lo, n, buckets = search_buckets()
+    bits = lax.bitcast_convert_type(y, jnp.uint32)
+    bits = jnp.where(bits == jnp.uint32(0x80000000), jnp.uint32(0), bits)  # -0.0 as +0.0
+    neg = (bits >> 31).astype(jnp.int32)
+    idx = jnp.clip(((bits >> 16) & 0x7FFF).astype(jnp.int32) - lo, 0, n - 1)
+    entry = _gather(jnp.asarray(buckets[search]), idx + n * neg)
+    low, t = bits & 0xFFFF, entry >> 16
+    up = ((entry & 0x100) != 0) & jnp.where(neg == 1, low <= t, low >= t)
+    return (entry & 0xFF).astype(jnp.int32) + up.astype(jnp.int32)
 
-    Equal to ``searchsorted(midpoints, y, side="right")`` (ties to the larger value), but
-    computed from the table's structure instead of a binary search: the decade
-    ``z = floor(-log10|y|)`` and the rounded fraction give the magnitude index
-    ``2**k + round((|y| * 10**z - 0.1) / 0.9 * 2**k) - 1``; float rounding leaves it at
-    most one step off, which one comparison with each neighbouring midpoint corrects.
-    """
-    bits = 7 if signed else 8
-    pow10, steps, edges = (jnp.asarray(t) for t in _lookup(signed))
-    a = jnp.abs(y)
-    z = jnp.clip(jnp.floor(-jnp.log10(a)), 0, bits - 1)  # log10(0) = -inf: the last decade
-    z = jnp.where(jnp.isnan(z), 0, z).astype(jnp.int32)
-    n = _gather(steps, z)
-    fraction = (a * _gather(pow10, z) - 0.1) / 0.9 * n
-    j = jnp.clip(jnp.round(fraction) - 1, -1, n - 1)  # -1: 10**-(z+1)
-    m = (n + j).astype(jnp.int32)
-    guess = jnp.clip(jnp.where(y < 0, 127 - m, 128 + m) if signed else m, 0, 255)
-    up = (_gather(edges, guess + 1) <= y).astype(jnp.int32)
-    down = (y < _gather(edges, guess)).astype(jnp.int32)
-    return guess + up - down
+
+def _element_bits(seed: jax.Array, shape: tuple[int, ...], cols: int) -> jax.Array:
+    """Uniform 32-bit words for the blocks ``shape = (*lead, nb, b)`` of a leaf whose rows
+    have ``cols`` elements: each element's row-major index in the leaf (``row * cols +
+    column``, modulo ``2**32``) hashed with the leaf's seed, as bfloat16 stochastic
+    rounding does (:func:`adamx.storage.cast`); padding gets numbers too (unused)."""
+    *lead, nb, b = shape
+    rows = math.prod(lead)
+    r = lax.broadcasted_iota(jnp.uint32, (rows, nb, b), 0)
+    col = lax.broadcasted_iota(jnp.uint32, (rows, nb, b), 1) * jnp.uint32(b)
+    col = col + lax.broadcasted_iota(jnp.uint32, (rows, nb, b), 2)
+    index = (r * jnp.uint32(cols) + col).reshape(shape)
+    return _mix32(_mix32(index ^ seed) + seed)
+
+
+def _stochastic_code(y: jax.Array, signed: bool, bits: jax.Array) -> jax.Array:
+    """The code of ``y`` rounded stochastically between its two neighbouring table values
+    ``t[k] <= y < t[k + 1]``: ``k + 1`` when ``y - t[k] > u * (t[k + 1] - t[k])`` with
+    ``u = (bits >> 8) * 2**-24`` uniform in ``[0, 1)``, else ``k`` (so a table value is
+    kept exactly, and ``E[t[code]] = y`` up to ``2**-24`` of the gap); ``y = 1`` (a block's
+    absmax) is the top code."""
+    count = _count_at_or_below(y, FLOOR_SIGNED if signed else FLOOR_UNSIGNED)
+    k = jnp.minimum(count, 254)
+    table = jnp.asarray(dynamic_code(signed))
+    below, above = _gather(table, k), _gather(table, k + 1)
+    u = (bits >> 8).astype(jnp.float32) * jnp.float32(2.0**-24)
+    up = (y - below) > u * (above - below)
+    return jnp.where(count >= 255, 255, k + up.astype(jnp.int32))
 
 
 class Quantized(NamedTuple):
@@ -120,11 +204,13 @@ class Quantized(NamedTuple):
 
 @dataclasses.dataclass(frozen=True)
 class Blockwise8(_Policy):
-    """An 8-bit block-wise policy; built by :func:`blockwise8`, whose arguments are its fields."""
+    """An 8-bit block-wise policy; built by :func:`blockwise8`, whose arguments are its fields
+    (``stochastic`` is ``stochastic_rounding``: then :meth:`encode` needs a key)."""
 
     block_size: int = 256
     min_size: int = 4096
     signed: bool | None = None
+    stochastic_rounding: bool = True
 
     def __post_init__(self):
         size = self.block_size
@@ -136,10 +222,18 @@ class Blockwise8(_Policy):
             raise ValueError(f"`min_size` must be a non-negative integer, got {self.min_size!r}.")
         if self.signed not in (None, True, False):
             raise ValueError(f"`signed` must be None, True or False, got {self.signed!r}.")
+        if not isinstance(self.stochastic_rounding, bool):
+            raise ValueError(
+                f"`stochastic_rounding` must be True or False, got {self.stochastic_rounding!r}."
+            )
 
     @property
     def name(self) -> str:
         return "8bit"
+
+    @property
+    def stochastic(self) -> bool:  # type: ignore[override]
+        return self.stochastic_rounding
 
     def check(self, moment: str) -> None:
         """Raise ``ValueError`` for an unknown moment, or ``"mu"`` with the unsigned code."""
@@ -167,12 +261,19 @@ class Blockwise8(_Policy):
         return self.signed
 
     def encode(self, x: jax.Array, key: jax.Array | None) -> Quantized | jax.Array:
-        """``x`` as :class:`Quantized`, or float32 when it has fewer than ``min_size`` elements."""
-        del key
+        """``x`` as :class:`Quantized`, or float32 when it has fewer than ``min_size``
+        elements. With ``stochastic_rounding`` (the default), ``key`` is a PRNG key or a
+        ``uint32`` scalar seed (as for :func:`adamx.storage.cast`); else it is ignored."""
         signed = self._signed()
         x = x.astype(jnp.float32)
         if x.size < self.min_size:
             return x
+        if self.stochastic_rounding and key is None:
+            raise ValueError(
+                "8-bit storage with `stochastic_rounding=True` needs a PRNG `key` (or a uint32 "
+                "seed) to encode, got None; pass one, or build the policy with "
+                "`blockwise8(stochastic_rounding=False)` to round to nearest."
+            )
         shape = x.shape or (1,)
         c, b, nb = row_blocks(shape, self.block_size)
         rows = x.reshape(shape)
@@ -181,7 +282,11 @@ class Blockwise8(_Policy):
         blocks = rows.reshape(*shape[:-1], nb, b)
         scale = jnp.max(jnp.abs(blocks), axis=-1)
         safe = jnp.where(scale > 0, scale, jnp.ones_like(scale))
-        codes = _nearest_code(blocks / safe[..., None], signed)
+        y = blocks / safe[..., None]
+        if self.stochastic_rounding:
+            codes = _stochastic_code(y, signed, _element_bits(_seed(key), blocks.shape, c))  # type: ignore[arg-type]
+        else:
+            codes = _count_at_or_below(y, NEAREST_SIGNED if signed else NEAREST_UNSIGNED)
         if not signed:  # a positive value never rounds to 0; a negative one (an error) does
             codes = jnp.where(blocks > 0, jnp.maximum(codes, 1), 0)
         return Quantized(codes.astype(jnp.uint8), scale)
@@ -217,26 +322,48 @@ def row_blocks(shape: tuple[int, ...], block_size: int) -> tuple[int, int, int]:
     return c, b, -(-c // b)
 
 
-def blockwise8(block_size: int = 256, min_size: int = 4096, signed: bool | None = None):
+def blockwise8(
+    block_size: int = 256,
+    min_size: int = 4096,
+    signed: bool | None = None,
+    stochastic_rounding: bool = True,
+) -> Blockwise8:
     """Store a moment in 8 bits per element: block-wise absmax scaling and a dynamic code.
 
     Per leaf of at least ``min_size`` elements, each row of its last axis (length ``C``;
     a vector is one row) is cut into blocks of ``b = min(block_size, C)`` elements, the
     last one zero-padded, and per block ``k``::
 
-        scale[k] = max |x[k]|                         (float32)
-        codes[k] = nearest index of x[k] / scale[k] in the 256-value table (uint8)
+        scale[k] = max |x[k]|                          (float32)
+        y        = x[k] / scale[k]                     (float32 division; 1 at the absmax)
+        codes[k] = index of y rounded to the 256-value table (uint8)
         decode   = table[codes[k]] * scale[k]
 
     The table is :func:`dynamic_code`: signed for ``mu`` (sign plus a dynamic exponent and
     linear fraction; exact 0, exact ``+-1``), unsigned for ``nu`` (twice the resolution, and
     a positive normal float32 never rounds or decodes to 0: it gets at least the smallest
-    positive code, and decodes to at least the smallest normal float32). Rounding is to the
-    nearest table value, ties to the larger (the result of a search among the midpoints of
-    the table, computed arithmetically: a few operations per element, no binary search).
-    A block's absmax element round-trips exactly. NaN or inf in a block makes its
-    whole block decode to non-finite values. Smaller leaves are stored in float32 as they
-    are (they are few bytes, and often biases and norms sensitive to error).
+    positive code, and decodes to at least the smallest normal float32).
+
+    Rounding is **stochastic** by default: with ``t[k] <= y < t[k + 1]`` the neighbouring
+    table values, the code is ``k + 1`` with probability ``(y - t[k]) / (t[k + 1] - t[k])``
+    (exactly: when ``y - t[k] > u * (t[k + 1] - t[k])``, ``u = (h >> 8) * 2**-24`` from
+    ``h``, a 32-bit hash of the element's row-major index in the leaf and the leaf's
+    seed, the one bfloat16 stochastic rounding uses), else ``k``; so ``E[decode] = x`` and
+    a moving average of ``x`` (Adam's ``v = b2 v + (1 - b2) g**2``) moves on average as in
+    float32 even when one step's change is far below the gap between two codes. Rounding
+    to the nearest code instead (``stochastic_rounding=False``, ties to the larger; the
+    rounding of adamx before 0.3) freezes such averages: with ``b2 = 0.999`` a code of ``v``
+    moves only when ``g**2`` differs from ``v`` by more than the code's relative gap over
+    ``2 (1 - b2)`` (4x to 100x), so ``v`` follows its block's absmax instead of its own
+    gradients, and fine convergence suffers (``benchmarks/convergence.py``: 8-bit moments
+    rounded to nearest end 20-30% above float32 on a teacher-student regression, rounded
+    stochastically within 1%). The codes themselves mean the same in both modes; a table
+    value (0, a block's absmax) is kept exactly in both. Both searches read one entry of a
+    small bucket table per element (:func:`search_buckets`), no binary search.
+
+    A NaN or inf in a block makes its whole block decode to non-finite values. Smaller
+    leaves are stored in float32 as they are (they are few bytes, and often biases and
+    norms sensitive to error).
 
     Blocks never cross a row, so the stored leaf shards like its param: ``codes`` and
     ``scale`` keep the param's leading axes, and its last axis becomes ``(n_blocks, b)``.
@@ -254,17 +381,21 @@ def blockwise8(block_size: int = 256, min_size: int = 4096, signed: bool | None 
       min_size: leaves with fewer elements stay float32; default 4096 (as bitsandbytes).
       signed: the code; None (default) picks it per moment in :meth:`Blockwise8.for_moment`
         (signed for ``"mu"``, unsigned for ``"nu"``), which must be called before encoding.
+      stochastic_rounding: round stochastically (default True; :func:`adamx.with_storage`
+        keeps the key and draws each leaf's seed every step) or to the nearest code
+        (False: deterministic, no key; the state of adamx before 0.3).
 
     Returns:
       The :class:`Blockwise8` policy; leaves are stored as :class:`Quantized`.
 
     Raises:
-      ValueError: ``block_size`` not a positive power of two, or ``min_size`` negative.
+      ValueError: ``block_size`` not a positive power of two, ``min_size`` negative, or
+        ``stochastic_rounding`` not a bool.
 
     Example:
       >>> import jax.numpy as jnp
       >>> nu = blockwise8().for_moment("nu")
-      >>> stored = nu.encode(jnp.ones((64, 512)), None)
+      >>> stored = nu.encode(jnp.ones((64, 512)), jnp.uint32(0))  # a seed: rounds stochastically
       >>> stored.codes.shape, stored.scale.shape
       ((64, 2, 256), (64, 2))
 
@@ -272,4 +403,4 @@ def blockwise8(block_size: int = 256, min_size: int = 4096, signed: bool | None 
       Dettmers, Lewis, Shleifer, Zettlemoyer, "8-bit Optimizers via Block-wise
       Quantization", ICLR 2022, https://arxiv.org/abs/2110.02861.
     """
-    return Blockwise8(block_size, min_size, signed)
+    return Blockwise8(block_size, min_size, signed, stochastic_rounding)

@@ -169,7 +169,10 @@ def with_storage(
       key kept in this state, advanced every step, started from ``seed``);
     * ``"8bit"``: blockwise 8-bit quantization (blocks of 256, one float32 absmax per
       block, a signed dynamic code for ``mu`` and an unsigned one for ``nu`` that never
-      rounds a non-zero value to zero); leaves under 4,096 elements stay float32;
+      rounds a non-zero value to zero), codes rounded stochastically with the key kept
+      here (``blockwise8(stochastic_rounding=False)`` rounds to nearest: Adam's slow
+      ``nu`` then freezes, see :func:`adamx.storage.blockwise8`); leaves under 4,096
+      elements stay float32;
     * ``"factored"`` (``nu`` only): row and column means of each matrix of at least
       128 x 128 (others stay float32). With Adam's ``v = b2 * v + (1 - b2) * g**2`` the
       stored rows and columns are exactly Adafactor's moving averages of the row and column

@@ -15,6 +15,16 @@ _SAME_OPTIMIZER = (
     "initialised with params of the same structure, shapes and dtypes."
 )
 
+_UNKEYED_8BIT = (
+    "{path} (the stochastic-rounding key of `with_storage`) is empty in the checkpoint but "
+    "the optimizer keeps one: the checkpoint was saved by a state that rounded nothing "
+    'stochastically. Since adamx 0.3 8-bit storage (`"8bit"`, `blockwise8()`) rounds its '
+    "codes stochastically and needs the key: its stored format changed, and a checkpoint of "
+    "8-bit state from adamx 0.2 or earlier (codes rounded to nearest) is refused. Restore it "
+    'into `with_storage(..., blockwise8(stochastic_rounding=False))` in place of `"8bit"` '
+    "(the old format, rounded to nearest), or start a fresh state. Otherwise: "
+)
+
 
 def restore_state(restored: PyTree, like: PyTree) -> PyTree:
     """Check a restored optimizer state leaf by leaf and give it the optimizer's own types.
@@ -173,6 +183,8 @@ def _restore_leaf(restored, like, path: str):
         )
     shape, like_shape = tuple(np.shape(restored)), tuple(np.shape(like))
     if shape != like_shape:
+        if path.endswith(".key") and shape == (0,) and like_shape == (2,):
+            raise ValueError(_UNKEYED_8BIT.format(path=path) + _SAME_OPTIMIZER)
         raise ValueError(
             f"{path} has shape {shape} but the optimizer expects {like_shape}. {_SAME_OPTIMIZER}"
         )

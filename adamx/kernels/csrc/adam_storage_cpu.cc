@@ -10,21 +10,27 @@
 //   mode 1  bfloat16       round to nearest even (XLA's astype)
 //   mode 2  bfloat16_sr    bits + (noise >> 16), top half; noise = mix(mix(i ^ seed) + seed)
 //                          with i the element's row-major index in the leaf (storage.py)
-//   mode 3  8-bit, signed code; mode 4  8-bit, unsigned code (storage.Blockwise8):
-//           a leaf is rows of its last axis (cols), each row cut into blocks of `block`
-//           (the last padded with the code of 0); per block scale = max|x| (NaN kept),
-//           y = x / (scale > 0 ? scale : 1), code = #midpoints <= y; unsigned:
-//           code = x > 0 ? max(code, 1) : 0. Decode: table[code] * scale (unsigned: a
-//           non-zero code decodes to at least FLT_MIN).
+//   mode 3  8-bit, signed code; mode 4  8-bit, unsigned code (storage.Blockwise8 with
+//           stochastic_rounding=False): a leaf is rows of its last axis (cols), each row
+//           cut into blocks of `block` (the last padded with the code of 0); per block
+//           scale = max|x| (NaN kept), y = x / (scale > 0 ? scale : 1), code = #midpoints
+//           <= y; unsigned: code = x > 0 ? max(code, 1) : 0. Decode: table[code] * scale
+//           (unsigned: a non-zero code decodes to at least FLT_MIN).
+//   mode 5, 6  the same codes (signed, unsigned) rounded stochastically (the default
+//           Blockwise8): count = #table[1:] <= y, k = min(count, 254), code = count >= 255
+//           ? 255 : k + (y - table[k] > u * (table[k+1] - table[k])), u = (h >> 8) * 2^-24
+//           with h = mix(mix(i ^ seed) + seed) of the element's row-major index i in the
+//           leaf (as mode 2); unsigned: then max(code, 1) for x > 0, 0 otherwise.
 //
-// The code tables, their midpoints and the search buckets all come from Python (the
-// `tables` and `buckets` operands, built and checked by adamx/kernels/_fused_storage.py
-// `bucket_tables`); nothing of the code is hard-wired here. The nearest code of y (with
-// -0.0 made +0.0): the top 16 bits of y (sign, exponent, 7 mantissa bits), clamped to the
-// exponents that matter, pick a bucket entry `c | has << 8 | t << 16`: c midpoints lie at
-// or below the bucket's lowest value, and at most one inside it, whose low 16 bits are t;
-// the code is c, plus 1 when y is at or above that midpoint (compared on the low 16 bits,
-// the high 16 being the bucket's). One table read per element, no search.
+// The code tables and the search buckets all come from Python (the `tables` and
+// `buckets` operands, built and checked by adamx/storage/_blockwise8.py `search_buckets`,
+// the same tables the XLA path searches); nothing of the code is hard-wired here. A count
+// of boundaries (midpoints, or the code values) at or below y (with -0.0 made +0.0): the
+// top 16 bits of y (sign, exponent, 7 mantissa bits), clamped to the exponents that
+// matter, pick a bucket entry `c | has << 8 | t << 16`: c boundaries lie at or below the
+// bucket's lowest value, and at most one inside it, whose low 16 bits are t; the count is
+// c, plus 1 when y is at or above that boundary (compared on the low 16 bits, the high 16
+// being the bucket's). One table read per element, no search.
 //
 // Work: each leaf is cut into segments (an 8-bit block, or 2048 elements when no moment
 // of the leaf is 8-bit), in chunks of about 64 Ki elements spread over XLA's intra-op
@@ -59,12 +65,18 @@ using adamx::kNumScalars;
 using adamx::Scalars;
 
 enum Mode : int64_t { kF32 = 0, kBf16 = 1, kBf16Sr = 2, kQ8Signed = 3, kQ8Unsigned = 4 };
+// Modes 5 and 6 (8-bit rounded stochastically) are read as kQ8Signed / kQ8Unsigned with
+// Moment::sr set.
+constexpr int64_t kQ8SignedSr = 5, kQ8UnsignedSr = 6;
 
 struct Tables {
   const float* code[2];       // [0] signed, [1] unsigned: 256 values each
-  const float* mid[2];        // 256 each: the 255 midpoints, then +inf
-  const uint32_t* bucket[2];  // 2 * bucket_n entries each: c | has << 8 | t16 << 16
+  const uint32_t* bucket[4];  // nearest signed, nearest unsigned, floor signed, floor
+                              // unsigned: 2 * bucket_n entries each, c | has << 8 | t16 << 16
   int32_t bucket_lo, bucket_n;
+  // [u][2 k], [u][2 k + 1]: code[u][k] and code[u][min(k + 1, 255)], the neighbours of
+  // stochastic rounding read with one 64-bit gather (built in Impl from `code`).
+  const float* pair[2];
 };
 
 struct Moment {
@@ -73,7 +85,8 @@ struct Moment {
   void* out;
   const float* scale_in;  // 8-bit only
   float* scale_out;
-  uint32_t seed;          // bfloat16_sr only
+  uint32_t seed;          // bfloat16_sr and stochastic 8-bit only
+  bool sr;                // 8-bit: rounded stochastically
 };
 
 struct Leaf {
@@ -237,59 +250,105 @@ float AbsMax(const float* x, int64_t n) {
   return nan ? NAN : best;
 }
 
-inline int NearestCode(float y, const Tables& t, int u) {
-  y = y + 0.0f;  // -0.0 -> +0.0: the same code (the search compares values)
+// #boundaries <= y of search `s` (an index into Tables::bucket).
+inline int Count(float y, const Tables& t, int s) {
+  y = y + 0.0f;  // -0.0 -> +0.0: the same count (the search compares values)
   const uint32_t bits = Bits(y);
   int32_t idx = static_cast<int32_t>((bits >> 16) & 0x7FFFu) - t.bucket_lo;
   idx = std::min(std::max(idx, 0), t.bucket_n - 1);
   if (bits >> 31) idx += t.bucket_n;
-  const uint32_t e = t.bucket[u][idx];
+  const uint32_t e = t.bucket[s][idx];
   int c = static_cast<int>(e & 0xFFu);
-  if (e & 0x100u) {  // a midpoint in this bucket, with the same top 16 bits as y
+  if (e & 0x100u) {  // a boundary in this bucket, with the same top 16 bits as y
     const uint32_t low = bits & 0xFFFFu, mid = e >> 16;
     c += (bits >> 31) ? (low <= mid) : (low >= mid);
   }
   return c;
 }
 
+// Search indices into Tables::bucket.
+constexpr int kNearest = 0, kFloor = 2;
+
+// The stochastic choice between table[k] and table[k + 1] (see the header), one element.
+inline int StochasticCode(float y, uint32_t index, uint32_t seed, const Tables& t, int u) {
+  const int count = Count(y, t, kFloor + u);
+  if (count >= 255) return 255;
+  const float* table = t.code[u];
+  const float below = table[count], above = table[count + 1];
+  const float uniform = static_cast<float>(Mix32(Mix32(index ^ seed) + seed) >> 8) * 0x1p-24f;
+  return count + ((y - below) > uniform * (above - below) ? 1 : 0);
+}
+
+#ifdef ADAMX_AVX512
+// Count (see above) of 16 values at once, search s.
+inline __m512i Count16(__m512i bits, const Tables& t, int s, __mmask16 k) {
+  const __m512i zero = _mm512_setzero_si512();
+  __m512i idx = _mm512_sub_epi32(
+      _mm512_and_si512(_mm512_srli_epi32(bits, 16), _mm512_set1_epi32(0x7FFF)),
+      _mm512_set1_epi32(t.bucket_lo));
+  idx = _mm512_min_epi32(_mm512_max_epi32(idx, zero), _mm512_set1_epi32(t.bucket_n - 1));
+  const __mmask16 neg = _mm512_movepi32_mask(bits);
+  idx = _mm512_mask_add_epi32(idx, neg, idx, _mm512_set1_epi32(t.bucket_n));
+  const __m512i e = _mm512_mask_i32gather_epi32(zero, k, idx, t.bucket[s], 4);
+  __m512i c = _mm512_and_si512(e, _mm512_set1_epi32(0xFF));
+  const __m512i mid = _mm512_srli_epi32(e, 16);
+  const __m512i low = _mm512_and_si512(bits, _mm512_set1_epi32(0xFFFF));
+  const __mmask16 inside = _mm512_test_epi32_mask(e, _mm512_set1_epi32(0x100));
+  const __mmask16 up = (_mm512_mask_cmpge_epu32_mask(inside & ~neg, low, mid)) |
+                       (_mm512_mask_cmple_epu32_mask(inside & neg, low, mid));
+  return _mm512_mask_add_epi32(c, up, c, _mm512_set1_epi32(1));
+}
+#endif
+
 // Codes of one block of n values (n <= block) whose scale (AbsMax) is known, padded to
-// `block` with the code of 0.
+// `block` with the code of 0; `first` is the row-major index in the leaf of x[0] and
+// `seed` the leaf's seed (stochastic rounding only).
 void EncodeQ8Scaled(const float* __restrict x, int64_t n, int64_t block,
-                    uint8_t* __restrict q, float scale, const Tables& t, int u) {
+                    uint8_t* __restrict q, float scale, const Tables& t, int u, bool sr,
+                    uint32_t seed, uint32_t first) {
   const float safe = scale > 0.0f ? scale : 1.0f;
   int64_t i = 0;
 #ifdef ADAMX_AVX512
   const __m512 vsafe = _mm512_set1_ps(safe);
   const __m512 fzero = _mm512_setzero_ps();
-  const __m512i lo = _mm512_set1_epi32(t.bucket_lo);
-  const __m512i top = _mm512_set1_epi32(t.bucket_n - 1);
-  const __m512i half = _mm512_set1_epi32(t.bucket_n);
-  const __m512i low15 = _mm512_set1_epi32(0x7FFF);
-  const __m512i low16 = _mm512_set1_epi32(0xFFFF);
-  const __m512i byte = _mm512_set1_epi32(0xFF);
-  const __m512i has = _mm512_set1_epi32(0x100);
   const __m512i one = _mm512_set1_epi32(1);
-  const __m512i zero = _mm512_setzero_si512();
-  const uint32_t* bucket = t.bucket[u];
+  const __m512i vseed = _mm512_set1_epi32(static_cast<int>(seed));
+  const __m512i iota = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
   for (; i < n; i += 16) {
     const __mmask16 k = n - i >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << (n - i)) - 1u);
     const __m512 xv = _mm512_maskz_loadu_ps(k, x + i);
+    const __m512 y = _mm512_add_ps(_mm512_div_ps(xv, vsafe), fzero);
+    const __m512i bits = _mm512_castps_si512(y);
     __m512i c;
-    {
-      const __m512 y = _mm512_add_ps(_mm512_div_ps(xv, vsafe), fzero);
-      const __m512i bits = _mm512_castps_si512(y);
-      __m512i idx = _mm512_sub_epi32(_mm512_and_si512(_mm512_srli_epi32(bits, 16), low15), lo);
-      idx = _mm512_min_epi32(_mm512_max_epi32(idx, zero), top);
-      const __mmask16 neg = _mm512_movepi32_mask(bits);
-      idx = _mm512_mask_add_epi32(idx, neg, idx, half);
-      const __m512i e = _mm512_mask_i32gather_epi32(zero, k, idx, bucket, 4);
-      c = _mm512_and_si512(e, byte);
-      const __m512i mid = _mm512_srli_epi32(e, 16);
-      const __m512i low = _mm512_and_si512(bits, low16);
-      const __mmask16 inside = _mm512_test_epi32_mask(e, has);
-      const __mmask16 up = (_mm512_mask_cmpge_epu32_mask(inside & ~neg, low, mid)) |
-                           (_mm512_mask_cmple_epu32_mask(inside & neg, low, mid));
-      c = _mm512_mask_add_epi32(c, up, c, one);
+    if (!sr) {
+      c = Count16(bits, t, kNearest + u, k);
+    } else {
+      const __m512i count = Count16(bits, t, kFloor + u, k);
+      const __m512i lo = _mm512_min_epi32(count, _mm512_set1_epi32(254));
+      // table[lo] and table[lo + 1] as one 64-bit pair per lane: two 8-lane gathers of
+      // pairs (16 loads) instead of two 16-lane gathers (32), then split evens and odds.
+      const __m512i q0 = _mm512_i32gather_epi64(_mm512_castsi512_si256(lo), t.pair[u], 8);
+      const __m512i q1 =
+          _mm512_i32gather_epi64(_mm512_extracti64x4_epi64(lo, 1), t.pair[u], 8);
+      const __m512i evens =
+          _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+      const __m512i odds = _mm512_add_epi32(evens, one);
+      const __m512 below =
+          _mm512_permutex2var_ps(_mm512_castsi512_ps(q0), evens, _mm512_castsi512_ps(q1));
+      const __m512 above =
+          _mm512_permutex2var_ps(_mm512_castsi512_ps(q0), odds, _mm512_castsi512_ps(q1));
+      const __m512i index = _mm512_add_epi32(
+          _mm512_set1_epi32(static_cast<int>(first + static_cast<uint32_t>(i))), iota);
+      const __m512i h =
+          Mix32x16(_mm512_add_epi32(Mix32x16(_mm512_xor_si512(index, vseed)), vseed));
+      const __m512 uniform = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_srli_epi32(h, 8)),
+                                           _mm512_set1_ps(0x1p-24f));
+      const __mmask16 up = _mm512_cmp_ps_mask(
+          _mm512_sub_ps(y, below), _mm512_mul_ps(uniform, _mm512_sub_ps(above, below)),
+          _CMP_GT_OQ);
+      c = _mm512_mask_add_epi32(lo, up, lo, one);
+      const __mmask16 top = _mm512_cmpge_epi32_mask(count, _mm512_set1_epi32(255));
+      c = _mm512_mask_mov_epi32(c, top, _mm512_set1_epi32(255));
     }
     if (u) {
       const __mmask16 pos = _mm512_cmp_ps_mask(xv, fzero, _CMP_GT_OQ);
@@ -301,21 +360,24 @@ void EncodeQ8Scaled(const float* __restrict x, int64_t n, int64_t block,
 #endif
   for (; i < n; ++i) {
     const float xi = x[i];
-    int c = NearestCode(xi / safe, t, u);
+    const float y = xi / safe;
+    int c = sr ? StochasticCode(y, first + static_cast<uint32_t>(i), seed, t, u)
+               : Count(y, t, kNearest + u);
     if (u) c = xi > 0.0f ? std::max(c, 1) : 0;
     q[i] = static_cast<uint8_t>(c);
   }
-  if (n < block) {
-    const uint8_t pad = u ? 0 : static_cast<uint8_t>(NearestCode(0.0f, t, 0));
+  if (n < block) {  // the code of 0: nearest and stochastic agree on a table value
+    const uint8_t pad = u ? 0 : static_cast<uint8_t>(Count(0.0f, t, kNearest));
     std::memset(q + n, pad, static_cast<size_t>(block - n));
   }
 }
 
 void EncodeQ8(const float* __restrict x, int64_t n, int64_t block, uint8_t* __restrict q,
-              float* scale_out, const Tables& t, int u) {
+              float* scale_out, const Tables& t, int u, bool sr, uint32_t seed,
+              uint32_t first) {
   const float scale = AbsMax(x, n);
   *scale_out = scale;
-  EncodeQ8Scaled(x, n, block, q, scale, t, u);
+  EncodeQ8Scaled(x, n, block, q, scale, t, u, sr, seed, first);
 }
 
 void DecodeQ8(const uint8_t* __restrict q, float scale, int64_t n, float* __restrict x,
@@ -362,7 +424,7 @@ void Encode(const Moment& mo, int64_t flat, int64_t codes, int64_t seg, int64_t 
       break;
     default:
       EncodeQ8(x, n, block, static_cast<uint8_t*>(mo.out) + codes, mo.scale_out + seg, t,
-               mo.mode == kQ8Unsigned);
+               mo.mode == kQ8Unsigned, mo.sr, mo.seed, static_cast<uint32_t>(flat));
   }
 }
 
@@ -433,12 +495,13 @@ inline void Store16(const Moment& mo, __m512 x, int64_t flat, int64_t i, float* 
 
 template <int64_t kMode>
 inline void Finish(const Moment& mo, const float* buffer, int64_t n, int64_t block,
-                   int64_t code, int64_t seg, __m512 amax, __mmask16 nan, const Tables& t) {
+                   int64_t flat, int64_t code, int64_t seg, __m512 amax, __mmask16 nan,
+                   const Tables& t) {
   if constexpr (kMode == kQ8Signed || kMode == kQ8Unsigned) {
     const float scale = nan ? NAN : _mm512_reduce_max_ps(amax);
     mo.scale_out[seg] = scale;
     EncodeQ8Scaled(buffer, n, block, static_cast<uint8_t*>(mo.out) + code, scale, t,
-                   kMode == kQ8Unsigned);
+                   kMode == kQ8Unsigned, mo.sr, mo.seed, static_cast<uint32_t>(flat));
   }
 }
 
@@ -502,8 +565,8 @@ void FusedSeg(const Leaf& L, int64_t seg, const Scalars& s, const Tables& t, flo
     if (kDecay == 2) d = _mm512_add_ps(d, _mm512_mul_ps(wd, p));
     _mm512_mask_storeu_ps(out + i, k, _mm512_add_ps(p, _mm512_mul_ps(neg_lr, d)));
   }
-  Finish<kM>(L.m, mb, n, L.block, code, seg, m_amax, m_nan, t);
-  Finish<kV>(L.v, vb, n, L.block, code, seg, v_amax, v_nan, t);
+  Finish<kM>(L.m, mb, n, L.block, flat, code, seg, m_amax, m_nan, t);
+  Finish<kV>(L.v, vb, n, L.block, flat, code, seg, v_amax, v_nan, t);
 }
 
 using SegFn = void (*)(const Leaf&, int64_t, const Scalars&, const Tables&, float*, float*);
@@ -555,6 +618,7 @@ struct Job {
 #endif
   std::vector<Chunk> chunks;
   Tables t;
+  std::vector<float> pairs;  // Tables::pair's storage: 2 x 512
   Scalars s;
   int64_t max_block = 0;
   std::atomic<size_t> next{0};
@@ -609,8 +673,8 @@ ffi::Future Impl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> scalars,
                  ffi::Span<const int64_t> decay_mask, ffi::Span<const int64_t> layout,
                  int64_t bucket_lo, int64_t bucket_n) {
   if (scalars.element_count() != kNumScalars) return Failed("wrong scalar count");
-  if (tables.element_count() != 4 * 256) return Failed("wrong table size");
-  if (buckets.element_count() != static_cast<size_t>(4 * bucket_n)) {
+  if (tables.element_count() != 2 * 256) return Failed("wrong table size");
+  if (buckets.element_count() != static_cast<size_t>(8 * bucket_n)) {
     return Failed("wrong bucket table size");
   }
   const size_t n = decay_mask.size();
@@ -622,16 +686,31 @@ ffi::Future Impl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> scalars,
   job->s = adamx::ReadScalars(sc);
   const float* tb = tables.typed_data();
   const uint32_t* bk = buckets.typed_data();
-  job->t = Tables{{tb, tb + 256}, {tb + 512, tb + 768}, {bk, bk + 2 * bucket_n},
-                  static_cast<int32_t>(bucket_lo), static_cast<int32_t>(bucket_n)};
+  job->t = Tables{{tb, tb + 256},
+                  {bk, bk + 2 * bucket_n, bk + 4 * bucket_n, bk + 6 * bucket_n},
+                  static_cast<int32_t>(bucket_lo), static_cast<int32_t>(bucket_n),
+                  {nullptr, nullptr}};
+  job->pairs.resize(2 * 512);
+  for (int u = 0; u < 2; ++u) {
+    for (int k = 0; k < 256; ++k) {
+      job->pairs[512 * u + 2 * k] = job->t.code[u][k];
+      job->pairs[512 * u + 2 * k + 1] = job->t.code[u][std::min(k + 1, 255)];
+    }
+    job->t.pair[u] = job->pairs.data() + 512 * u;
+  }
   const uint32_t* sd = seeds.typed_data();
   size_t a = 0, r = 0;
   int64_t total = 0;
   for (size_t i = 0; i < n; ++i) {
     const int64_t* lay = layout.begin() + 5 * i;
     Leaf L{};
-    L.m.mode = lay[0];
-    L.v.mode = lay[1];
+    for (int k = 0; k < 2; ++k) {
+      Moment& mo = k == 0 ? L.m : L.v;
+      const int64_t mode = lay[k];
+      if (mode < kF32 || mode > kQ8UnsignedSr) return Failed("unknown storage mode");
+      mo.sr = mode == kQ8SignedSr || mode == kQ8UnsignedSr;
+      mo.mode = mo.sr ? mode - 2 : mode;
+    }
     L.rows = lay[2];
     L.cols = lay[3];
     const int64_t size = L.rows * L.cols;
