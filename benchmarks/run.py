@@ -2,17 +2,17 @@
 
 One command measures everything in one run and writes ``benchmarks/RESULTS.md``::
 
-    python benchmarks/run.py [--quick] [--workloads a,b,c,d,e] [--out benchmarks/RESULTS.md]
+    python benchmarks/run.py [--quick] [--workloads a,b,c,d,e,f] [--out benchmarks/RESULTS.md]
 
-The contenders: ``adamx`` (``adamx.step``: the fused CPU kernel for Adam/AdamW), ``adamx xla``
-(adamx's Adam/AdamW through XLA, ``fused=False``), ``optax``, ``torch fused`` and ``torch
-foreach``. Each contender of a case runs in its own process (``worker.py``, under
-``/usr/bin/time -v`` for its peak RSS). The processes are started one after the other (so
-compile times are not disturbed), then visited in turn: every round each contender times a
-few steps while the others wait, and the order rotates from round to round, so machine
-noise hits all alike. In some rounds the JAX contenders also time their step run
-``loop_steps`` times inside one jitted ``fori_loop`` (no Python dispatch between steps) and a
-jitted no-op on the same trees (the dispatch floor). The roofline probe
+The contenders: ``adamx`` (``adamx.step``: the fused CPU kernel for Adam/AdamW, Lion and SGD
+with momentum), ``adamx xla`` (the same adamx optimizer through XLA, ``fused=False``),
+``optax``, ``torch fused`` and ``torch foreach``. Each contender of a case runs in its own
+process (``worker.py``, under ``/usr/bin/time -v`` for its peak RSS). The processes are
+started one after the other (so compile times are not disturbed), then visited in turn:
+every round each contender times a few steps while the others wait, and the order rotates
+from round to round, so machine noise hits all alike. In some rounds the JAX contenders also
+time their step run ``loop_steps`` times inside one jitted ``fori_loop`` (no Python dispatch
+between steps) and a jitted no-op on the same trees (the dispatch floor). The roofline probe
 (``../shared/tools/roofline.c``, compiled here in the same run) takes a turn in some rounds
 with the same parameter count. See README.md for how to read the tables.
 """
@@ -261,7 +261,7 @@ def median_ms(entry: dict | None, key: str = "times") -> float | None:
 
 
 # The peers of the ratio columns, where they ran: per call, and in the loop (JAX only).
-RATIO_PEERS = ("adamx xla", "optax", "torch fused")
+RATIO_PEERS = ("adamx xla", "optax", "torch fused", "torch foreach")
 LOOP_PEERS = ("adamx xla", "optax")
 # Case (e): float32 Adam, fused (adamx.step) and XLA.
 STORAGE_PEERS = ("adamx", "adamx xla")
@@ -320,7 +320,7 @@ def measured(case: dict) -> list[tuple[str, dict]]:
 
 def case_title(case: dict) -> str:
     w, opt = case["workload"], case["optimizer"]
-    key = {"adam": w, "adam storage": "e"}.get(opt, "d")
+    key = case.get("key") or {"adam": w, "adam storage": "e"}.get(opt, "d")
     return (
         f"({key}) {opt} on {workloads.WORKLOAD_TITLES[w]}: "
         f"{case['n_leaves']:,} leaves, {case['n_params'] / 1e6:.2f}M params, "
@@ -452,6 +452,7 @@ def target_rows(cases: list[dict], quick: bool) -> list[str]:
     """The issue's CPU targets, each marked met / not met from this run's figures."""
     by = {(c["workload"], c["optimizer"]): c for c in cases}
     a, b = by.get(("a", "adam")), by.get(("b", "adam"))
+    lion, sgd = by.get(("a", "lion")), by.get(("a", "sgd"))
     rows = []
 
     def verdict(ok):
@@ -474,6 +475,10 @@ def target_rows(cases: list[dict], quick: bool) -> list[str]:
         (a, "torch fused", 1.0, "(a) adamx step <= 1.0x torch fused"),
         (a, "optax", 0.75, "(a) adamx step <= 0.75x optax.adam"),
         (b, "optax", 0.5, "(b) adamx step <= 0.5x optax.adam"),
+        # issue 15 item 5: the Lion and SGD-momentum kernels
+        (sgd, "torch fused", 1.0, "(d, f) sgd: adamx step <= 1.0x torch fused"),
+        (sgd, "adamx xla", 1.0, "(d, f) sgd: adamx step <= 1.0x its XLA path"),
+        (lion, "adamx xla", 1.0, "(d, f) lion: adamx step <= 1.0x its XLA path"),
     ):
         r = ratio(case, "adamx", peer, statistics.median)
         r_min = ratio(case, "adamx", peer, min)
@@ -590,10 +595,12 @@ METHOD = """
 - The contenders. `adamx`: `adamx.step(opt, grads, state, params)` in one `jax.jit` with
   params and state donated (gradients are inputs, not donated). For Adam and AdamW that is
   adamx's fused single-pass CPU kernel (an XLA FFI custom call, `adamx_adam_step_v1`, that
-  updates p, m and v in place), where it applies; for the other optimizers it is `update` +
-  `optax.apply_updates`. The `fused kernel` column says whether the compiled step calls the
-  kernel, and how many times (one call per group of leaves). `adamx xla` (Adam and AdamW
-  only): the same adamx optimizer with `fused=False`, `update` + `optax.apply_updates` in one
+  updates p, m and v in place), where it applies; for Lion and SGD with momentum their own
+  kernels (`adamx_lion_step_v1`, `adamx_sgd_step_v1`: p and the one state tensor in place);
+  for the other optimizers it is `update` + `optax.apply_updates`. The `fused kernel`
+  column says whether the compiled step calls a kernel, and how many times (one call per
+  group of leaves). `adamx xla` (the optimizers with a kernel only): the same adamx
+  optimizer with `fused=False`, `update` + `optax.apply_updates` in one
   `jax.jit`, donated: the XLA path that the kernel replaces (same numbers). `optax`: optax's
   optimizer, the same way. torch: `opt.step()` with `.grad` set. The kernel is built or
   loaded (`adamx.kernel_info()`) in the adamx process before anything is timed, so no compile
@@ -744,7 +751,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="small sizes, few steps: a smoke run")
     parser.add_argument(
-        "--workloads", default="a,b,c,d,e", help="comma-separated subset of a,b,c,d,e"
+        "--workloads", default="a,b,c,d,e", help="comma-separated subset of a,b,c,d,e,f"
     )
     parser.add_argument("--out", type=Path, default=HERE / "RESULTS.md", help="report path")
     parser.add_argument("--rounds", type=int, help="rounds of visits (default 12; quick 3)")
@@ -752,7 +759,9 @@ def main() -> None:
     chosen = [w.strip() for w in args.workloads.split(",") if w.strip()]
     unknown = [w for w in chosen if w not in workloads.CASES]
     if unknown or not chosen:
-        parser.error(f"--workloads: unknown {unknown}; choose from a, b, c, d (comma-separated)")
+        parser.error(
+            f"--workloads: unknown {unknown}; choose from a, b, c, d, e, f (comma-separated)"
+        )
 
     cfg = {
         "quick": args.quick,
@@ -782,9 +791,10 @@ def main() -> None:
         for key in chosen:
             for workload, optimizer in workloads.CASES[key]:
                 contenders = workloads.contenders_for(optimizer, has_torch)
-                cfg["probe_one_thread"] = key != "d"
+                cfg["probe_one_thread"] = key not in ("d", "f")
                 log(f"case {optimizer} on ({workload}): {', '.join(contenders)}")
                 cases.append(measure_case(workload, optimizer, contenders, probe, cfg, workdir))
+                cases[-1]["key"] = key
     meta["wall_s"] = time.perf_counter() - t_start
     meta["load_after"] = load_average()
     done = [e for c in cases for e in c["contenders"].values() if "error" not in e]

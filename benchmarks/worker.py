@@ -10,9 +10,10 @@ the workload, compiles the step, warms up, then obeys commands on stdin, one per
   ``quit``      answer the memory figures of the timed steps and exit
 
 The JAX contenders: ``adamx`` is ``adamx.step(opt, grads, state, params)`` (the fused CPU
-kernel for Adam/AdamW where it applies, else update + apply_updates); ``adamx xla`` is
-adamx's Adam/AdamW with ``fused=False``, and ``optax`` is optax's optimizer, both as
-``update`` + ``optax.apply_updates``. Each is one ``jax.jit`` with params and state donated.
+kernel for Adam/AdamW, Lion and SGD with momentum where it applies, else update +
+apply_updates); ``adamx xla`` is the same adamx optimizer with ``fused=False``, and
+``optax`` is optax's optimizer, both as ``update`` + ``optax.apply_updates``. Each is one
+``jax.jit`` with params and state donated.
 
 Answers are single lines starting with ``@@ `` followed by JSON (anything else on stdout,
 such as a library's warning, is ignored by the orchestrator). Only one worker runs at a
@@ -72,15 +73,23 @@ DTYPE_BYTES = {"f64": 8, "s64": 8, "u64": 8, "f32": 4, "s32": 4, "u32": 4, "bf16
 SHAPE = re.compile(r"\b(" + "|".join(DTYPE_BYTES) + r")\[([\d,]*)\]")
 INSTRUCTION = re.compile(r"^\s*(?:ROOT )?%([\w.\-]+) = (\([^()]*\)|\S+) ([a-z][\w\-]*)\((.*?)\)")
 NO_TRAFFIC = {"parameter", "tuple", "get-tuple-element", "constant", "bitcast"}
-# The custom-call target of adamx's fused Adam/AdamW kernel (adamx/kernels/_build.py).
+# The custom-call targets of adamx's fused kernels (adamx/kernels/_build.py), and how many
+# leaf-sized arrays each writes per leaf: Adam/AdamW (p, m, v), its stored-moments kernel
+# (with_storage(adam), adamx/kernels/_fused_storage.py), Lion and SGD with momentum (p and
+# the one state tensor).
 KERNEL_TARGET = "adamx_adam_step_v1"
-# ... and of its stored-moments kernel (with_storage(adam), adamx/kernels/_fused_storage.py).
 STORAGE_TARGET = "adamx_adam_storage_step_v1"
+WRITES_PER_LEAF = {
+    KERNEL_TARGET: 3,
+    STORAGE_TARGET: 3,
+    "adamx_lion_step_v1": 2,
+    "adamx_sgd_step_v1": 2,
+}
 
 
 def kernel_calls(hlo: str) -> int:
     """How many calls of adamx's fused kernels a compiled program makes."""
-    return sum(hlo.count(f'custom_call_target="{t}"') for t in (KERNEL_TARGET, STORAGE_TARGET))
+    return sum(hlo.count(f'custom_call_target="{t}"') for t in WRITES_PER_LEAF)
 
 
 def hlo_traffic(hlo: str, leaf_sizes: set[int]) -> tuple[int, int]:
@@ -109,8 +118,9 @@ def hlo_traffic(hlo: str, leaf_sizes: set[int]) -> tuple[int, int]:
             continue
         moved += sizes[name] + sum(sizes.get(o, 0) for o in re.findall(r"%([\w.\-]+)", operands))
         written = sum(n in leaf_sizes for n in arrays)
-        if opcode == "custom-call" and (KERNEL_TARGET in line or STORAGE_TARGET in line):
-            loops += max(written // 3, 1)
+        target = next((t for t in WRITES_PER_LEAF if f'"{t}"' in line), None)
+        if opcode == "custom-call" and target is not None:
+            loops += max(written // WRITES_PER_LEAF[target], 1)
         else:
             loops += written > 0
     return moved, loops
@@ -156,7 +166,7 @@ def jax_contender(spec: dict):
 
     h = workloads.HYPER[spec["optimizer"]]
     lib = adamx if name.startswith("adamx") else optax
-    # adamx xla: adamx's own Adam/AdamW on the XLA path (what the fused kernel replaces).
+    # adamx xla: adamx's own optimizer on the XLA path (what its fused kernel replaces).
     xla_only = {"fused": False} if name == "adamx xla" else {}
     opt = {
         "adam": lambda: lib.adam(h["lr"], b1=h["b1"], b2=h["b2"], eps=h["eps"], **xla_only),
@@ -169,8 +179,8 @@ def jax_contender(spec: dict):
             **xla_only,
         ),
         "amsgrad": lambda: lib.amsgrad(h["lr"], b1=h["b1"], b2=h["b2"], eps=h["eps"]),
-        "lion": lambda: lib.lion(h["lr"], b1=h["b1"], b2=h["b2"], weight_decay=0.0),
-        "sgd": lambda: lib.sgd(h["lr"], momentum=h["momentum"]),
+        "lion": lambda: lib.lion(h["lr"], b1=h["b1"], b2=h["b2"], weight_decay=0.0, **xla_only),
+        "sgd": lambda: lib.sgd(h["lr"], momentum=h["momentum"], **xla_only),
     }[spec["optimizer"].removesuffix(" storage")]()  # case (e) is Adam, stored otherwise
     if name in workloads.STORAGE_CONTENDERS:  # case (e): the moments in another storage
         opt = adamx.with_storage(opt, **workloads.STORAGE_CONTENDERS[name])

@@ -37,9 +37,10 @@ HYPER = {
 CONTENDERS = ("adamx", "adamx xla", "optax", "torch fused", "torch foreach")
 JAX_CONTENDERS = ("adamx", "adamx xla", "optax")
 
-# The optimizers that adamx.step runs through its fused kernel; for the others adamx.step
-# is update + apply_updates already, so "adamx xla" would time the same program twice.
-FUSED_OPTIMIZERS = ("adam", "adamw", "adam storage")
+# The optimizers that adamx.step runs through a fused kernel (Adam's, or Lion's and SGD's);
+# for the others adamx.step is update + apply_updates already, so "adamx xla" would time the
+# same program twice.
+FUSED_OPTIMIZERS = ("adam", "adamw", "adam storage", "lion", "sgd")
 
 # Case (e): Adam with its moments stored through adamx.with_storage (issue 6), next to
 # float32 Adam (fused and XLA). Each policy twice: "adamx <policy>" is adamx.step (the
@@ -68,24 +69,27 @@ def storage_xla_peer(name: str) -> str | None:
 
 
 def contenders_for(optimizer: str, has_torch: bool) -> list[str]:
-    """Who runs a case: adamx and optax always; adamx xla for Adam and AdamW; torch fused
-    where torch.optim has the optimizer (it has no Lion); torch foreach for Adam only
-    (workloads a, b, c), as it is 10-20x slower on CPU and would take most of the run's
-    time budget in (d)."""
+    """Who runs a case: adamx and optax always; adamx xla where adamx has a kernel (Adam,
+    AdamW, Lion, SGD with momentum); torch fused where torch.optim has the optimizer (it has
+    no Lion); torch foreach for Adam (workloads a, b, c) and SGD only, as for Adam-like
+    rules it is 10-20x slower on CPU and would take most of the run's time budget."""
     if optimizer == "adam storage":
         return ["adamx", "adamx xla", *STORAGE_CONTENDERS]
-    torch = {"adam": ["torch fused", "torch foreach"], "lion": []}.get(optimizer, ["torch fused"])
+    both = ["torch fused", "torch foreach"]
+    torch = {"adam": both, "sgd": both, "lion": []}.get(optimizer, ["torch fused"])
     xla = ["adamx xla"] if optimizer in FUSED_OPTIMIZERS else []
     return ["adamx", *xla, "optax", *(torch if has_torch else [])]
 
 
-# A case is an optimizer on a workload; (d) is four more optimizers on workload (a).
+# A case is an optimizer on a workload; (d) is four more optimizers on workload (a), and
+# (f) the two of them that have kernels of their own (Lion, SGD with momentum), alone.
 CASES = {
     "a": [("a", "adam")],
     "b": [("b", "adam")],
     "c": [("c", "adam")],
     "d": [("a", "adamw"), ("a", "amsgrad"), ("a", "lion"), ("a", "sgd")],
     "e": [("a", "adam storage")],
+    "f": [("a", "lion"), ("a", "sgd")],
 }
 
 WORKLOAD_TITLES = {

@@ -158,6 +158,45 @@ def test_matches_optax_alias_on_complex_params(name, x64):
     chex.assert_trees_all_close(p1, p2, rtol=1e-12, atol=1e-13)
 
 
+STATE_DTYPE_CASES = {  # alias with a first-moment dtype option -> (kwarg, state field)
+    "adam": ("mu_dtype", "mu"),
+    "adamw": ("mu_dtype", "mu"),
+    "sgd": ("accumulator_dtype", "trace"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(STATE_DTYPE_CASES))
+@pytest.mark.parametrize("complex_params", [False, True])
+def test_state_dtype_of_other_kind_than_params_follows_optax_and_keeps_updates(
+    name, complex_params, x64
+):
+    """optax accepts ``mu_dtype="complex128"`` for real params (the buffer is complex, its
+    imaginary part zero); a real dtype for complex params must not drop the imaginary part
+    (the buffer becomes complex of that precision). Either way the updates are optax's
+    with the buffer in the params' own dtype."""
+    kwarg, field = STATE_DTYPE_CASES[name]
+    shared = {"momentum": 0.9} if name == "sgd" else {}
+    shared |= {"weight_decay": 1e-2} if name == "adamw" else {}
+    requested = "float64" if complex_params else "complex128"
+    make = lambda lib, **kw: getattr(lib, name)(0.1, **shared, **kw)  # noqa: E731
+    ours, theirs = make(adamx, **{kwarg: requested}), make(optax)
+    leaf = complex_leaves(0)[0] if complex_params else np.float64([1.5, -2.0, 0.25])
+    params = p_theirs = jnp.asarray(leaf)
+    s1 = ours.init(params)
+    with jax.numpy_dtype_promotion("standard"):  # optax's code relies on promotion
+        s2 = theirs.init(params)
+    assert optax.tree.get(s1, field).dtype == jnp.complex128
+    for i in range(4):
+        g = complex_leaves(10 + i)[0] if complex_params else np.float64([1, -3, 2]) * (i + 1)
+        u1, s1 = jax.jit(ours.update)(jnp.asarray(g), s1, params)
+        with jax.numpy_dtype_promotion("standard"):
+            u2, s2 = theirs.update(jnp.asarray(g), s2, p_theirs)
+            p_theirs = optax.apply_updates(p_theirs, u2)
+        assert u1.dtype == params.dtype
+        params = optax.apply_updates(params, u1)
+    chex.assert_trees_all_close(params, p_theirs, rtol=1e-12, atol=1e-13)
+
+
 COMPLEX_ALIASES = [n for n in adamx.OPTIMIZERS if n not in ("lion", "adadelta", "adopt")]
 
 

@@ -84,6 +84,33 @@ OPTIMIZERS = {
     "lazy_adam": Row(adamx.lazy_adam, dict(learning_rate=5e-2)),
 }
 NAMES = sorted(OPTIMIZERS)
+# The structural contracts (pytrees, dtypes, jit and donation, cond / scan, optax wrappers)
+# on one row per distinct chain of blocks: the rows left out (adam, adam_eps_root,
+# adam_nesterov, nadam_scheduleless, radam, sgd, sgd_nesterov, rmsprop) change a
+# number or a branch inside a block that a row kept here already runs (adam_l2 has Adam's
+# chain plus L2, adamw the decoupled decay, radam_decoupled RAdam's, sgd_dampening_l2 the
+# momentum trace, rmsprop_centered RMSProp's with centering and momentum), and the numeric
+# contracts below (inject_hyperparams, traced hyperparameters, convergence) keep every row.
+STRUCTURAL = [
+    "adabelief",
+    "adadelta",
+    "adafactor",
+    "adagrad",
+    "adam_l2",
+    "adamax",
+    "adamw",
+    "adopt",
+    "amsgrad",
+    "lamb",
+    "lazy_adam",
+    "lion",
+    "nadam",
+    "nadamw",
+    "radam_decoupled",
+    "rmsprop_centered",
+    "sgd_dampening_l2",
+    "yogi",
+]
 
 
 def make(name: str) -> optax.GradientTransformation:
@@ -134,7 +161,7 @@ def train_step(opt):
     return step
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", STRUCTURAL)
 def test_any_pytree_keeps_structure_shapes_and_dtypes(name):
     opt = make(name)
     params = messy_tree()
@@ -152,7 +179,7 @@ def test_any_pytree_keeps_structure_shapes_and_dtypes(name):
             assert jnp.all(u != 0)
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", STRUCTURAL)
 def test_jit_with_donation_and_no_retrace(name):
     opt = make(name)
     params = messy_tree()
@@ -238,7 +265,7 @@ def test_traced_hyperparameters_equal_concrete(name):
     chex.assert_trees_all_close(traced, expected, rtol=1e-6, atol=1e-8)
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", STRUCTURAL)
 @pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16])
 def test_low_precision_params_give_low_precision_updates(name, dtype):
     opt = make(name)
@@ -253,7 +280,7 @@ def test_low_precision_params_give_low_precision_updates(name, dtype):
     chex.assert_tree_all_finite(updates)
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", STRUCTURAL)
 def test_state_dtypes_stable_under_cond_and_scan(name):
     opt = make(name)
     params = messy_tree()
@@ -273,7 +300,7 @@ def test_state_dtypes_stable_under_cond_and_scan(name):
     chex.assert_tree_all_finite(params)
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", STRUCTURAL)
 def test_chains_with_optax_wrappers(name):
     params = messy_tree()
     grads = grads_like(params)

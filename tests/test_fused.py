@@ -650,9 +650,10 @@ def test_step_needs_params():
         lambda: optax.sgd(0.1, momentum=0.9),
         lambda: optax.chain(optax.clip_by_global_norm(1.0), adamx.adam(1e-2)),
         lambda: adamx.adam(1e-2, nesterov=True),
-        lambda: adamx.lion(1e-3),
+        lambda: adamx.lamb(1e-3),
+        lambda: adamx.sgd(1e-3),  # no momentum: no kernel (Lion's and SGD's: test_fused_momentum)
     ],
-    ids=["optax.sgd", "chain(clip, adam)", "adam-nesterov", "lion"],
+    ids=["optax.sgd", "chain(clip, adam)", "adam-nesterov", "lamb", "sgd-plain"],
 )
 def test_other_optimizers_step_as_update_then_apply(make):
     opt = make()

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import inspect
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -350,9 +351,27 @@ def test_tree_get_finds_one_count(name):
     assert otu.tree_get_all_with_path(adamx.sgd(0.1).init(problem()[0]), "count") == []
 
 
-def test_off_options_default_to_none_and_arrays_keep_their_block():
+@pytest.mark.parametrize(
+    "name, option",
+    [("adam", "weight_decay"), ("adamw", "weight_decay"), ("lion", "weight_decay"),
+     ("nadam", "weight_decay"), ("sgd", "momentum"), ("sgd", "weight_decay"),
+     ("rmsprop", "momentum")],
+)  # fmt: skip
+def test_a_zero_option_has_the_state_structure_that_inject_hyperparams_gives(name, option):
+    """``None`` leaves a block out; any number, the Python 0 included, keeps its slot, so
+    the structure does not depend on whether the value is concrete or an array (as
+    ``optax.inject_hyperparams`` passes every number), and the 0 changes nothing."""
     params, grads = problem()
-    off = adamx.adam(0.1, weight_decay=0.0).init(params)
-    assert jax.tree.structure(off) == jax.tree.structure(adamx.adam(0.1).init(params))
-    on = adamx.adam(0.1, weight_decay=jnp.asarray(0.0)).init(params)
-    assert len(on) == len(off) + 1  # an array may be traced: its block stays
+    factory = getattr(adamx, name)
+    zero = factory(0.1, **{option: 0.0})
+    structure = lambda tx: jax.tree.structure(tx.init(params))  # noqa: E731
+    assert structure(zero) == structure(factory(0.1, **{option: jnp.asarray(0.0)}))
+    injected = optax.inject_hyperparams(factory)(0.1, **{option: 0.0})
+    assert jax.tree.structure(injected.init(params).inner_state) == structure(zero)
+    assert structure(factory(0.1, **{option: None})) != structure(zero)
+    # the 0 changes nothing: the updates are those of the option left out (None)
+    for tx in (zero, injected):
+        u0, _ = tx.update(grads[0], tx.init(params), params)
+        off = factory(0.1, **{option: None})
+        u1, _ = off.update(grads[0], off.init(params), params)
+        chex.assert_trees_all_close(u0, u1, rtol=1e-6, atol=0)

@@ -22,6 +22,9 @@ import adamx
 from adamx.training._sharding import state_shardings
 
 HERE = Path(__file__).resolve().parent
+# The module fixture runs one 8-device subprocess; under pytest-xdist every worker that
+# ran a test of this module would start its own, so the module runs on one worker.
+pytestmark = pytest.mark.xdist_group("sharding_subprocess")
 
 SCRIPT = r"""
 import json, re, sys

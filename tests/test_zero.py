@@ -23,6 +23,9 @@ import adamx
 from adamx.training._zero import shard_state, zero_shardings
 
 N_DEVICES = 8
+# The module fixture runs one 8-device subprocess; under pytest-xdist every worker that
+# ran a test of this module would start its own, so the module runs on one worker.
+pytestmark = pytest.mark.xdist_group("zero_subprocess")
 
 SCRIPT = textwrap.dedent(
     """

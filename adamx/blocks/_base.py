@@ -87,6 +87,27 @@ def real_dtype(dtype) -> jnp.dtype:
     return jnp.dtype(jnp.finfo(dtype).dtype) if is_complex(dtype) else dtype
 
 
+def state_dtype(requested, leaf_dtype) -> jnp.dtype:
+    """The dtype a leaf's state buffer is stored in, given an optional ``requested`` one
+    (``mu_dtype``, ``accumulator_dtype``): the leaf's own dtype when ``None``; for a complex
+    leaf and a real request, the complex dtype of that precision (``float32 -> complex64``:
+    a real buffer would drop the imaginary part); otherwise the request (a complex buffer
+    for a real leaf is optax's reading; its imaginary part stays zero, see
+    :func:`like_grad`)."""
+    if requested is None:
+        return jnp.dtype(leaf_dtype)
+    requested = jnp.dtype(requested)
+    if is_complex(leaf_dtype) and not is_complex(requested):
+        return jnp.dtype(jnp.complex128 if jnp.finfo(requested).bits == 64 else jnp.complex64)
+    return requested
+
+
+def like_grad(x: jax.Array, g: jax.Array) -> jax.Array:
+    """``x`` as the next blocks see it: its real part when ``x`` is a complex buffer of a
+    real gradient ``g`` (exact: that buffer's imaginary part is zero at every step)."""
+    return jnp.real(x) if is_complex(x.dtype) and not is_complex(g.dtype) else x
+
+
 def abs_sq(x: jax.Array, weight=None) -> jax.Array:
     """``weight * |x|**2``, real-valued, in ``x``'s real dtype (``weight`` a scalar, or None
     for 1).
@@ -206,9 +227,10 @@ def check_optional_range(
         check_range(name, value, low=low, high=high, high_open=high_open)
 
 
-def check_dtype(name: str, value, *, optional: bool = True) -> None:
+def check_dtype(name: str, value, *, optional: bool = True, complex_ok: bool = False) -> None:
     """Raise ``ValueError`` unless ``value`` names a floating-point dtype (``jnp.bfloat16``,
-    ``"float32"``, ``np.dtype("float16")``), or is ``None`` when ``optional``.
+    ``"float32"``, ``np.dtype("float16")``), or a complex one when ``complex_ok``, or is
+    ``None`` when ``optional``.
 
     Under ``optax.inject_hyperparams`` a dtype class such as ``jnp.bfloat16`` is callable
     and is taken for a schedule: declare it with ``static_args=("mu_dtype",)``."""
@@ -216,7 +238,7 @@ def check_dtype(name: str, value, *, optional: bool = True) -> None:
         return
     try:
         ok = not isinstance(value, (bool, jax.Array, np.ndarray)) and jnp.issubdtype(
-            jnp.dtype(value), jnp.floating
+            jnp.dtype(value), jnp.inexact if complex_ok else jnp.floating
         )
     except TypeError:
         ok = False
@@ -227,7 +249,8 @@ def check_dtype(name: str, value, *, optional: bool = True) -> None:
             if isinstance(value, (jax.Array, np.ndarray))
             else ""
         )
-        allowed = "None or a floating-point dtype" if optional else "a floating-point dtype"
+        allowed = "a floating-point or complex dtype" if complex_ok else "a floating-point dtype"
+        allowed = f"None or {allowed}" if optional else allowed
         raise ValueError(f"`{name}` must be {allowed}, got {name}={value!r}.{hint}")
 
 

@@ -79,19 +79,27 @@ def is_off(value) -> bool:
     )
 
 
-def decay_block(weight_decay, mask=None) -> list[optax.GradientTransformation]:
-    """``[add_decayed_weights(weight_decay, mask)]``, or ``[]`` when the decay is off
-    (``None`` or the Python number 0, see :func:`is_off`; validated either way).
+def inert() -> optax.GradientTransformation:
+    """A block that passes the updates through and keeps an ``optax.EmptyState``: the slot
+    of a block switched off by the Python number 0, so that the state has the structure
+    that the block itself (an array 0, as ``optax.inject_hyperparams`` passes) gives."""
+    return transformation(lambda params: optax.EmptyState(), lambda u, s, p=None: (u, s))
 
-    Arrays (as ``optax.inject_hyperparams`` passes) always keep the block, so that a
-    recipe's state has the same structure whether the value is concrete or traced. Splice
-    it into a recipe with ``optax.chain(..., *decay_block(wd), ...)``.
+
+def decay_block(weight_decay, mask=None) -> list[optax.GradientTransformation]:
+    """``[add_decayed_weights(weight_decay, mask)]``; ``[]`` for ``None``; ``[inert()]``
+    for the Python number 0 (validated either way).
+
+    ``optax.inject_hyperparams`` passes every number as an array (0 included), which keeps
+    the block: the inert slot of the Python 0 gives the state the same structure without
+    the work, so a recipe's state does not depend on whether a value is concrete or traced.
+    Splice it into a recipe with ``optax.chain(..., *decay_block(wd), ...)``.
     """
     if weight_decay is None:
         return []
     block = add_decayed_weights(weight_decay, mask)
     if is_off(weight_decay):
-        return []
+        return [inert()]
     return [block]
 
 

@@ -20,9 +20,11 @@ from adamx.blocks._base import (
     check_trees_match,
     compute_dtype,
     is_complex,
+    like_grad,
     one_minus,
     real_dtype,
     safe_increment,
+    state_dtype,
     transformation,
 )
 
@@ -153,7 +155,9 @@ def scale_by_moments(
       nu_rule: the second-moment rule; default :func:`ema_of_squares`.
       mu_dtype: the dtype ``m`` is stored in (optax's ``mu_dtype``), or ``None`` for the
         params' dtypes. ``m`` is computed in that dtype but at least float32 and cast to it
-        after the update, as ``optax.scale_by_adam`` does. Default None.
+        after the update, as ``optax.scale_by_adam`` does. A real ``mu_dtype`` gives a
+        complex leaf's ``m`` the complex dtype of that precision; a complex one (optax
+        accepts it) stores a real leaf's ``m`` as complex, imaginary part zero. Default None.
 
     Returns:
       An ``optax.GradientTransformation`` whose state is :class:`MomentsState`.
@@ -166,9 +170,9 @@ def scale_by_moments(
         check_decay("b1", b1)
     if b2 is not None:
         check_decay("b2", b2)
-    check_dtype("mu_dtype", mu_dtype)
+    check_dtype("mu_dtype", mu_dtype, complex_ok=True)
     rule = ema_of_squares() if nu_rule is None else nu_rule
-    mu_storage = (lambda dtype: dtype) if mu_dtype is None else (lambda dtype: jnp.dtype(mu_dtype))
+    mu_storage = lambda dtype: state_dtype(mu_dtype, dtype)  # noqa: E731
 
     def init(params):
         def full(value, storage=lambda dtype: dtype):
@@ -198,7 +202,9 @@ def scale_by_moments(
         cast = lambda g, ref: g.astype(compute_dtype(ref.dtype))  # noqa: E731
         mu = None
         if b1 is not None:
-            mu = jax.tree.map(lambda g, m: ema(m, cast(g, m), one_minus(b1)), grads, state.mu)
+            mu = jax.tree.map(
+                lambda g, m: like_grad(ema(m, cast(g, m), one_minus(b1)), g), grads, state.mu
+            )
         nu = None
         if b2 is not None:
             step = lambda g, v, m=None: rule.update(  # noqa: E731

@@ -48,7 +48,9 @@ _SOURCE = Path(__file__).parent / "csrc" / "adam_cpu.cc"
 # Adam/AdamW with moments stored in bfloat16 or 8 bits (adamx/kernels/_fused_storage.py); built
 # into the same library.
 _STORAGE_SOURCE = Path(__file__).parent / "csrc" / "adam_storage_cpu.cc"
-_SOURCES = (_SOURCE, _STORAGE_SOURCE)
+# Lion and SGD with momentum (adamx/kernels/_fused_momentum.py); built into the same library.
+_MOMENTUM_SOURCE = Path(__file__).parent / "csrc" / "momentum_cpu.cc"
+_SOURCES = (_SOURCE, _STORAGE_SOURCE, _MOMENTUM_SOURCE)
 # Included by both (Adam's arithmetic; futures and the thread-pool loop): hashed into the
 # cache key, not compiled.
 _HEADERS = tuple(Path(__file__).parent / "csrc" / h for h in ("adam_math.h", "pool.h"))
@@ -56,6 +58,9 @@ _SYMBOL = "AdamxAdamStep"
 TARGET = "adamx_adam_step_v1"
 _STORAGE_SYMBOL = "AdamxAdamStorageStep"
 STORAGE_TARGET = "adamx_adam_storage_step_v1"
+LION_TARGET = "adamx_lion_step_v1"
+SGD_TARGET = "adamx_sgd_step_v1"
+_MOMENTUM_TARGETS = (("AdamxLionStep", LION_TARGET), ("AdamxSgdStep", SGD_TARGET))
 # -ffp-contract=off: no fused multiply-adds, so each element is exactly the float32
 # formula, operation by operation (tested bitwise against NumPy). -fno-math-errno lets
 # sqrt vectorise without changing its results.
@@ -244,7 +249,11 @@ def _load() -> KernelInfo:
         except FileNotFoundError:
             seconds = _build(real, include)
             library = _load_library(real)
-        for symbol, target in ((_SYMBOL, TARGET), (_STORAGE_SYMBOL, STORAGE_TARGET)):
+        for symbol, target in (
+            (_SYMBOL, TARGET),
+            (_STORAGE_SYMBOL, STORAGE_TARGET),
+            *_MOMENTUM_TARGETS,
+        ):
             handler = getattr(library, symbol)
             if target not in _registered:  # a target is registered once per process
                 jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(handler), platform="cpu")

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import Any, NamedTuple, Protocol
 
 import jax
 import jax.numpy as jnp
@@ -117,8 +117,18 @@ def plan(rule: AdamRule, grads, state, params, *, fused: bool | None):
     return None if flags is None else _Plan(rule.decay, rule.maximize, flags)
 
 
-def decay_flags_where_the_kernel_runs(rule: AdamRule, params, n: int, fused, no):
-    """The last checks of a plan, shared by both kernels: a single CPU process (or inside
+class DecayRule(Protocol):
+    """What :func:`decay_flags_where_the_kernel_runs` reads of a rule (Adam's, Lion's, SGD's)."""
+
+    @property
+    def decay(self) -> int: ...
+
+    @property
+    def mask(self) -> Any: ...
+
+
+def decay_flags_where_the_kernel_runs(rule: DecayRule, params, n: int, fused, no):
+    """The last checks of a plan, shared by the kernels: a single CPU process (or inside
     ``shard_map``), a decay mask of Python bools, the kernel built. Returns the per-leaf
     decay flags, or None for the XLA path (``no(reason)`` raises for ``fused=True``)."""
     if fused is None and not _single_cpu_process():

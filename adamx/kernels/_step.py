@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import optax
 
 from adamx.blocks._base import PyTree, check_trees_match
 from adamx.kernels._fused import adam_step
+from adamx.kernels._fused_momentum import lion_step, sgd_step
 from adamx.kernels._fused_storage import storage_step
+
+# What a recipe's ``update`` may describe itself as, and the step that reads it.
+_KERNEL_STEPS: dict[str, Callable[..., tuple[PyTree, PyTree]]] = {
+    "adam_rule": adam_step,
+    "lion_rule": lion_step,
+    "sgd_rule": sgd_step,
+}
 
 
 def step(
@@ -28,15 +37,18 @@ def step(
     that writes the new parameters in place (28 bytes per float32 parameter instead of
     36 through ``update`` + ``apply_updates``, or about 40 through XLA); donate the params
     and state to the jitted step (``jax.jit(..., donate_argnums=...)``) so that in place
-    means no copy. ``adamx.with_storage(adamx.adam(...), mu=..., nu=...)`` (or ``adamw``)
-    with float32, bfloat16, bfloat16_sr or 8-bit moments has a kernel of its own
-    (decode, update and encode in the same pass; the state as the XLA path makes it).
-    The kernel is found from what the recipe describes (``update.adam_rule``, and
-    ``update.stored_adam`` for ``with_storage``), never by the recipe calling a kernel.
+    means no copy. :func:`adamx.lion` and :func:`adamx.sgd` with momentum have kernels of
+    their own (20 bytes per float32 parameter, the state written in place).
+    ``adamx.with_storage(adamx.adam(...), mu=..., nu=...)`` (or ``adamw``) with float32,
+    bfloat16, bfloat16_sr or 8-bit moments has a kernel of its own (decode, update and
+    encode in the same pass; the state as the XLA path makes it).
+    The kernel is found from what the recipe describes (``update.adam_rule``,
+    ``update.lion_rule``, ``update.sgd_rule``, and ``update.stored_adam`` for
+    ``with_storage``), never by the recipe calling a kernel.
     Any other optimizer (an ``optax.chain``, a wrapper, another recipe) takes the two
     calls above, as does ``optax.inject_hyperparams(adamx.adam)(...)`` (its
     wrapper hides the fused step: build ``adamx.adam`` from array hyperparameters inside the
-    jitted function instead to keep it).
+    jitted function instead to keep it), and so does ``adamx.with_storage`` of Lion or SGD.
 
     Args:
       optimizer: any ``optax.GradientTransformation``.
@@ -75,9 +87,10 @@ def step(
     stored = getattr(optimizer.update, "stored_adam", None)
     if stored is not None:
         return storage_step(stored, xla_step, grads, state, params)
-    rule = getattr(optimizer.update, "adam_rule", None)
-    if rule is not None:
-        check_trees_match(grads, params, "grads", "params", dtypes=True)
-        fused = getattr(optimizer.update, "fused", None)
-        return adam_step(rule, fused, xla_step, grads, state, params)
+    fused = getattr(optimizer.update, "fused", None)
+    for attribute, kernel_step in _KERNEL_STEPS.items():
+        rule = getattr(optimizer.update, attribute, None)
+        if rule is not None:
+            check_trees_match(grads, params, "grads", "params", dtypes=True)
+            return kernel_step(rule, fused, xla_step, grads, state, params)
     return xla_step(grads, state, params)

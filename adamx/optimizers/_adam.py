@@ -9,7 +9,7 @@ import optax
 
 from adamx.blocks._base import ScalarOrSchedule, check_flag, check_learning_rate
 from adamx.blocks._correction import correct_bias
-from adamx.blocks._decay import decay_block, maximize_block
+from adamx.blocks._decay import decay_block, is_off, maximize_block
 from adamx.blocks._moments import scale_by_moments
 from adamx.blocks._normalize import normalize
 from adamx.blocks._rules import correct_bias_nesterov, keep_max_nu
@@ -152,7 +152,7 @@ def adam(
         return _unfused(tx, fused, "amsgrad=True (the fused kernel keeps no running maximum of v)")
     if mu_dtype is not None:
         return _unfused(tx, fused, "mu_dtype (the fused kernel keeps m in the params' dtypes)")
-    decay = COUPLED if len(head) > int(maximize) else NO_DECAY
+    decay = NO_DECAY if is_off(weight_decay) else COUPLED
     wd = 0.0 if weight_decay is None else weight_decay
     rule = AdamRule(b1, b2, eps, eps_root, learning_rate, wd, decay, None, maximize,
                     moments_at=len(head), lr_at=len(blocks) - 1)  # fmt: skip
@@ -239,7 +239,7 @@ def adamw(
         return _unfused(
             optax.chain(*blocks), fused, "mu_dtype (the fused kernel keeps m in the params' dtypes)"
         )
-    decay = DECOUPLED if tail else NO_DECAY
+    decay = NO_DECAY if is_off(weight_decay) else DECOUPLED
     wd = 0.0 if weight_decay is None else weight_decay
     rule = AdamRule(b1, b2, eps, eps_root, learning_rate, wd, decay, mask, maximize,
                     moments_at=len(head), lr_at=len(blocks) - 1)  # fmt: skip

@@ -4,7 +4,8 @@ recipe's ``update``.
 A recipe stays a chain of blocks. :func:`describe` gives its ``update`` two attributes,
 ``adam_rule`` (an :class:`AdamRule`) and ``fused`` (the user's choice), which the execution
 layer reads (:func:`adamx.step`, and :func:`adamx.with_storage` passes them on); the recipe
-itself never imports a kernel.
+itself never imports a kernel. Lion and SGD describe themselves the same way
+(``_momentum_rule``: ``lion_rule``, ``sgd_rule``).
 """
 
 from __future__ import annotations
@@ -43,8 +44,9 @@ class AdamRule(NamedTuple):
     lr_at: int
 
 
-# The attributes of a described ``update`` (copied by wrappers that keep the description).
-DESCRIPTION = ("adam_rule", "fused")
+# The attributes of a described ``update`` (copied by wrappers that keep the description):
+# Adam's rule, Lion's and SGD's (adamx/optimizers/_momentum_rule.py), the user's ``fused``.
+DESCRIPTION = ("adam_rule", "lion_rule", "sgd_rule", "fused")
 
 
 def check_fused(fused) -> None:
@@ -54,16 +56,23 @@ def check_fused(fused) -> None:
 
 
 def describe(
-    tx: optax.GradientTransformation, rule: AdamRule, fused: bool | None
+    tx: optax.GradientTransformation,
+    rule: NamedTuple,
+    fused: bool | None,
+    attribute: str = "adam_rule",
 ) -> optax.GradientTransformationExtraArgs:
-    """``tx`` (an Adam/AdamW chain described by ``rule``) whose ``update`` carries ``rule``
-    and ``fused`` for :func:`adamx.step`; ``init`` and ``update`` are ``tx``'s (extra
-    keyword arguments of ``update`` go on to ``tx``)."""
+    """``tx`` (a chain described by ``rule``: an :class:`AdamRule`, or Lion's or SGD's
+    rule of ``_momentum_rule``) whose ``update`` carries ``rule`` (as
+    ``update.<attribute>``, one of :data:`DESCRIPTION`) and ``fused`` for
+    :func:`adamx.step`; ``init`` and ``update`` are ``tx``'s (extra keyword arguments of
+    ``update`` go on to ``tx``)."""
+    if attribute not in DESCRIPTION:
+        raise ValueError(f"unknown description {attribute!r}: expected one of {DESCRIPTION}")
     inner = optax.with_extra_args_support(tx)
 
     def update(grads, state, params=None, **extra_args):
         return inner.update(grads, state, params, **extra_args)
 
-    update.adam_rule = rule  # type: ignore[attr-defined]
+    setattr(update, attribute, rule)
     update.fused = fused  # type: ignore[attr-defined]
     return optax.GradientTransformationExtraArgs(tx.init, update)

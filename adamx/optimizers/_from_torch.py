@@ -29,9 +29,14 @@ Recipe = Callable[..., optax.GradientTransformation]
 # ----------------------------------------------------------------------------- translations
 # Each takes torch's arguments (every one present: torch's defaults filled in) and returns
 # the adamx recipe and its arguments.
+def _buffer(momentum):
+    """torch's ``momentum=0`` keeps no buffer: adamx's ``None`` (its 0 keeps one, as optax)."""
+    return None if momentum == 0 else momentum
+
+
 def _sgd(kw: Kwargs) -> tuple[Recipe, Kwargs]:
     return sgd, dict(
-        learning_rate=kw["lr"], momentum=kw["momentum"], dampening=kw["dampening"],
+        learning_rate=kw["lr"], momentum=_buffer(kw["momentum"]), dampening=kw["dampening"],
         nesterov=kw["nesterov"], weight_decay=kw["weight_decay"], maximize=kw["maximize"],
     )  # fmt: skip
 
@@ -47,7 +52,8 @@ def _adagrad(kw: Kwargs) -> tuple[Recipe, Kwargs]:
 def _rmsprop(kw: Kwargs) -> tuple[Recipe, Kwargs]:
     return rmsprop, dict(
         learning_rate=kw["lr"], decay=kw["alpha"], eps=kw["eps"], centered=kw["centered"],
-        momentum=kw["momentum"], weight_decay=kw["weight_decay"], maximize=kw["maximize"],
+        momentum=_buffer(kw["momentum"]), weight_decay=kw["weight_decay"],
+        maximize=kw["maximize"],
     )  # fmt: skip
 
 

@@ -27,11 +27,13 @@ from adamx.blocks._base import (
     transformation,
 )
 from adamx.blocks._correction import correct_bias
-from adamx.blocks._decay import decay_block
+from adamx.blocks._decay import decay_block, is_off
 from adamx.blocks._moments import ema, scale_by_moments
 from adamx.blocks._normalize import normalize
 from adamx.blocks._schedule import scale_by_learning_rate
+from adamx.optimizers._adam_rule import DECOUPLED, NO_DECAY, check_fused, describe
 from adamx.optimizers._guard import recipe
+from adamx.optimizers._momentum_rule import LionRule
 
 
 def _norm(x: jax.Array) -> jax.Array:
@@ -249,6 +251,8 @@ def lion(
     mu_dtype: Any | None = None,
     weight_decay: float | None = None,
     mask: Any | Callable[[Any], Any] | None = None,
+    *,
+    fused: bool | None = None,
 ) -> optax.GradientTransformation:
     """Lion: the sign of an interpolated momentum, one state tensor, decoupled decay.
 
@@ -277,6 +281,12 @@ def lion(
       mask: a tree of booleans like the params, or a function of the params returning one
         (``static_args="mask"`` under ``optax.inject_hyperparams``); only ``True`` leaves
         are decayed.
+      fused: the single-pass CPU kernel of :func:`adamx.step` (reads ``p``, ``g``, ``m``
+        and writes ``p``, ``m`` in place, where the XLA path also materialises a copy of
+        ``m``). ``None`` (default): used when it applies (float32 params, gradients and
+        ``m``, one CPU device, a ``mask`` of Python bools per leaf) and the XLA path
+        otherwise; ``False``: always the XLA path; ``True``: the kernel or an error saying
+        why not. Same results either way (the kernel's float32 operations are the chain's).
 
     Returns:
       An ``optax.GradientTransformation`` (needs ``params`` in ``update`` when decaying).
@@ -299,9 +309,23 @@ def lion(
       https://arxiv.org/abs/2302.06675
     """
     check_learning_rate(learning_rate)
-    return optax.chain(
+    check_fused(fused)
+    tail = decay_block(weight_decay, mask)
+    blocks = [
         scale_by_lion_moments(b1, b2, mu_dtype=mu_dtype),
         read_sign(),
-        *decay_block(weight_decay, mask),
+        *tail,
         scale_by_learning_rate(learning_rate),
-    )
+    ]
+    tx = optax.chain(*blocks)
+    if mu_dtype is not None and jnp.dtype(mu_dtype) != jnp.float32:
+        if fused:
+            raise ValueError(
+                f"fused=True is not available with mu_dtype={jnp.dtype(mu_dtype).name} (the "
+                "fused kernel keeps m in float32); use fused=None or fused=False."
+            )
+        return tx
+    wd = 0.0 if weight_decay is None else weight_decay
+    decay = NO_DECAY if is_off(weight_decay) else DECOUPLED
+    rule = LionRule(b1, b2, learning_rate, wd, decay, mask, moments_at=0, lr_at=len(blocks) - 1)
+    return describe(tx, rule, fused, "lion_rule")

@@ -91,7 +91,7 @@ def rmsprop(
               (eps inside the root with eps_in_sqrt: sqrt(v - m**2 + eps), sqrt(v + eps))
         b   = mu * b + g / a;   p = p - lr * b         (momentum mu; b starts at 0)
         p   = p - lr * (g / a + mu * b)                (nesterov)
-        p   = p - lr * g / a                           (momentum None or 0)
+        p   = p - lr * g / a                           (momentum None)
 
     The recipe is Adam's chain with no bias correction, the gradient as numerator, and
     SGD's momentum buffer on the direction::
@@ -103,7 +103,7 @@ def rmsprop(
         center_second_moment()                     # centered only: v <- v - m**2
         use_gradient()                             # m <- g
         normalize(eps)                             # normalize(0, eps_root=eps)
-        trace_momentum(momentum, nesterov=...)     # omitted when momentum is None or 0
+        trace_momentum(momentum, nesterov=...)     # omitted when momentum is None
         scale_by_learning_rate(learning_rate)
 
     Args:
@@ -115,9 +115,9 @@ def rmsprop(
       eps_in_sqrt: put ``eps`` inside the root (optax's reading and default). Default
         False (PyTorch's).
       centered: divide by the root of the variance ``v - m**2``. Default False.
-      momentum: ``mu`` in ``[0, 1)``; ``None`` (default, optax's) or the Python 0 keep no
-        buffer. The buffer holds the directions, not the steps, so a schedule scales each
-        step by its own rate. Default None.
+      momentum: ``mu`` in ``[0, 1)``; ``None`` (default, optax's) keeps no buffer, a
+        number (0 included, as in optax) keeps one. The buffer holds the directions, not
+        the steps, so a schedule scales each step by its own rate. Default None.
       nesterov: Nesterov momentum, ``g / a + mu * b`` (optax's flag); needs a positive
         ``momentum``, unused when it is ``None``. Default False.
       bias_correction: divide ``v`` (and ``m`` when centered) by ``1 - decay**t`` (optax's

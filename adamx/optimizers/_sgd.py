@@ -21,13 +21,17 @@ from adamx.blocks._base import (
     check_trees_match,
     compute_dtype,
     concrete_value,
+    like_grad,
     one_minus,
     safe_increment,
+    state_dtype,
     transformation,
 )
 from adamx.blocks._decay import decay_block, is_off, maximize_block
 from adamx.blocks._schedule import scale_by_learning_rate
+from adamx.optimizers._adam_rule import COUPLED, NO_DECAY, check_fused, describe
 from adamx.optimizers._guard import recipe
+from adamx.optimizers._momentum_rule import SgdRule
 
 
 class MomentumState(NamedTuple):
@@ -71,7 +75,9 @@ def trace_momentum(
         Default 0.
       nesterov: use the Nesterov direction ``g + mu * b``; needs ``mu > 0`` and ``d == 0``.
       accumulator_dtype: the dtype the buffer is stored in (optax's ``accumulator_dtype``),
-        or ``None`` for the params' dtypes. Default None.
+        or ``None`` for the params' dtypes; for complex params a real dtype means the
+        complex one of that precision, and a complex dtype for real params (optax accepts
+        it) keeps a zero imaginary part. Default None.
 
     Returns:
       An ``optax.GradientTransformation`` whose state is :class:`MomentumState`.
@@ -84,7 +90,7 @@ def trace_momentum(
     check_decay("momentum", momentum)
     check_range("dampening", dampening, low=0.0, high=1.0)
     check_flag("nesterov", nesterov)
-    check_dtype("accumulator_dtype", accumulator_dtype)
+    check_dtype("accumulator_dtype", accumulator_dtype, complex_ok=True)
     if nesterov:
         mu, d = concrete_value(momentum), concrete_value(dampening)
         if (mu is not None and mu <= 0) or (d is not None and d != 0):
@@ -98,15 +104,18 @@ def trace_momentum(
         return MomentumState(
             count=jnp.zeros([], jnp.int32),
             trace=jax.tree.map(
-                lambda p: jnp.zeros_like(abstract_or_array(p), dtype=accumulator_dtype), params
+                lambda p: jnp.zeros_like(
+                    abstract_or_array(p), dtype=state_dtype(accumulator_dtype, p.dtype)
+                ),
+                params,
             ),
         )
 
-    def new_trace(g, b, first):
+    def new_trace(g0, b, first):
         dtype = compute_dtype(b.dtype)
-        g, b = g.astype(dtype), b.astype(dtype)
+        g, b = g0.astype(dtype), b.astype(dtype)
         later = b * as_scalar(momentum, dtype) + as_scalar(one_minus(dampening), dtype) * g
-        return jnp.where(first, g, later)
+        return like_grad(jnp.where(first, g, later), g0)
 
     def direction(g, b):
         dtype = compute_dtype(b.dtype)
@@ -131,23 +140,21 @@ def trace_momentum(
 
 def momentum_block(momentum, *, dampening=0.0, nesterov=False, accumulator_dtype=None) -> list:
     """``[trace_momentum(...)]``, or ``[]`` when ``momentum`` is ``None`` (optax's "no
-    momentum": ``nesterov`` and the other options are then unused, as in optax) or the
-    Python number 0 (validated, so ``nesterov=True`` with ``momentum=0`` is still refused).
+    momentum": ``nesterov`` and the other options are then unused, as in optax).
 
-    Arrays always keep the block, so that a recipe's state has the same structure whether
-    the value is concrete or traced; a traced 0 gives the plain gradient, as PyTorch's
-    ``momentum=0`` does.
+    Any number, 0 included, keeps the block and its buffer, as ``optax.sgd`` does: the
+    state's structure is then the same whether the value is concrete or traced (as
+    ``optax.inject_hyperparams`` passes it), and a momentum of 0 gives the plain gradient,
+    as PyTorch's ``momentum=0`` does. Pass ``None`` to keep no buffer.
     """
     if momentum is None:
         check_flag("nesterov", nesterov)
         check_range("dampening", dampening, low=0.0, high=1.0)
-        check_dtype("accumulator_dtype", accumulator_dtype)
+        check_dtype("accumulator_dtype", accumulator_dtype, complex_ok=True)
         return []
     block = trace_momentum(
         momentum, dampening=dampening, nesterov=nesterov, accumulator_dtype=accumulator_dtype
     )
-    if is_off(momentum):
-        return []
     return [block]
 
 
@@ -161,6 +168,7 @@ def sgd(
     dampening: float = 0.0,
     weight_decay: float | None = None,
     maximize: bool = False,
+    fused: bool | None = None,
 ) -> optax.GradientTransformation:
     """Stochastic gradient descent with optional momentum, as ``torch.optim.SGD``.
 
@@ -182,8 +190,9 @@ def sgd(
 
     Args:
       learning_rate: a number ``>= 0`` or a schedule of the step count. Default 1e-3.
-      momentum: ``mu`` in ``[0, 1)``; ``None`` (default, optax's) or the Python number 0
-        keep no buffer (the steps are the same as with a buffer at ``mu = 0``).
+      momentum: ``mu`` in ``[0, 1)``; ``None`` (default, optax's) keeps no buffer. A number,
+        0 included, keeps one, as ``optax.sgd`` does (at ``mu = 0`` the steps are plain
+        SGD's; pass ``None`` to save the buffer).
       nesterov: Nesterov momentum; needs ``momentum > 0`` and ``dampening == 0``. Unused
         with ``momentum=None``, as in optax. Default False.
       accumulator_dtype: the dtype the momentum buffer is stored in (optax's), or ``None``
@@ -192,6 +201,12 @@ def sgd(
       weight_decay: coupled L2 coefficient, ``>= 0``; ``None`` (default) or the Python 0
         leave the block out; otherwise ``update`` needs ``params``.
       maximize: ascend instead of descend. Default False.
+      fused: the single-pass CPU kernel of :func:`adamx.step` for SGD with momentum
+        (reads ``p``, ``g``, ``b`` and writes ``p``, ``b`` in place). ``None`` (default):
+        used when it applies (a momentum buffer, float32 params, gradients and buffer,
+        one CPU device) and the XLA path otherwise; ``False``: always the XLA path;
+        ``True``: the kernel or an error saying why not (plain SGD without momentum is
+        refused: XLA's ``p - lr * g`` is one pass already). Same results either way.
 
     Returns:
       An ``optax.GradientTransformation``.
@@ -223,11 +238,30 @@ def sgd(
       2013, https://proceedings.mlr.press/v28/sutskever13.html
     """
     check_learning_rate(learning_rate)
-    return optax.chain(
-        *maximize_block(maximize),
-        *decay_block(weight_decay),
-        *momentum_block(
-            momentum, dampening=dampening, nesterov=nesterov, accumulator_dtype=accumulator_dtype
-        ),
-        scale_by_learning_rate(learning_rate),
+    check_fused(fused)
+    head = [*maximize_block(maximize), *decay_block(weight_decay)]
+    trace = momentum_block(
+        momentum, dampening=dampening, nesterov=nesterov, accumulator_dtype=accumulator_dtype
     )
+    blocks = [*head, *trace, scale_by_learning_rate(learning_rate)]
+    tx = optax.chain(*blocks)
+    why = None
+    if not trace or is_off(momentum):
+        why = (
+            f"momentum={momentum!r} (plain SGD keeps no buffer, and XLA's p - lr * g is one "
+            "pass already)"
+        )
+    elif accumulator_dtype is not None and jnp.dtype(accumulator_dtype) != jnp.float32:
+        why = (
+            f"accumulator_dtype={jnp.dtype(accumulator_dtype).name} (the fused kernel keeps "
+            "the buffer in float32)"
+        )
+    if why is not None:
+        if fused:
+            raise ValueError(f"fused=True is not available with {why}; use fused=None or False.")
+        return tx
+    decay = NO_DECAY if is_off(weight_decay) else COUPLED
+    wd = 0.0 if weight_decay is None else weight_decay
+    rule = SgdRule(momentum, dampening, nesterov, maximize, learning_rate, wd, decay,
+                   trace_at=len(head), lr_at=len(blocks) - 1)  # fmt: skip
+    return describe(tx, rule, fused, "sgd_rule")

@@ -62,7 +62,7 @@ TORCH_DEFAULTS: Mapping[str, Mapping[str, object]] = {
 
 _IMPLEMENTATION = (
     "it chooses torch's implementation, not the rule; adamx has no such switch (only "
-    "adamx.adam / adamx.adamw take `fused=`, for the CPU kernel): leave it out"
+    "adamx.adam, adamw, lion and sgd take `fused=`, for their CPU kernels): leave it out"
 )
 
 # torch.optim's argument name -> how adamx spells it (a sentence fragment).
