@@ -1,7 +1,8 @@
-"""Both fused kernels against XLA, bitwise, over awkward leaf shapes.
+"""The fused kernels against XLA, bitwise, over awkward leaf shapes.
 
-``adamx.step`` of ``adam``/``adamw`` (csrc/adam_cpu.cc) and of ``with_storage(adam, ...)``
-(csrc/adam_storage_cpu.cc) against the same step computed by XLA from the same inputs:
+``adamx.step`` of ``adam``/``adamw`` (csrc/adam_cpu.cc), of ``with_storage(adam, ...)``
+(csrc/adam_storage_cpu.cc) and of ``lion`` / ``sgd`` with momentum (csrc/momentum_cpu.cc)
+against the same step computed by XLA from the same inputs:
 the kernels' documented float32 arithmetic written here in ``jax.numpy`` and jitted, and
 for stored moments ``adamx.storage``'s own ``decode`` / ``encode`` (XLA's) with the
 stochastic-rounding seeds drawn here from the state's key. Params, moments, bfloat16 bits,
@@ -25,6 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import test_fused_momentum as fm
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as hs
 from test_fused import compile_text, compiler, disabled_in_env, kernel_calls
@@ -320,6 +322,92 @@ def test_storage_kernel_equals_xla_bitwise(kernel, case, shapes):
     check_storage_kernel(case, SHAPE_SETS[shapes], zlib.crc32(f"{case}{shapes}".encode()))
 
 
+# ---------------------------------------------------------- Lion, SGD with momentum
+
+
+def xla_lion(p, g, m, s, decayed: bool):
+    """Lion's documented float32 arithmetic (csrc/momentum_cpu.cc), one XLA computation
+    per operation on whole arrays, as :func:`xla_adam`: the new p and m."""
+    neg_lr, w1, w2, wd = (jnp.full(p.shape, x) for x in s)
+    c = m + w1 * (g - m)
+    d = jnp.where(c > 0, jnp.ones_like(c), jnp.where(c < 0, -jnp.ones_like(c), c))
+    if decayed:
+        d = d + wd * p
+    return p + neg_lr * d, m + w2 * (g - m)
+
+
+def xla_sgd(p, g, b, s, decayed: bool, *, maximize: bool, nesterov: bool):
+    """SGD with momentum's documented float32 arithmetic, the same way: the new p and
+    buffer (the first step, ``s[4] == 1``, starts the buffer at ``g``)."""
+    neg_lr, mu, w, wd = (jnp.full(p.shape, x) for x in s[:4])
+    if maximize:
+        g = -g
+    if decayed:
+        g = g + wd * p
+    b = g if s[4] == 1 else b * mu + w * g
+    d = g + mu * b if nesterov else b
+    return p + neg_lr * d, b
+
+
+def xla_leaves(fn, arrays, decays):
+    """``fn(*flat, decayed)`` over lists of leaves, on all of them ravelled into one
+    vector (the arithmetic is per element) and cut back: each output a list of leaves."""
+    shapes = [jnp.shape(x) for x in arrays[0]]
+    flat = [jnp.concatenate([jnp.ravel(x) for x in xs] + [jnp.zeros([0], F32)]) for xs in arrays]
+    by_decay = {d: fn(*flat, d) for d in set(decays)}
+    out: list[list] = [[] for _ in by_decay[decays[0]]] if decays else []
+    at = 0
+    for shape, d in zip(shapes, decays):
+        size = math.prod(shape)
+        for k, whole in enumerate(by_decay[d]):
+            out[k].append(whole[at : at + size].reshape(shape))
+        at += size
+    return out
+
+
+MOMENTUM_CASES = ["lion", "lion-decay-mask", "sgd", "sgd-first-step", "sgd-nesterov",
+                  "sgd-maximize-l2-dampening"]  # fmt: skip
+
+
+def check_momentum_kernel(case: str, shapes, seed: int) -> None:
+    """``adamx.step`` of ``lion`` / ``sgd`` (the kernels of csrc/momentum_cpu.cc) against
+    XLA's evaluation of the same arithmetic, with the scalars of test_fused_momentum.py."""
+    lion = case.startswith("lion")
+    kw, count = (fm.LION_CASES if lion else fm.SGD_CASES)[case]
+    n = len(shapes)
+    mask = [i % 3 != 1 for i in range(n)] if "mask" in case else None
+    opt = adamx.lion(**kw, mask=mask) if lion else adamx.sgd(**kw)
+    p, g, m = random_leaves(shapes, seed, n=3)
+    state = fm.with_buffer(opt.init(p), m, count)
+    s = [jnp.asarray(x) for x in fm.numpy_scalars(case, kw, count)]
+    decays = [bool(kw.get("weight_decay")) and (mask is None or mask[i]) for i in range(n)]
+    if lion:
+        fn = functools.partial(xla_lion, s=s)
+    else:
+        flags = {"maximize": kw.get("maximize", False), "nesterov": kw.get("nesterov", False)}
+        fn = functools.partial(xla_sgd, s=s, **flags)
+    want = xla_leaves(
+        lambda *a: fn(*a[:3], decayed=a[3]), [list(map(jnp.asarray, x)) for x in (p, g, m)], decays
+    )
+
+    step = lambda p, s, g: adamx.step(opt, g, s, p)  # noqa: E731
+    hlo = compile_text(step, p, state, g)
+    assert fm.calls(hlo, fm.LION if lion else fm.SGD) == expected_calls(shapes, grouped=True)
+    new_p, new_state = jax.jit(step)(p, state, g)
+    assert int(fm.buffer_state(new_state).count) == min(count + 1, fm.INT32_MAX)
+    for what, got, w in (("p", new_p, want[0]), ("buffer", fm.buffer_of(new_state), want[1])):
+        for i, (a, b) in enumerate(zip(got, w)):
+            a, b = np.asarray(a), np.asarray(b)
+            assert a.dtype == np.float32 and a.shape == shapes[i], (what, i, a.dtype, a.shape)
+            np.testing.assert_array_equal(a, b, err_msg=f"{case}: {what}[{i}] of shape {shapes[i]}")
+
+
+@pytest.mark.parametrize("shapes", list(SHAPE_SETS))
+@pytest.mark.parametrize("case", MOMENTUM_CASES)
+def test_momentum_kernels_equal_xla_bitwise(kernel, case, shapes):
+    check_momentum_kernel(case, SHAPE_SETS[shapes], zlib.crc32(f"{case}{shapes}".encode()))
+
+
 # ------------------------------------------------------------------------ random
 
 # Lengths around the vector width, the 8-bit blocks and the 2048-element segments.
@@ -349,3 +437,9 @@ def test_float32_kernel_equals_xla_on_random_shapes(kernel, shapes, case, seed):
 @given(shapes=SHAPES, case=hs.sampled_from(list(STORAGE_CASES)), seed=hs.integers(0, 2**16))
 def test_storage_kernel_equals_xla_on_random_shapes(kernel, shapes, case, seed):
     check_storage_kernel(case, shapes, seed)
+
+
+@RANDOM
+@given(shapes=SHAPES, case=hs.sampled_from(MOMENTUM_CASES), seed=hs.integers(0, 2**16))
+def test_momentum_kernels_equal_xla_on_random_shapes(kernel, shapes, case, seed):
+    check_momentum_kernel(case, shapes, seed)
