@@ -7,11 +7,22 @@ the CPU compiles it (about 8 s, both kernels) into a cache directory and registe
 missing, a read-only cache) adamx keeps working through the XLA path and says so once
 with a :class:`FusedKernelWarning`.
 
+A library in the cache is code this process runs, and its name is predictable (a hash of
+the sources, the compiler, jax and the CPU), so the cache must be private: adamx builds
+into and loads from a directory, and loads a file, only if the current user owns it and
+neither group nor others can write to it, and only if every directory above it is owned
+by root or the current user and not writable by group or others unless sticky (``/tmp``),
+so that nobody else can swap it either. Otherwise (a shared ``/tmp`` path, a
+group-writable home) it takes the XLA path and the warning says which directory or file
+and why. It creates the directory (and any missing one above it) ``0o700``, and its
+libraries without group or other write permission.
+
 Environment:
   ``ADAMX_FUSED=0``: never use the kernel (no build, no warning).
   ``ADAMX_MARCH``: the ``-march`` to build for (default ``native``).
   ``ADAMX_CACHE_DIR``: where the built library goes (default
-  ``$XDG_CACHE_HOME/adamx`` or ``~/.cache/adamx``).
+  ``$XDG_CACHE_HOME/adamx`` or ``~/.cache/adamx``); a directory of the current user's,
+  not writable by group or others.
   ``CXX``: the compiler (default ``c++``).
 """
 
@@ -23,6 +34,7 @@ import os
 import platform
 import shlex
 import shutil
+import stat
 import subprocess
 import tempfile
 import threading
@@ -66,6 +78,10 @@ def _flags() -> tuple[str, ...]:
 
 class FusedKernelWarning(UserWarning):
     """The fused CPU kernel could not be built or loaded; adamx uses the XLA path."""
+
+
+class UnsafeCacheError(RuntimeError):
+    """The kernel cache directory or library is not private to the current user."""
 
 
 @dataclass(frozen=True)
@@ -139,14 +155,61 @@ def _library_path(include: str) -> Path:
     return cache_dir() / f"adam_cpu-{key.hexdigest()[:16]}.so"
 
 
+_GROUP_OR_OTHER_WRITE = stat.S_IWGRP | stat.S_IWOTH
+
+
+def _refuse(what: str, path: Path, why: str, fix: str = "") -> UnsafeCacheError:
+    return UnsafeCacheError(
+        f"refusing the kernel cache {what} {path}: {why}, so another user could plant a "
+        f"library there that this process would run; {fix}set ADAMX_CACHE_DIR to a "
+        f"directory of your own"
+    )
+
+
+def _check_private(info: os.stat_result, what: str, path: Path) -> None:
+    """Raise :class:`UnsafeCacheError` unless ``info`` (of the cache ``what``, "directory"
+    or "library", at ``path``) is owned by the current user and not writable by group or
+    others."""
+    uid, mode = os.geteuid(), stat.S_IMODE(info.st_mode)
+    if info.st_uid != uid:
+        raise _refuse(what, path, f"it is owned by uid {info.st_uid}, not by this user (uid {uid})")
+    if mode & _GROUP_OR_OTHER_WRITE:
+        why = f"it is writable by group or others (mode {mode:#o})"
+        raise _refuse(what, path, why, f"run `chmod go-w {path}`, or ")
+
+
+def _private_cache_dir(directory: Path) -> Path:
+    """The cache directory (created ``0o700`` if missing, with any missing directory above
+    it), as a path without symbolic links;
+    raises :class:`UnsafeCacheError` unless it is private (:func:`_check_private`) and no
+    directory above it lets another user replace it: each is owned by root or this user,
+    and writable by group or others only with the sticky bit (``/tmp``: there only an
+    entry's owner can rename or remove it)."""
+    for missing in reversed([d for d in (directory, *directory.parents) if not d.exists()]):
+        missing.mkdir(mode=0o700, exist_ok=True)
+    real = directory.resolve(strict=True)
+    uid = os.geteuid()
+    for parent in reversed(real.parents):
+        info = os.stat(parent)
+        mode = stat.S_IMODE(info.st_mode)
+        if info.st_uid not in (0, uid):
+            why = f"the directory {parent} above it is owned by uid {info.st_uid}"
+            raise _refuse("directory", real, why + " (neither root nor this user)")
+        if mode & _GROUP_OR_OTHER_WRITE and not mode & stat.S_ISVTX:
+            why = f"the directory {parent} above it is writable by group or others"
+            raise _refuse("directory", real, f"{why} (mode {mode:#o}, not sticky)")
+    _check_private(os.stat(real), "directory", real)
+    return real
+
+
 def _build(path: Path, include: str) -> float:
-    """Compile the kernel into ``path`` (atomically: a temp file, then a rename)."""
+    """Compile the kernel into ``path`` (atomically: a temp file, then a rename), without
+    group or other write permission whatever the umask."""
     compiler = _compiler()
     if shutil.which(compiler[0]) is None:
         raise RuntimeError(
             f"no C++ compiler: {compiler[0]!r} is not on PATH (set CXX, or install g++/clang)"
         )
-    path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=path.stem + ".", suffix=".tmp", dir=path.parent)
     os.close(fd)
     command = [*compiler, *_flags(), f"-I{include}", *map(str, _SOURCES), "-o", tmp]
@@ -156,11 +219,24 @@ def _build(path: Path, include: str) -> float:
         if done.returncode != 0:
             tail = (done.stderr or done.stdout).strip().splitlines()[-5:]
             raise RuntimeError(f"`{' '.join(command)}` failed: " + " | ".join(tail))
+        # the linker makes its output with the umask's permissions (group-writable under
+        # umask 002): take group and other write away before the library has its name
+        os.chmod(tmp, stat.S_IMODE(os.stat(tmp).st_mode) & ~_GROUP_OR_OTHER_WRITE)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
     return time.perf_counter() - start
+
+
+def _load_library(path: Path) -> ctypes.CDLL:
+    """Load ``path`` (in a private cache directory) if it is a regular file of this user's
+    that group and others cannot write; nobody else can replace it in between."""
+    info = os.lstat(path)  # FileNotFoundError: build it
+    if not stat.S_ISREG(info.st_mode):
+        raise _refuse("library", path, "it is not a regular file")
+    _check_private(info, "library", path)
+    return ctypes.CDLL(str(path))
 
 
 def _load() -> KernelInfo:
@@ -173,9 +249,12 @@ def _load() -> KernelInfo:
         include = jax.ffi.include_dir()
         path = _library_path(include)
         seconds = 0.0
-        if not path.exists():
-            seconds = _build(path, include)
-        library = ctypes.CDLL(str(path))
+        real = _private_cache_dir(path.parent) / path.name
+        try:
+            library = _load_library(real)
+        except FileNotFoundError:
+            seconds = _build(real, include)
+            library = _load_library(real)
         for symbol, target in (
             (_SYMBOL, TARGET),
             (_STORAGE_SYMBOL, STORAGE_TARGET),

@@ -211,15 +211,19 @@ def plan(rule: AdamRule, policies, track_error: bool, grads, state, params, *, f
 
 def _ffi_leaves(config: _Plan, s, seeds, p, g, m, v):
     """The kernel over all leaves, in calls of at most ``GROUP`` leaves; p and the stored
-    moments (lists of their parts) are updated in place."""
+    moments (lists of their parts) are updated in place. A leaf without elements has
+    nothing to update and is passed through, not given to the kernel (an 8-bit leaf with a
+    zero-length last axis has blocks of 0 elements, which the kernel's layout cannot cut)."""
     lo_b, n_b, buckets, tables = bucket_tables()
     buckets, tables = jnp.asarray(buckets), jnp.asarray(tables.reshape(-1))  # type: ignore[assignment]
-    outs, ms, vs = [], [], []
-    for lo in range(0, len(g), GROUP):
-        hi = min(lo + GROUP, len(g))
-        operands, shapes, aliases = [s, seeds[2 * lo : 2 * hi], tables, buckets], [], {}
+    outs, ms, vs = list(p), list(m), list(v)
+    live = [i for i in range(len(g)) if math.prod(jnp.shape(g[i]))]
+    for lo in range(0, len(live), GROUP):
+        group = live[lo : lo + GROUP]
+        at = np.asarray([k for i in group for k in (2 * i, 2 * i + 1)])
+        operands, shapes, aliases = [s, seeds[at], tables, buckets], [], {}
         layout = []
-        for i in range(lo, hi):
+        for i in group:
             leaf = config.leaves[i]
             layout += [leaf.mu, leaf.nu, leaf.rows, leaf.cols, leaf.block]
             for x, donate in [(p[i], True), (g[i], False), *((x, True) for x in m[i] + v[i])]:
@@ -233,18 +237,18 @@ def _ffi_leaves(config: _Plan, s, seeds, p, g, m, v):
             *operands,
             decay=np.int64(config.decay),
             maximize=config.maximize,
-            decay_mask=np.asarray(config.decay_flags[lo:hi], np.int64),
+            decay_mask=np.asarray([config.decay_flags[i] for i in group], np.int64),
             layout=np.asarray(layout, np.int64),
             bucket_lo=np.int64(lo_b),
             bucket_n=np.int64(n_b),
         )
         k = 0
-        for i in range(lo, hi):
+        for i in group:
             leaf = config.leaves[i]
-            outs.append(results[k])
-            ms.append(list(results[k + 1 : k + 1 + leaf.mu_parts]))
+            outs[i] = results[k]
+            ms[i] = list(results[k + 1 : k + 1 + leaf.mu_parts])
             k += 1 + leaf.mu_parts
-            vs.append(list(results[k : k + leaf.nu_parts]))
+            vs[i] = list(results[k : k + leaf.nu_parts])
             k += leaf.nu_parts
     return outs, ms, vs
 
