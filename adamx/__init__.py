@@ -37,10 +37,10 @@ from adamx.blocks._rules import (
 from adamx.blocks._schedule import ScheduleState, scale_by_learning_rate
 from adamx.kernels._build import FusedKernelWarning, KernelInfo, kernel_info
 from adamx.kernels._step import step
-from adamx.optimizers._adafactor import (
+from adamx.optimizers._adafactor import adafactor
+from adamx.optimizers._adafactor_blocks import (
     FactoredRmsState,
     RelativeStepState,
-    adafactor,
     clip_by_block_rms,
     scale_by_factored_rms,
     scale_by_param_block_rms,

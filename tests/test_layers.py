@@ -138,3 +138,15 @@ def test_the_checks_find_an_injected_upward_import_or_cycle(tmp_path, where, lin
         assert upward_imports(graph) != []
     else:
         assert upward_imports(graph) == [] and cycles(graph) != []
+
+
+MAX_MODULE_LINES = 500  # the "about 450": a module past this splits along its seams
+
+
+def test_no_module_is_longer_than_a_few_screens():
+    long = {
+        str(path.relative_to(PACKAGE)): n
+        for path in sorted(PACKAGE.rglob("*.py"))
+        if (n := len(path.read_text().splitlines())) > MAX_MODULE_LINES
+    }
+    assert long == {}, f"split these modules along their seams (over {MAX_MODULE_LINES} lines)"
