@@ -221,8 +221,13 @@ def test_make_optimizer_rejects_unknown_name():
         demo.make_optimizer("nope")
 
 
-def test_plot_losses_with_every_optimizer(tmp_path):
-    """The many-curves layout (colours from tab20, legends below the panels) draws."""
+def test_plot_losses_with_every_optimizer(tmp_path, monkeypatch):
+    """The many-curves layout (legends below the panels) draws, and no two optimizers share
+    a colour and line style in a panel."""
+    import matplotlib.pyplot as plt
+
+    figures = []
+    monkeypatch.setattr(plt, "close", figures.append)
     results = [
         demo.TrainResult(
             example=example,
@@ -242,6 +247,16 @@ def test_plot_losses_with_every_optimizer(tmp_path):
     path = tmp_path / "all.png"
     demo.plot_losses(results, path)
     assert path.read_bytes().startswith(PNG_MAGIC)
+    (figure,) = figures
+    for ax in figure.axes:
+        drawn = [(line.get_color(), line.get_linestyle()) for line in ax.get_lines()]
+        assert len(drawn) == len(demo.OPTIMIZERS) and len(set(drawn)) == len(drawn), drawn
+
+
+def test_line_styles_stay_distinct_up_to_forty_curves():
+    from adamx.demo._report import line_styles
+
+    assert len(set(line_styles(40))) == 40
 
 
 # ----------------------------------------------------------------------------- CLI

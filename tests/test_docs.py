@@ -24,14 +24,7 @@ def python_blocks(text: str) -> list[str]:
 @pytest.mark.parametrize("index", range(len(python_blocks((ROOT / "README.md").read_text()))))
 def test_readme_python_blocks_run(index):
     code = python_blocks((ROOT / "README.md").read_text())[index]
-    namespace = {
-        "weight_decay": 0.0,
-        "b1": 0.9,
-        "b2": 0.999,
-        "eps": 1e-8,
-        "eps_root": 0.0,
-        "learning_rate": 1e-3,
-    }
+    namespace = {}  # each block runs on its own, as a reader would paste it
     # users' defaults: the README's model broadcasts, optax's schedules promote int to float
     with jax.numpy_dtype_promotion("standard"), jax.numpy_rank_promotion("allow"):
         exec(compile(code, f"README.md[{index}]", "exec"), namespace)
@@ -60,11 +53,15 @@ def test_every_public_symbol_has_a_docstring_with_a_rule():
 def test_readme_recipes_equal_the_aliases():
     namespace = {}
     for code in python_blocks((ROOT / "README.md").read_text()):
-        if "amsgrad = optax.chain" in code:
+        if "amsgrad = optax.chain" in code or "adam = optax.chain" in code:
             exec(compile(code, "README.md", "exec"), namespace)
-    assert "amsgrad" in namespace and "adabelief" in namespace
+    assert {"adam", "amsgrad", "adabelief"} <= set(namespace)
     params = {"w": jnp.linspace(-1.0, 1.0, 5)}
-    for name, alias in (("amsgrad", adamx.amsgrad(1e-3)), ("adabelief", adamx.adabelief(1e-3))):
+    for name, alias in (
+        ("adam", adamx.adam(1e-3, weight_decay=1e-2)),
+        ("amsgrad", adamx.amsgrad(1e-3)),
+        ("adabelief", adamx.adabelief(1e-3)),
+    ):
         chain = namespace[name]
         s1, s2 = chain.init(params), alias.init(params)
         for i in range(5):

@@ -72,8 +72,16 @@ def test_low_precision_decay_from_inject_hyperparams_is_rejected():
             {"dense": {"kernel": jnp.ones((3, 4))}, "bias": jnp.ones(4)},
             "grads['dense']['kernel'] has shape (3, 4) but params['dense']['kernel'] has (4, 3)",
         ),
-        ({"dense": {"W": jnp.ones((4, 3))}, "bias": jnp.ones(4)}, "grads['dense']['W']"),
-        ({"dense": {"kernel": jnp.ones((4, 3))}}, "['dense']['kernel']"),
+        (
+            {"dense": {"W": jnp.ones((4, 3))}, "bias": jnp.ones(4)},
+            "params['dense']['kernel'] is missing from grads; grads has grads['dense']['W'], "
+            "which params lacks",
+        ),
+        ({"dense": {"kernel": jnp.ones((4, 3))}}, "params['bias'] is missing from grads."),
+        (
+            {"dense": {"kernel": jnp.ones((4, 3))}, "bias": jnp.ones(4), "b2": jnp.ones(4)},
+            "grads has grads['b2'], which params lacks",
+        ),
     ],
 )
 def test_mismatched_grads_name_first_offending_path(grads, expected):
@@ -83,6 +91,55 @@ def test_mismatched_grads_name_first_offending_path(grads, expected):
     with pytest.raises(ValueError) as info:
         opt.update(grads, state, params)
     assert expected in str(info.value)
+
+
+def test_a_list_where_params_have_a_tuple_says_which_tree_is_which_and_how_to_fix_it():
+    params = (jnp.ones(3), jnp.ones(2))
+    opt = adamx.adam()
+    with pytest.raises(ValueError) as info:
+        opt.update([jnp.ones(3), jnp.ones(2)], opt.init(params), params)
+    message = str(info.value)
+    assert "grads is PyTreeDef([*, *]), params is PyTreeDef((*, *))" in message
+    assert "jax.tree.unflatten(jax.tree.structure(params), jax.tree.leaves(grads))" in message
+
+
+def test_every_name_an_error_message_suggests_exists():
+    """A message that says "use adamx.x" names something that is there: every ``adamx.*``
+    in a string of the package's code (docstrings aside) resolves."""
+    import ast
+    import importlib
+    import pathlib
+    import re
+
+    root = pathlib.Path(adamx.__file__).parent
+    named, missing = set(), []
+    for path in root.rglob("*.py"):
+        tree = ast.parse(path.read_text())
+        docstrings = {
+            id(node.body[0].value)
+            for node in ast.walk(tree)
+            if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))
+            and node.body
+            and isinstance(node.body[0], ast.Expr)
+            and isinstance(node.body[0].value, ast.Constant)
+        }
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Constant) and isinstance(node.value, str):
+                if id(node) not in docstrings:
+                    named.update(re.findall(r"\badamx(?:\.\w+)+", node.value))
+    for name in sorted(named):
+        obj = adamx
+        for part in name.split(".")[1:]:
+            if hasattr(obj, part):
+                obj = getattr(obj, part)
+                continue
+            try:
+                obj = importlib.import_module(f"{obj.__name__}.{part}")
+            except (ImportError, AttributeError):
+                missing.append(name)
+                break
+    assert len(named) > 20, sorted(named)  # the scan sees the messages
+    assert missing == []
 
 
 @pytest.mark.parametrize(

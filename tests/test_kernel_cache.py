@@ -225,10 +225,11 @@ def test_refused_cache_warns_and_takes_the_xla_path(cache):
     assert os.listdir(cache) == []
 
 
-def test_new_cache_and_library_are_private_whatever_the_umask(tmp_path, monkeypatch):
+def test_new_cache_and_library_are_private_whatever_the_umask(tmp_path, monkeypatch, capfd):
     """Under umask 002 (group-writable by default), with a "compiler" whose output is mode
     0o777: the directories adamx creates are 0o700, the library loses group and other
-    write before it gets its name, and it loads."""
+    write before it gets its name, and it loads. The build says on stderr, once, that it
+    started; loading the cached library later says nothing."""
     if compiler() is None:
         pytest.skip("no C++ compiler on PATH")
     if disabled_in_env():
@@ -254,3 +255,12 @@ def test_new_cache_and_library_are_private_whatever_the_umask(tmp_path, monkeypa
     assert stat.S_IMODE(directory.parent.stat().st_mode) == 0o700
     mode = stat.S_IMODE(Path(str(info.path)).stat().st_mode)
     assert mode & (stat.S_IWGRP | stat.S_IWOTH) == 0, oct(mode)
+    said = capfd.readouterr().err
+    assert said.count("adamx: building the fused CPU kernels into") == 1, said
+    assert str(directory) in said and _build.BUILD_TIME in said
+    try:
+        again = _build.kernel_info()  # a new process would find the library in the cache
+    finally:
+        _build.reset_for_tests()
+    assert again.available and again.build_seconds == 0.0, again
+    assert "building" not in capfd.readouterr().err

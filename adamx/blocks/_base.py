@@ -296,6 +296,14 @@ def check_learning_rate(value, *, allow_none: bool = False) -> None:
     check_range("learning_rate", value, low=0.0)
 
 
+def _listed(keys: list[str], tree: str, most: int = 3) -> str:
+    """``params['b']``, ``params['b'] and params['c']``, or the first ``most`` and a count."""
+    named = [f"{tree}{k}" if tree.isidentifier() else f"the leaf at {k}" for k in keys[:most]]
+    more = len(keys) - len(named)
+    text = named[0] if len(named) == 1 else ", ".join(named[:-1]) + " and " + named[-1]
+    return text if not more else f"{', '.join(named)} and {more} more"
+
+
 def check_trees_match(
     tree: PyTree, reference: PyTree, name: str, reference_name: str, *, dtypes: bool = False
 ) -> None:
@@ -313,26 +321,31 @@ def check_trees_match(
     paths = [p for p, _ in leaves]
     ref_paths = [p for p, _ in ref_leaves]
     if paths != ref_paths:
-        for p, q in zip(paths, ref_paths):
-            if p != q:
-                raise ValueError(
-                    f"`{name}` does not match {reference_name}: {name} has a leaf at "
-                    f"{name}{jax.tree_util.keystr(p)} where {reference_name} has one at "
-                    f"{jax.tree_util.keystr(q)}. Pass a {name} tree with the same structure "
-                    f"as the params the optimizer was initialised with."
-                )
-        longer, missing = (paths, ref_paths) if len(paths) > len(ref_paths) else (ref_paths, paths)
-        extra = longer[len(missing)]
-        where = name if longer is paths else reference_name
+        keys = [jax.tree_util.keystr(p) for p in paths]
+        ref_keys = [jax.tree_util.keystr(p) for p in ref_paths]
+        missing = [k for k in ref_keys if k not in set(keys)]
+        extra = [k for k in keys if k not in set(ref_keys)]
+        said = []
+        if missing:
+            said.append(
+                f"{_listed(missing, reference_name)} {'is' if len(missing) == 1 else 'are'} "
+                f"missing from {name}"
+            )
+        if extra:
+            said.append(f"{name} has {_listed(extra, name)}, which {reference_name} lacks")
+        if not said:  # the same paths in another order
+            said.append(f"{name} lists its leaves in another order than {reference_name}")
         raise ValueError(
-            f"`{name}` does not match {reference_name}: {name} has {len(paths)} leaves and "
-            f"{reference_name} {len(ref_paths)}; only {where} has "
-            f"{jax.tree_util.keystr(extra)}."
+            f"`{name}` does not match {reference_name}: {'; '.join(said)}. Pass a {name} tree "
+            f"with the same structure as the params the optimizer was initialised with."
         )
     if treedef != ref_treedef:  # type: ignore[operator]
         raise ValueError(
-            f"`{name}` has the same leaf paths as {reference_name} but other container types:"
-            f" {treedef} vs {ref_treedef}."
+            f"`{name}` has the same leaf paths as {reference_name} but other container types "
+            f"(a list where the other has a tuple, say): {name} is {treedef}, "
+            f"{reference_name} is {ref_treedef}. Build {name} with the containers of "
+            f"{reference_name}, e.g. `jax.tree.unflatten(jax.tree.structure({reference_name}), "
+            f"jax.tree.leaves({name}))`."
         )
     for (path, leaf), (_, ref_leaf) in zip(leaves, ref_leaves):
         shape, ref_shape = jnp.shape(leaf), jnp.shape(ref_leaf)

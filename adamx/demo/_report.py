@@ -41,6 +41,15 @@ def format_table(results: Sequence[TrainResult]) -> str:
     return "\n".join(lines)
 
 
+LINESTYLES = ("-", "--", ":", "-.")
+
+
+def line_styles(n: int) -> list[tuple[str, str]]:
+    """``n`` distinct (colour, line style) pairs: the ten ``tab10`` colours solid, then
+    dashed, dotted and dash-dotted (40 pairs; past that they repeat)."""
+    return [(f"C{i % 10}", LINESTYLES[(i // 10) % len(LINESTYLES)]) for i in range(n)]
+
+
 def plot_losses(results: Sequence[TrainResult], path: str | os.PathLike) -> None:
     """Draw the training-loss curves, one panel per example, to the image file ``path``.
 
@@ -55,8 +64,7 @@ def plot_losses(results: Sequence[TrainResult], path: str | os.PathLike) -> None
     examples = [e for e in EXAMPLES if any(r.example == e for r in results)]
     names = list(dict.fromkeys(r.optimizer for r in results))
     many = len(names) > 6
-    cmap = plt.get_cmap("tab10" if len(names) <= 10 else "tab20")
-    colors = {name: cmap(i % cmap.N) for i, name in enumerate(names)}
+    styles = dict(zip(names, line_styles(len(names))))
     height = 4.2 + (0.17 * ((len(names) + 1) // 2) if many else 0.0)
     fig, axes = plt.subplots(1, len(examples), figsize=(5.5 * len(examples), height), squeeze=False)
     for ax, example in zip(axes[0], examples):
@@ -69,7 +77,8 @@ def plot_losses(results: Sequence[TrainResult], path: str | os.PathLike) -> None
                 np.arange(1, len(r.losses) + 1),
                 r.losses,
                 label=label,
-                color=colors[r.optimizer],
+                color=styles[r.optimizer][0],
+                linestyle=styles[r.optimizer][1],
                 linewidth=1.0 if many else 1.5,
             )
         ax.set_yscale("log")

@@ -98,7 +98,7 @@ def load_text(max_chars: int | None = None) -> str:
         from pydoc_data.topics import topics
     except ImportError as err:
         raise RuntimeError(
-            "adamx.charlm trains on the standard library's help texts (pydoc_data.topics), "
+            "adamx.demo.charlm trains on the standard library's help texts (pydoc_data.topics), "
             "which this Python installation lacks; install the full standard library (e.g. "
             "Debian's libpython3-stdlib) or pass your own text to `train(text=...)`."
         ) from err

@@ -39,5 +39,5 @@ def resolve(spec: str | Storage | None) -> Storage | None:
         return _NAMED[spec]()  # type: ignore[operator]
     raise ValueError(
         f"Unknown storage policy {spec!r}: use one of {', '.join(map(repr, _NAMED))}, "
-        "a policy such as `adamx.blockwise8(block_size=2048)`, or None."
+        "a policy such as `adamx.storage.blockwise8(block_size=2048)`, or None."
     )
