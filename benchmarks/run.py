@@ -123,6 +123,7 @@ class Worker:
                 cwd=HERE,
             )
         self.times: list[float] = []
+        self.cpu_times: list[float] = []
         self.loop_times: list[float] = []
         self.floor_times: list[float] = []
         self.ready = self.read()
@@ -141,7 +142,9 @@ class Worker:
         return self.read()
 
     def run(self, steps: int) -> None:
-        self.times += self.send(f"run {steps}")["times"]
+        found = self.send(f"run {steps}")
+        self.times += found["times"]
+        self.cpu_times += found["cpu_times"]
 
     def run_loop(self, calls: int, floor_calls: int) -> None:
         """Time ``calls`` calls of the in-loop steps and ``floor_calls`` of the no-op."""
@@ -154,6 +157,7 @@ class Worker:
             self.ready,
             **self.send("quit"),
             times=self.times,
+            cpu_times=self.cpu_times,
             loop_times=self.loop_times,
             floor_times=self.floor_times,
         )
@@ -254,8 +258,9 @@ def fmt_ms(x):
 
 
 def median_ms(entry: dict | None, key: str = "times") -> float | None:
-    """The median of a contender's ``times`` (per call), ``loop_times`` (in-loop, per
-    step) or ``floor_times`` (the no-op), in ms; None where it has none."""
+    """The median of a contender's ``times`` (per call), ``cpu_times`` (its CPU time per
+    call), ``loop_times`` (in-loop, per step) or ``floor_times`` (the no-op), in ms; None
+    where it has none."""
     ok = entry and "error" not in entry and entry.get(key)
     return statistics.median(entry[key]) * 1e3 if ok else None
 
@@ -341,6 +346,7 @@ def timing_table(case: dict) -> list[str]:
     found = measured(case)
     meds = {c: median_ms(e) for c, e in found}
     loops = {c: median_ms(e, "loop_times") for c, e in found}
+    cpus = {c: median_ms(e, "cpu_times") for c, e in found}
     storage = case["optimizer"] == "adam storage"
     # case (e): every policy against float32 Adam, fused ("adamx") and XLA, and against
     # its own XLA path
@@ -366,18 +372,20 @@ def timing_table(case: dict) -> list[str]:
             *[fmt(over(med, meds[p]), 2, "x") for p in peers],
             *[fmt(over(lp, loops[p]), 2, "x") for p in loop_peers],
             *(own_xla(c, meds, loops) if storage else []), fmt(e["cores_busy"], 2),
+            fmt_ms(cpus[c]), *[fmt(over(cpus[c], cpus[p]), 2, "x") for p in peers],
         ])  # fmt: skip
     if bw:
         rows.append([
             "probe (best run)", "", fmt_ms(probe_ms), "", "", "", "", fmt(bw, 1), "100%", "",
             "1.00x", *[fmt(over(probe_ms, meds[p]), 2, "x") for p in peers],
             *[fmt(over(probe_ms, loops[p]), 2, "x") for p in loop_peers],
-            *(["", ""] if storage else []), "",
+            *(["", ""] if storage else []), "", "", *["" for _ in peers],
         ])  # fmt: skip
     head = ["contender", "fused kernel", "median ms", "min ms", "steps", "in-loop ms/step",
             "dispatch floor ms", "eff. GB/s", "% of probe BW", "in-loop % of probe BW",
             "÷ probe", *[f"÷ {c}" for c in peers], *[f"in-loop ÷ {c}" for c in loop_peers],
-            *(["÷ its xla", "in-loop ÷ its xla"] if storage else []), "cores busy"]  # fmt: skip
+            *(["÷ its xla", "in-loop ÷ its xla"] if storage else []), "cores busy",
+            "CPU ms", *[f"CPU ÷ {c}" for c in peers]]  # fmt: skip
     lines = markdown(head, rows)
     lines += [f"- {c}: failed: {e['error']}" for c, e in case["contenders"].items() if "error" in e]
     lines += kernel_notes(case)
@@ -634,7 +642,10 @@ METHOD = """
   the machine's limit.
 - `÷ X`: this row's median over X's median (below 1 = faster than X); `in-loop ÷ X`: the
   same with the in-loop times. `cores busy`: the process's CPU time over wall time during
-  its timed steps (not the loop calls).
+  its timed steps (not the loop calls). `CPU ms`: the median CPU time of the contender's
+  process (all its threads) per step, and `CPU ÷ X` its ratio to X's: the work done, which
+  other processes on the same cores barely change, where they can stretch the wall times
+  (waiting for a core counts in the wall time, not in the CPU time).
 - Compile: JAX `jit(...).lower()` (trace + lower) and `.compile()` of the step, timed apart;
   `compile ÷ optax` is the total over optax's. `in-loop program compile s`: lower + compile
   of the `fori_loop` program, done after the step's first call and counted in no other
