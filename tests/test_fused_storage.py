@@ -127,8 +127,9 @@ def np_encode(policy, x, seed):
     padded[:, :c] = x.reshape(rows, c)
     blocks = padded.reshape(rows, nb, b)
     scale = np.max(np.abs(blocks), axis=-1)
-    safe = np.where(scale > 0, scale, F32(1))
-    y = (blocks / safe[..., None]).astype(F32)
+    safe = np.where(scale > 0, scale, F32(1))[..., None]
+    at_max = np.abs(blocks) == scale[..., None]  # exactly +-1 there; x * (1/scale) elsewhere
+    y = np.where(at_max, np.sign(blocks), blocks * (F32(1) / safe)).astype(F32)
     if policy.stochastic_rounding:  # between the neighbours t[k] <= y < t[k+1], by the hash
         table = st.dynamic_code(policy.signed)
         count = np.searchsorted(table[1:], y, side="right")

@@ -275,7 +275,9 @@ def reference_stochastic_codes(x, block, signed, seed):
     padded = np.concatenate([rows, np.zeros((rows.shape[0], pad), np.float32)], axis=1)
     blocks = padded.reshape(rows.shape[0], -1, b)
     scale = np.abs(blocks).max(axis=-1)
-    y = (blocks / np.where(scale > 0, scale, np.float32(1))[..., None]).astype(np.float32)
+    inv = np.float32(1) / np.where(scale > 0, scale, np.float32(1))[..., None]
+    at_max = np.abs(blocks) == scale[..., None]  # exactly +-1 there; x * (1/scale) elsewhere
+    y = np.where(at_max, np.sign(blocks), blocks * inv).astype(np.float32)
     count = np.searchsorted(table[1:], y, side="right")
     k = np.minimum(count, 254)
     index = (np.arange(rows.shape[0])[:, None] * c + np.arange(padded.shape[1])).astype(np.uint32)

@@ -159,6 +159,17 @@ def _count_at_or_below(y: jax.Array, search: int) -> jax.Array:
     return (entry & 0xFF).astype(jnp.int32) + up.astype(jnp.int32)
 
 
+def unit_scaled(blocks: jax.Array, scale: jax.Array) -> jax.Array:
+    """``blocks`` (``[..., b]``) over their ``scale`` (``[...]``, each block's absmax) as the
+    codes see them: ``x * (1 / scale)`` in float32, exactly ``sign(x)`` where ``|x|`` is the
+    absmax (``x`` itself for a block of zeros). A multiply by the reciprocal, not a division:
+    XLA's CPU backend compiles a division by a broadcast scale into that multiply anyway, so
+    the fused kernel, which does the same, and the XLA path give the same codes."""
+    safe = jnp.where(scale > 0, scale, jnp.ones_like(scale))[..., None]
+    at_max = jnp.abs(blocks) == scale[..., None]
+    return jnp.where(at_max, jnp.sign(blocks), blocks * (jnp.ones_like(safe) / safe))
+
+
 def _element_bits(seed: jax.Array, shape: tuple[int, ...], cols: int) -> jax.Array:
     """Uniform 32-bit words for the blocks ``shape = (*lead, nb, b)`` of a leaf whose rows
     have ``cols`` elements: each element's row-major index in the leaf (``row * cols +
@@ -281,8 +292,7 @@ class Blockwise8(_Policy):
             rows = jnp.pad(rows, [(0, 0)] * (len(shape) - 1) + [(0, nb * b - c)])
         blocks = rows.reshape(*shape[:-1], nb, b)
         scale = jnp.max(jnp.abs(blocks), axis=-1)
-        safe = jnp.where(scale > 0, scale, jnp.ones_like(scale))
-        y = blocks / safe[..., None]
+        y = unit_scaled(blocks, scale)
         if self.stochastic_rounding:
             codes = _stochastic_code(y, signed, _element_bits(_seed(key), blocks.shape, c))  # type: ignore[arg-type]
         else:
@@ -335,7 +345,7 @@ def blockwise8(
     last one zero-padded, and per block ``k``::
 
         scale[k] = max |x[k]|                          (float32)
-        y        = x[k] / scale[k]                     (float32 division; 1 at the absmax)
+        y        = x[k] * (1 / scale[k])               (float32; exactly +-1 at the absmax)
         codes[k] = index of y rounded to the 256-value table (uint8)
         decode   = table[codes[k]] * scale[k]
 

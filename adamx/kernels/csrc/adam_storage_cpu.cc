@@ -13,8 +13,10 @@
 //   mode 3  8-bit, signed code; mode 4  8-bit, unsigned code (storage.Blockwise8 with
 //           stochastic_rounding=False): a leaf is rows of its last axis (cols), each row
 //           cut into blocks of `block` (the last padded with the code of 0); per block
-//           scale = max|x| (NaN kept), y = x / (scale > 0 ? scale : 1), code = #midpoints
-//           <= y; unsigned: code = x > 0 ? max(code, 1) : 0. Decode: table[code] * scale
+//           scale = max|x| (NaN kept), r = 1 / (scale > 0 ? scale : 1) (float32),
+//           y = |x| == scale ? sign(x) : x * r (a multiply, not a division: XLA's CPU
+//           backend turns a division by a block's scale into this multiply, so the two
+//           paths agree only if both multiply), code = #midpoints <= y; unsigned: code = x > 0 ? max(code, 1) : 0. Decode: table[code] * scale
 //           (unsigned: a non-zero code decodes to at least FLT_MIN).
 //   mode 5, 6  the same codes (signed, unsigned) rounded stochastically (the default
 //           Blockwise8): count = #table[1:] <= y, k = min(count, 254), code = count >= 255
@@ -307,9 +309,13 @@ void EncodeQ8Scaled(const float* __restrict x, int64_t n, int64_t block,
                     uint8_t* __restrict q, float scale, const Tables& t, int u, bool sr,
                     uint32_t seed, uint32_t first) {
   const float safe = scale > 0.0f ? scale : 1.0f;
+  const float inv = 1.0f / safe;  // y = x * inv, and exactly +-1 at the absmax (header)
   int64_t i = 0;
 #ifdef ADAMX_AVX512
   const __m512 vsafe = _mm512_set1_ps(safe);
+  const __m512 vinv = _mm512_set1_ps(inv);
+  const __m512 vone = _mm512_set1_ps(1.0f);
+  const __m512 vsign = _mm512_set1_ps(-0.0f);
   const __m512 fzero = _mm512_setzero_ps();
   const __m512i one = _mm512_set1_epi32(1);
   const __m512i vseed = _mm512_set1_epi32(static_cast<int>(seed));
@@ -317,7 +323,10 @@ void EncodeQ8Scaled(const float* __restrict x, int64_t n, int64_t block,
   for (; i < n; i += 16) {
     const __mmask16 k = n - i >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << (n - i)) - 1u);
     const __m512 xv = _mm512_maskz_loadu_ps(k, x + i);
-    const __m512 y = _mm512_add_ps(_mm512_div_ps(xv, vsafe), fzero);
+    const __mmask16 at_max = _mm512_cmp_ps_mask(_mm512_abs_ps(xv), vsafe, _CMP_EQ_OQ);
+    const __m512 unit = _mm512_or_ps(_mm512_and_ps(xv, vsign), vone);  // sign(x) * 1
+    const __m512 y =
+        _mm512_add_ps(_mm512_mask_blend_ps(at_max, _mm512_mul_ps(xv, vinv), unit), fzero);
     const __m512i bits = _mm512_castps_si512(y);
     __m512i c;
     if (!sr) {
@@ -360,7 +369,7 @@ void EncodeQ8Scaled(const float* __restrict x, int64_t n, int64_t block,
 #endif
   for (; i < n; ++i) {
     const float xi = x[i];
-    const float y = xi / safe;
+    const float y = std::fabs(xi) == safe ? std::copysign(1.0f, xi) : xi * inv;
     int c = sr ? StochasticCode(y, first + static_cast<uint32_t>(i), seed, t, u)
                : Count(y, t, kNearest + u);
     if (u) c = xi > 0.0f ? std::max(c, 1) : 0;
