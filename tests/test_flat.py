@@ -240,3 +240,31 @@ def test_flat_policy_by_name_and_repr():
     x = st.FlatMoments.of({"w": jnp.zeros((2, 3)), "b": jnp.zeros(())})
     assert repr(x).startswith("FlatMoments(2 leaves")
     assert x.offsets() == (0, 1)
+
+
+def test_flat_complex_moments_are_kept_as_they_are(kernel):
+    opt = flat_of(adamx.adam(0.1))
+    params = {"c": jnp.ones(3, jnp.complex64) * (1 + 2j), "r": jnp.ones(2)}
+    state = opt.init(params)
+    assert sorted(state.inner[0].mu.buffers) == ["complex64", "float32"]
+    assert sorted(state.inner[0].nu.buffers) == ["float32"]  # |g|**2 is real
+    grads = jax.tree.map(lambda x: x * 0.5, params)
+    got_p, got_s = adamx.step(opt, grads, state, params)
+    want_p, want_s = adamx.step(adamx.adam(0.1), grads, adamx.adam(0.1).init(params), params)
+    assert_trees_equal(got_p, want_p)
+    assert_trees_equal(moments(got_s), moments(want_s))
+
+
+def test_vmap_runs_the_flat_kernel_per_example(kernel):
+    opt = flat_of(adamx.adam(0.1))
+    params = {"a": jnp.arange(8.0).reshape(4, 2), "b": jnp.ones((4, 3))}
+    grads = jax.tree.map(lambda x: x * 0.1 + 0.01, params)
+    state = jax.vmap(opt.init)(params)
+    step = jax.vmap(lambda p, s, g: adamx.step(opt, g, s, p))
+    hlo = jax.jit(step).lower(params, state, grads).compile().as_text()
+    assert FLAT in hlo
+    got_p, _ = jax.jit(step)(params, state, grads)
+    for i in range(4):
+        p, g, got = (jax.tree.map(lambda x, i=i: x[i], t) for t in (params, grads, got_p))
+        want_p, _ = adamx.step(adamx.adam(0.1), g, adamx.adam(0.1).init(p), p)
+        assert_trees_equal(got, want_p)

@@ -94,7 +94,9 @@ class Flat(_Policy):
     computing: with ``mu="flat", nu="flat"`` on :func:`adamx.adam` or :func:`adamx.adamw`
     (float32), :func:`adamx.step` runs the fused kernel on the buffers in place.
     :func:`adamx.with_storage` flattens the whole moment tree at once; :meth:`encode` and
-    :meth:`decode` of a single leaf keep it as it is.
+    :meth:`decode` of a single leaf keep it as it is. Meant for one device (where the kernel
+    runs): a buffer of many leaves cannot be sharded like each of them, so on a mesh
+    (:func:`adamx.state_shardings`, ZeRO) keep the moments per leaf.
     """
 
     name: str = "flat"
