@@ -268,3 +268,49 @@ def test_vmap_runs_the_flat_kernel_per_example(kernel):
         p, g, got = (jax.tree.map(lambda x, i=i: x[i], t) for t in (params, grads, got_p))
         want_p, _ = adamx.step(adamx.adam(0.1), g, adamx.adam(0.1).init(p), p)
         assert_trees_equal(got, want_p)
+
+
+@pytest.mark.parametrize(
+    ("case", "shapes"),
+    [("adam", "awkward"), ("adam-l2-maximize", "tiny-many"), ("adamw-mask", "awkward")],
+)
+def test_flat_kernel_equals_xla_bitwise_on_awkward_shapes(kernel, case, shapes):
+    """Against test_kernel_shapes.py's XLA evaluation of the kernel's documented arithmetic
+    (operation by operation), from the same flat state, over its awkward shapes (0-d,
+    empty, odd lengths, > 2**17 elements: the threaded path) and many tiny leaves."""
+    import test_kernel_shapes as ks  # noqa: PLC0415 - its helpers, for this test only
+
+    shapes = ks.SHAPE_SETS[shapes]
+    name, kw, decay = ks.FLOAT_CASES[case]
+    n = len(shapes)
+    mask = [i % 3 != 1 for i in range(n)] if name == "adamw" else None
+    inner = getattr(adamx, name)(**kw, **({"mask": mask} if mask is not None else {}))
+    opt = flat_of(inner)
+    p, g, m, v = ks.random_leaves(shapes, 7)
+    state = opt.init(p)
+    moments = adamx.MomentsState(
+        count=jnp.asarray(6, jnp.int32), mu=st.FlatMoments.of(m), nu=st.FlatMoments.of(v)
+    )
+    at = inner.update.adam_rule.moments_at
+    state = state._replace(inner=(*state.inner[:at], moments, *state.inner[at + 1 :]))
+    s = ks.scalars_for(opt, state, inner.update.adam_rule)
+    decays = [decay if f else 0 for f in (mask or [True] * n)]
+    want = ks.xla_adam_leaves(
+        *(list(map(jnp.asarray, x)) for x in (p, g, m, v)), s, decays, kw.get("maximize", False)
+    )
+    step = jax.jit(train_step(opt))
+    assert flat_calls(step.lower(p, state, g).compile().as_text()) == math.ceil(
+        sum(1 for x in shapes if math.prod(x)) / _fused.GROUP
+    )
+    new_p, new_state = step(p, state, g)
+    got_m, got_v = moments_of_flat(new_state.inner[at])
+    for what, got, w in (("p", new_p, want[0]), ("m", got_m, want[1]), ("v", got_v, want[2])):
+        for i, (a, b) in enumerate(zip(got, w)):
+            np.testing.assert_array_equal(
+                np.asarray(a), np.asarray(b), err_msg=f"{case}: {what}[{i}] of {shapes[i]}"
+            )
+
+
+def moments_of_flat(found):
+    assert int(found.count) == 7
+    return found.mu.tree(), found.nu.tree()
