@@ -314,3 +314,15 @@ def test_flat_kernel_equals_xla_bitwise_on_awkward_shapes(kernel, case, shapes):
 def moments_of_flat(found):
     assert int(found.count) == 7
     return found.mu.tree(), found.nu.tree()
+
+
+def test_flax_serialization_once_told_about_flat_moments(kernel):
+    fs = pytest.importorskip("flax.serialization")
+    fs.register_serialization_state(
+        st.FlatMoments, st.FlatMoments.state_dict, st.FlatMoments.from_state_dict
+    )
+    opt = flat_of(adamx.adam(0.1))
+    params, state = run(opt, steps=1)
+    data = fs.to_bytes(state)
+    assert_trees_equal(adamx.restore_state(fs.msgpack_restore(data), opt.init(tree(0))), state)
+    assert_trees_equal(fs.from_bytes(opt.init(tree(0)), data), state)

@@ -30,6 +30,11 @@ class FlatMoments:
     data), so a checkpoint holds the buffers and :meth:`tree` gives the leaves back.
     The leaves of each dtype follow each other in the tree's flattening order.
 
+    Checkpoints: libraries that walk pytrees (Orbax) store the buffers; restore with
+    :func:`adamx.restore_state`. ``flax.serialization`` serialises the types it knows only;
+    teach it this one with ``flax.serialization.register_serialization_state(FlatMoments,
+    FlatMoments.state_dict, FlatMoments.from_state_dict)``.
+
     Attributes:
       buffers: ``{dtype name: 1-D array}``, sorted by name.
       treedef: the structure of the tree of leaves.
@@ -71,6 +76,14 @@ class FlatMoments:
             for shape, name, at in zip(self.shapes, self.dtypes, self.offsets())
         ]
         return jax.tree.unflatten(self.treedef, leaves)
+
+    def state_dict(self) -> dict[str, Any]:
+        """The buffers as a plain dict (what a checkpoint holds)."""
+        return dict(self.buffers)
+
+    def from_state_dict(self, state: dict[str, Any]) -> FlatMoments:
+        """This layout with the buffers of ``state`` (a dict like :meth:`state_dict`'s)."""
+        return FlatMoments(state, self.treedef, self.shapes, self.dtypes)
 
     def tree_flatten_with_keys(self):
         children = [(jax.tree_util.DictKey(k), v) for k, v in self.buffers.items()]
