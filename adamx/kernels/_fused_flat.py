@@ -74,7 +74,8 @@ def plan(stored: StoredAdam, grads, state, params):
         return no("`params` were not given")
     if not (_flat_f32(moments.mu, treedef) and _flat_f32(moments.nu, treedef)):
         return no("the flat moments are not float32 buffers of the gradients' tree")
-    if moments.mu.shapes != tuple(tuple(jnp.shape(g)) for g in g_leaves):
+    shapes = tuple(tuple(jnp.shape(g)) for g in g_leaves)
+    if moments.mu.shapes != shapes or moments.nu.shapes != shapes:
         return no("the flat moments' leaves have other shapes than the gradients")
     try:
         p_leaves = treedef.flatten_up_to(params)  # type: ignore[attr-defined]
