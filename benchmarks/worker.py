@@ -79,8 +79,13 @@ NO_TRAFFIC = {"parameter", "tuple", "get-tuple-element", "constant", "bitcast"}
 # the one state tensor).
 KERNEL_TARGET = "adamx_adam_step_v1"
 STORAGE_TARGET = "adamx_adam_storage_step_v1"
+# Adam on flat moments (with_storage(mu="flat", nu="flat")): each call's results are the
+# whole m and v buffers, then the p of its leaves; it reads and writes only its leaves'
+# stretch of m and v.
+FLAT_TARGET = "adamx_adam_flat_step_v1"
 WRITES_PER_LEAF = {
     KERNEL_TARGET: 3,
+    FLAT_TARGET: 1,
     STORAGE_TARGET: 3,
     "adamx_lion_step_v1": 2,
     "adamx_sgd_step_v1": 2,
@@ -115,6 +120,11 @@ def hlo_traffic(hlo: str, leaf_sizes: set[int]) -> tuple[int, int]:
             for t, dims in SHAPE.findall(shape)
         )
         if opcode in NO_TRAFFIC:
+            continue
+        if opcode == "custom-call" and f'"{FLAT_TARGET}"' in line:
+            p_bytes = 4 * sum(arrays[2:])  # the leaves' p; m, v, g: as many bytes each
+            moved += 7 * p_bytes  # read p g m v, write p m v
+            loops += len(arrays) - 2
             continue
         moved += sizes[name] + sum(sizes.get(o, 0) for o in re.findall(r"%([\w.\-]+)", operands))
         written = sum(n in leaf_sizes for n in arrays)

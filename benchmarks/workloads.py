@@ -61,6 +61,11 @@ for _name, _policy in STORAGE_POLICIES.items():
     STORAGE_CONTENDERS[f"adamx {_name}"] = _policy
     if _name in STORAGE_KERNELS:
         STORAGE_CONTENDERS[f"adamx {_name} xla"] = _policy
+# Cases (a)-(c): Adam with its moments in one flat buffer each (issue 15 item 4), through
+# adamx.step (the float32 kernel on the buffers): 4 moment arrays in and out of the step
+# instead of 2 per leaf.
+FLAT = "adamx flat"
+STORAGE_CONTENDERS[FLAT] = dict(mu="flat", nu="flat")
 CONTENDERS = CONTENDERS[:2] + tuple(STORAGE_CONTENDERS) + CONTENDERS[2:]
 JAX_CONTENDERS = JAX_CONTENDERS[:2] + tuple(STORAGE_CONTENDERS) + JAX_CONTENDERS[2:]
 
@@ -77,11 +82,12 @@ def contenders_for(optimizer: str, has_torch: bool) -> list[str]:
     no Lion); torch foreach for Adam (workloads a, b, c) and SGD only, as for Adam-like
     rules it is 10-20x slower on CPU and would take most of the run's time budget."""
     if optimizer == "adam storage":
-        return ["adamx", "adamx xla", *STORAGE_CONTENDERS]
+        return ["adamx", "adamx xla", *(c for c in STORAGE_CONTENDERS if c != FLAT)]
     both = ["torch fused", "torch foreach"]
     torch = {"adam": both, "sgd": both, "lion": []}.get(optimizer, ["torch fused"])
     xla = ["adamx xla"] if optimizer in FUSED_OPTIMIZERS else []
-    return ["adamx", *xla, "optax", *(torch if has_torch else [])]
+    flat = [FLAT] if optimizer == "adam" else []
+    return ["adamx", *flat, *xla, "optax", *(torch if has_torch else [])]
 
 
 # A case is an optimizer on a workload; (d) is four more optimizers on workload (a), and

@@ -62,6 +62,9 @@ BUILD_TIME = "about 20 s of one core"
 _HEADERS = tuple(Path(__file__).parent / "csrc" / h for h in ("adam_math.h", "pool.h"))
 _SYMBOL = "AdamxAdamStep"
 TARGET = "adamx_adam_step_v1"
+# The same step with m and v in one flat buffer each (the "flat" storage policy).
+_FLAT_SYMBOL = "AdamxAdamFlatStep"
+FLAT_TARGET = "adamx_adam_flat_step_v1"
 _STORAGE_SYMBOL = "AdamxAdamStorageStep"
 STORAGE_TARGET = "adamx_adam_storage_step_v1"
 LION_TARGET = "adamx_lion_step_v1"
@@ -267,6 +270,7 @@ def _load() -> KernelInfo:
             library = _load_library(real)
         for symbol, target in (
             (_SYMBOL, TARGET),
+            (_FLAT_SYMBOL, FLAT_TARGET),
             (_STORAGE_SYMBOL, STORAGE_TARGET),
             *_MOMENTUM_TARGETS,
         ):

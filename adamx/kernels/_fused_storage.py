@@ -163,6 +163,8 @@ def plan(rule: AdamRule, policies, track_error: bool, grads, state, params, *, f
 
     if track_error:
         return no("track_error=True measures the encoding error on the XLA path")
+    if any(isinstance(policy, _storage.Flat) for policy in policies.values()):
+        return no('flat moments have a kernel with mu="flat" and nu="flat" only')
     if not isinstance(state, StorageState) or not isinstance(state.inner, tuple):
         return no("the state is not this optimizer's")
     moments = state.inner[rule.moments_at] if len(state.inner) > rule.moments_at else None

@@ -9,6 +9,7 @@ import optax
 
 from adamx.blocks._base import PyTree, check_trees_match
 from adamx.kernels._fused import adam_step
+from adamx.kernels._fused_flat import flat_step, is_flat
 from adamx.kernels._fused_momentum import lion_step, sgd_step
 from adamx.kernels._fused_storage import storage_step
 
@@ -41,7 +42,8 @@ def step(
     their own (20 bytes per float32 parameter, the state written in place).
     ``adamx.with_storage(adamx.adam(...), mu=..., nu=...)`` (or ``adamw``) with float32,
     bfloat16, bfloat16_sr or 8-bit moments has a kernel of its own (decode, update and
-    encode in the same pass; the state as the XLA path makes it).
+    encode in the same pass; the state as the XLA path makes it), and with
+    ``mu="flat", nu="flat"`` the float32 kernel runs on the flat buffers in place.
     The kernel is found from what the recipe describes (``update.adam_rule``,
     ``update.lion_rule``, ``update.sgd_rule``, and ``update.stored_adam`` for
     ``with_storage``), never by the recipe calling a kernel.
@@ -86,6 +88,8 @@ def step(
 
     stored = getattr(optimizer.update, "stored_adam", None)
     if stored is not None:
+        if is_flat(stored):
+            return flat_step(stored, xla_step, grads, state, params)
         return storage_step(stored, xla_step, grads, state, params)
     fused = getattr(optimizer.update, "fused", None)
     for attribute, kernel_step in _KERNEL_STEPS.items():

@@ -9,7 +9,8 @@ Policies (see :func:`resolve` for the names):
 
 - :func:`cast`: a narrower float dtype, optionally with stochastic rounding;
 - :func:`blockwise8`: 8-bit block-wise dynamic quantization (Dettmers et al. 2022);
-- :func:`factored`: row and column means of the second moment (Shazeer & Stern 2018).
+- :func:`factored`: row and column means of the second moment (Shazeer & Stern 2018);
+- :func:`flat`: the moment's leaves in one 1-D buffer per dtype (:class:`FlatMoments`).
 
 :func:`state_bytes` measures what a state really occupies. :func:`with_storage` wraps an
 optimizer so that its moments are kept through these policies (also ``adamx.with_storage``).
@@ -18,6 +19,7 @@ optimizer so that its moments are kept through these policies (also ``adamx.with
 from adamx.storage._blockwise8 import Blockwise8, Quantized, blockwise8, dynamic_code, row_blocks
 from adamx.storage._cast import Cast, cast
 from adamx.storage._factored import Factored, FactoredMoment, factored
+from adamx.storage._flat import Flat, FlatMoments, flat
 from adamx.storage._policy import Storage, state_bytes
 from adamx.storage._resolve import resolve
 from adamx.storage._with_storage import (
@@ -33,6 +35,8 @@ __all__ = [
     "Cast",
     "Factored",
     "FactoredMoment",
+    "Flat",
+    "FlatMoments",
     "Quantized",
     "Storage",
     "StorageError",
@@ -41,6 +45,7 @@ __all__ = [
     "cast",
     "dynamic_code",
     "factored",
+    "flat",
     "resolve",
     "row_blocks",
     "state_bytes",

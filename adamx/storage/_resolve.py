@@ -5,6 +5,7 @@ from __future__ import annotations
 from adamx.storage._blockwise8 import blockwise8
 from adamx.storage._cast import cast
 from adamx.storage._factored import factored
+from adamx.storage._flat import flat
 from adamx.storage._policy import Storage
 
 _NAMED = {
@@ -15,6 +16,7 @@ _NAMED = {
     "float16_sr": lambda: cast("float16", stochastic_rounding=True),
     "8bit": blockwise8,
     "factored": factored,
+    "flat": flat,
 }
 
 
@@ -24,7 +26,8 @@ def resolve(spec: str | Storage | None) -> Storage | None:
     Names: ``"float32"``, ``"bfloat16"``, ``"float16"`` (:func:`cast`), ``"bfloat16_sr"``,
     ``"float16_sr"`` (:func:`cast` with stochastic rounding), ``"8bit"``
     (:func:`blockwise8` with its defaults), ``"factored"`` (:func:`factored` with its
-    defaults). None means "as the optimizer computes it".
+    defaults), ``"flat"`` (:func:`flat`: the moment's leaves in one buffer per dtype).
+    None means "as the optimizer computes it".
 
     Example:
       >>> resolve("bfloat16_sr")

@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import optax
 
 from adamx.blocks._base import PyTree
+from adamx.storage._flat import Flat, FlatMoments
 from adamx.storage._policy import Storage, state_bytes
 from adamx.storage._resolve import resolve
 
@@ -173,6 +174,10 @@ def with_storage(
       here (``blockwise8(stochastic_rounding=False)`` rounds to nearest: Adam's slow
       ``nu`` then freezes, see :func:`adamx.storage.blockwise8`); leaves under 4,096
       elements stay float32;
+    * ``"flat"``: every leaf of the moment in one 1-D buffer per dtype
+      (:class:`adamx.storage.FlatMoments`), the same values: for models of many small
+      leaves, where passing ~4 arrays per leaf in and out of a jitted step costs more than
+      the arithmetic (``mu="flat", nu="flat"`` passes 4 in all);
     * ``"factored"`` (``nu`` only): row and column means of each matrix of at least
       128 x 128 (others stay float32). With Adam's ``v = b2 * v + (1 - b2) * g**2`` the
       stored rows and columns are exactly Adafactor's moving averages of the row and column
@@ -182,7 +187,8 @@ def with_storage(
     With :func:`adamx.adam` or :func:`adamx.adamw` inside, :func:`adamx.step` runs a
     fused CPU kernel that decodes, updates and encodes each element in one pass, params
     and stored moments in place, for moments stored as float32, ``"bfloat16"``,
-    ``"bfloat16_sr"`` or ``"8bit"`` (without ``track_error``); its state is the one
+    ``"bfloat16_sr"`` or ``"8bit"`` (without ``track_error``), and for ``mu="flat",
+    nu="flat"`` (the float32 kernel on the buffers); its state is the one
     ``update`` makes, so the two are interchangeable at any step (``fused=False`` on the
     recipe, or ``ADAMX_FUSED=0``, keeps the XLA path).
 
@@ -237,6 +243,9 @@ def with_storage(
 
         def encode(role, value):
             policy = policies[role]
+            if isinstance(policy, Flat):  # lossless: the whole tree in one buffer per dtype
+                index[0] += len(jax.tree.leaves(value))
+                return FlatMoments.of(value)
             if policy is not None:
                 _check_real(role, policy, value)
             leaves, treedef = jax.tree.flatten(value)
@@ -264,6 +273,8 @@ def with_storage(
             policy = policies[role]
             if policy is None:
                 return value
+            if isinstance(policy, Flat):
+                return value.tree()
             shapes, treedef = jax.tree.flatten(like_value)
             parts = treedef.flatten_up_to(value)
             return jax.tree.unflatten(treedef, [policy.decode(v, s) for v, s in zip(parts, shapes)])

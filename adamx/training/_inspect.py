@@ -25,6 +25,7 @@ from adamx.blocks._base import (
 from adamx.blocks._correction import bias_correction
 from adamx.blocks._moments import MomentsState
 from adamx.blocks._rules import MaxNuState
+from adamx.storage._flat import FlatMoments
 
 # The hyperparameters `inspect` reads from an `optax.inject_hyperparams` state, by name.
 _HYPERPARAMS = ("learning_rate", "b2", "eps", "eps_root")
@@ -93,7 +94,7 @@ def _find(node, injected: dict, found: list[_Found]) -> None:
     """Collect, depth first, every `MomentsState` with a second moment inside ``node``."""
     if isinstance(node, MomentsState):
         if node.nu is not None:
-            found.append(_Found(node, node.nu, injected))
+            found.append(_Found(node, _per_leaf(node.nu), injected))
         return
     if isinstance(node, _INJECTED):
         held = {k: v for k, v in node.hyperparams.items() if k in _HYPERPARAMS and v is not None}
@@ -110,9 +111,14 @@ def _find(node, injected: dict, found: list[_Found]) -> None:
             stop = next((j for j, c in enumerate(later) if isinstance(c, MomentsState)), None)
             nu_max = [c for c in later[:stop] if isinstance(c, MaxNuState)]
             if nu_max and child.nu is not None:
-                found.append(_Found(child, nu_max[0].nu_max, injected))
+                found.append(_Found(child, _per_leaf(nu_max[0].nu_max), injected))
                 continue
         _find(child, injected, found)
+
+
+def _per_leaf(nu):
+    """A second moment as a tree of leaves (``with_storage(..., nu="flat")`` keeps it flat)."""
+    return nu.tree() if isinstance(nu, FlatMoments) else nu
 
 
 def _overlay(a, b):

@@ -164,7 +164,81 @@ ffi::Future AdamImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> scalars,
   return adamx::RunChunks(pool, std::move(job), chunks, total);
 }
 
+// The same step for leaves whose m and v lie in one flat buffer each (adamx.storage's "flat"
+// policy, adamx/kernels/_fused_flat.py): the operands are the scalars, m, v and then p, g of
+// each of the n leaves; the results m, v (in place) and the n new params. Leaf i's moments
+// start at `offset` plus the sizes of the leaves before it. A flat buffer runs through
+// all the calls of a step, each call updating its own stretch of it.
+ffi::Future AdamFlatImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> scalars,
+                         ffi::Buffer<ffi::F32> m, ffi::Buffer<ffi::F32> v, ffi::RemainingArgs args,
+                         ffi::ResultBuffer<ffi::F32> m_out, ffi::ResultBuffer<ffi::F32> v_out,
+                         ffi::RemainingRets rets, int64_t decay, bool maximize,
+                         ffi::Span<const int64_t> decay_mask, int64_t offset) {
+  if (scalars.element_count() != kNumScalars) {
+    return Failed(ffi::Error::InvalidArgument("adamx adam flat kernel: wrong scalar count"));
+  }
+  const size_t n = args.size() / 2;
+  if (args.size() != 2 * n || rets.size() != n || decay_mask.size() != n) {
+    return Failed(ffi::Error::InvalidArgument("adamx adam flat kernel: wrong operand count"));
+  }
+  const int64_t flat = m.element_count();
+  if (v.element_count() != flat || m_out->element_count() != flat ||
+      v_out->element_count() != flat || offset < 0) {
+    return Failed(ffi::Error::InvalidArgument("adamx adam flat kernel: moment sizes differ"));
+  }
+  // m and v are updated in place: copy them into their outputs first if XLA did not alias
+  // the buffers (it aliases them whenever the state was donated).
+  float* mb = m_out->typed_data();
+  float* vb = v_out->typed_data();
+  if (mb != m.typed_data()) std::copy_n(m.typed_data(), flat, mb);
+  if (vb != v.typed_data()) std::copy_n(v.typed_data(), flat, vb);
+  auto job = std::make_shared<Job>();
+  job->s = adamx::ReadScalars(scalars.typed_data());
+  job->leaves.reserve(n);
+  job->fns.reserve(n);
+  int64_t at = offset;
+  for (size_t i = 0; i < n; ++i) {
+    auto p = args.get<ffi::Buffer<ffi::F32>>(2 * i);
+    auto g = args.get<ffi::Buffer<ffi::F32>>(2 * i + 1);
+    auto out = rets.get<ffi::Buffer<ffi::F32>>(i);
+    if (!p.has_value()) return Failed(p.error());
+    if (!g.has_value()) return Failed(g.error());
+    if (!out.has_value()) return Failed(out.error());
+    const int64_t size = g->element_count();
+    if (p->element_count() != size || (*out)->element_count() != size || at + size > flat) {
+      return Failed(ffi::Error::InvalidArgument("adamx adam flat kernel: leaf sizes differ"));
+    }
+    job->leaves.push_back(
+        Leaf{p->typed_data(), g->typed_data(), mb + at, vb + at, (*out)->typed_data(), size});
+    job->fns.push_back(Pick(decay_mask[i] != 0 ? static_cast<int>(decay) : 0, maximize));
+    at += size;
+  }
+  for (size_t i = 0; i < n; ++i) {
+    const int64_t size = job->leaves[i].size;
+    for (int64_t lo = 0; lo < size; lo += kChunk) {
+      job->chunks.push_back(Chunk{static_cast<int32_t>(i), lo, std::min(size, lo + kChunk)});
+    }
+  }
+  const auto chunks = static_cast<int64_t>(job->chunks.size());
+  return adamx::RunChunks(pool, std::move(job), chunks, at - offset);
+}
+
 }  // namespace
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(AdamxAdamFlatStep, AdamFlatImpl,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .RemainingArgs()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .RemainingRets()
+                                  .Attr<int64_t>("decay")
+                                  .Attr<bool>("maximize")
+                                  .Attr<ffi::Span<const int64_t>>("decay_mask")
+                                  .Attr<int64_t>("offset"));
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(AdamxAdamStep, AdamImpl,
                               ffi::Ffi::Bind()
