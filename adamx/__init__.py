@@ -57,6 +57,15 @@ from adamx.optimizers._adagrad import (
     use_gradient,
 )
 from adamx.optimizers._adam import adam, adamw
+from adamx.optimizers._adan import AdanState, adan, scale_by_adan_moments
+from adamx.optimizers._ademamix import (
+    SlowMomentumState,
+    ademamix,
+    ademamix_schedules,
+    mix_accumulated_momentum,
+    mix_slow_momentum,
+    simplified_ademamix,
+)
 from adamx.optimizers._adopt import (
     PreviousRmsState,
     adopt,
@@ -94,9 +103,9 @@ __version__ = "0.2.0"
 
 # The names of the optimizers (recipes); everything else in __all__ is a building block.
 OPTIMIZERS = (
-    "adabelief", "adadelta", "adafactor", "adagrad", "adam", "adamax", "adamw", "adopt",
-    "amsgrad", "lamb", "lazy_adam", "lion", "nadam", "nadamw", "radam", "rmsprop", "sgd",
-    "yogi",
+    "adabelief", "adadelta", "adafactor", "adagrad", "adam", "adamax", "adamw", "adan",
+    "ademamix", "adopt", "amsgrad", "lamb", "lazy_adam", "lion", "nadam", "nadamw", "radam",
+    "rmsprop", "sgd", "simplified_ademamix", "yogi",
 )  # fmt: skip
 
 __all__ = [
@@ -108,6 +117,8 @@ __all__ = [
     "adam",
     "adamax",
     "adamw",
+    "adan",
+    "ademamix",
     "adopt",
     "amsgrad",
     "lamb",
@@ -118,6 +129,7 @@ __all__ = [
     "radam",
     "rmsprop",
     "sgd",
+    "simplified_ademamix",
     "yogi",
     "step",
     "from_torch",
@@ -131,6 +143,7 @@ __all__ = [
     "StorageError",
     "storage_error",
     "kernel_info",
+    "AdanState",
     "Diagnostics",
     "FactoredRmsState",
     "FusedKernelWarning",
@@ -145,9 +158,11 @@ __all__ = [
     "RelativeStepState",
     "ScheduleState",
     "SkipNonfiniteState",
+    "SlowMomentumState",
     "SecondMomentRule",
     "UpdateRmsState",
     "add_decayed_weights",
+    "ademamix_schedules",
     "average_of_squares",
     "bias_correction",
     "center_second_moment",
@@ -159,6 +174,8 @@ __all__ = [
     "infinity_norm",
     "inspect",
     "keep_max_nu",
+    "mix_accumulated_momentum",
+    "mix_slow_momentum",
     "negate",
     "normalize",
     "normalize_by_previous_rms",
@@ -167,6 +184,7 @@ __all__ = [
     "read_momentum",
     "read_sign",
     "restore_state",
+    "scale_by_adan_moments",
     "scale_by_factored_rms",
     "scale_by_lazy_moments",
     "scale_by_learning_rate",

@@ -43,6 +43,13 @@ OPTIMIZERS = {
     "adamw": Row(adamx.adamw, dict(learning_rate=1e-2, weight_decay=1e-2)),
     "adam_nesterov": Row(adamx.adam, dict(learning_rate=2e-2, nesterov=True)),
     "amsgrad": Row(adamx.amsgrad, dict(learning_rate=5e-2)),
+    "adan": Row(adamx.adan, dict(learning_rate=1e-2, weight_decay=1e-2)),
+    "ademamix": Row(
+        adamx.ademamix, dict(learning_rate=1e-2, b3=0.99, alpha=2.0, weight_decay=1e-2)
+    ),
+    "simplified_ademamix": Row(
+        adamx.simplified_ademamix, dict(learning_rate=1e-3, alpha=1.0, weight_decay=1e-2)
+    ),
     "adamax": Row(adamx.adamax, dict(learning_rate=2e-2, b2=0.99)),
     "nadam": Row(adamx.nadam, dict(learning_rate=2e-2)),
     "nadam_scheduleless": Row(adamx.nadam, dict(learning_rate=2e-2, momentum_decay=None)),
@@ -99,6 +106,8 @@ STRUCTURAL = [
     "adam_l2",
     "adamax",
     "adamw",
+    "adan",
+    "ademamix",
     "adopt",
     "amsgrad",
     "lamb",
@@ -109,6 +118,7 @@ STRUCTURAL = [
     "radam_decoupled",
     "rmsprop_centered",
     "sgd_dampening_l2",
+    "simplified_ademamix",
     "yogi",
 ]
 
