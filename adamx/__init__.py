@@ -82,6 +82,7 @@ from adamx.optimizers._lamb_lion import (
     scale_by_trust_ratio,
 )
 from adamx.optimizers._lazy import lazy_adam, scale_by_lazy_moments
+from adamx.optimizers._muon import muon, orthogonalize, scale_by_shape
 from adamx.optimizers._rmsprop import center_second_moment, rmsprop
 from adamx.optimizers._sgd import MomentumState, sgd, trace_momentum
 from adamx.optimizers._variants import adamax, amsgrad, nadam, nadamw
@@ -104,7 +105,7 @@ __version__ = "0.2.0"
 # The names of the optimizers (recipes); everything else in __all__ is a building block.
 OPTIMIZERS = (
     "adabelief", "adadelta", "adafactor", "adagrad", "adam", "adamax", "adamw", "adan",
-    "ademamix", "adopt", "amsgrad", "lamb", "lazy_adam", "lion", "nadam", "nadamw", "radam",
+    "ademamix", "adopt", "amsgrad", "lamb", "lazy_adam", "lion", "muon", "nadam", "nadamw", "radam",
     "rmsprop", "sgd", "simplified_ademamix", "yogi",
 )  # fmt: skip
 
@@ -124,6 +125,7 @@ __all__ = [
     "lamb",
     "lazy_adam",
     "lion",
+    "muon",
     "nadam",
     "nadamw",
     "radam",
@@ -181,6 +183,7 @@ __all__ = [
     "normalize_by_previous_rms",
     "normalize_inf",
     "normalize_rectified",
+    "orthogonalize",
     "read_momentum",
     "read_sign",
     "restore_state",
@@ -192,6 +195,7 @@ __all__ = [
     "scale_by_moments",
     "scale_by_param_block_rms",
     "scale_by_relative_step",
+    "scale_by_shape",
     "scale_by_trust_ratio",
     "second_moment_dtype",
     "second_moment_zeros",

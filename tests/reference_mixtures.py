@@ -105,3 +105,54 @@ class SimplifiedAdEMAMix:
             denom = np.sqrt(self.v[i] / (1 - self.b2**self.t)) + self.eps
             out.append(p - self.lr * ((self.m[i] + self.alpha * g) / denom + self.wd * p))
         return out
+
+
+def newton_schulz(x, coeffs=(3.4445, -4.775, 2.0315), steps=5, eps=1e-7):
+    """Jordan's quintic iteration as torch.optim.Muon writes it, in float64."""
+    y = x.T if x.shape[0] > x.shape[1] else x
+    norm = math.sqrt(float(np.sum(y * y)))
+    y = y / max(norm, eps) if norm > 0 else y
+    a, b, c = coeffs
+    for _ in range(steps):
+        gram = y @ y.T
+        y = a * y + (b * gram + c * gram @ gram) @ y
+    return y.T if x.shape[0] > x.shape[1] else y
+
+
+class Muon:
+    """torch.optim.Muon's rule (Jordan et al. 2024) for the 2-D leaves, in float64; AdamW
+    (Loshchilov & Hutter 2019) for the others, as the recipe partitions them."""
+
+    def __init__(
+        self, shapes, lr=1e-3, wd=0.1, beta=0.95, nesterov=True, eps=1e-7, ns_steps=5,
+        ns_coeffs=(3.4445, -4.775, 2.0315), adam_b1=0.9, adam_b2=0.999, adam_eps=1e-8,
+        adam_weight_decay=0.0, matrices=None, **ignored,
+    ):  # fmt: skip
+        del ignored  # ns_dtype: the reference runs in float64
+        self.lr, self.wd, self.beta, self.nesterov, self.eps = lr, wd, beta, nesterov, eps
+        self.ns = (tuple(ns_coeffs), ns_steps)
+        self.adam = (adam_b1, adam_b2, adam_eps, adam_weight_decay)
+        self.matrices = matrices or [len(s) == 2 for s in shapes]
+        self.m = [np.zeros(s) for s in shapes]
+        self.v = [np.zeros(s) for s in shapes]
+        self.t = 0
+
+    def step(self, params, grads):
+        self.t += 1
+        t, out = self.t, []
+        b1, b2, adam_eps, adam_wd = self.adam
+        for i, (p, g) in enumerate(zip(params, grads)):
+            if self.matrices[i]:
+                self.m[i] = self.beta * self.m[i] + (1 - self.beta) * g
+                d = self.beta * self.m[i] + (1 - self.beta) * g if self.nesterov else self.m[i]
+                o = newton_schulz(d, *self.ns, eps=self.eps)
+                rows, cols = p.shape
+                scale = math.sqrt(max(1.0, rows / cols)) if cols else 1.0
+                out.append(p - self.lr * self.wd * p - self.lr * scale * o)
+            else:
+                self.m[i] = b1 * self.m[i] + (1 - b1) * g
+                self.v[i] = b2 * self.v[i] + (1 - b2) * g * g
+                denom = np.sqrt(self.v[i] / (1 - b2**t)) + adam_eps
+                step = self.m[i] / (1 - b1**t) / denom
+                out.append(p - self.lr * (step + adam_wd * p))
+        return out

@@ -130,6 +130,7 @@ OTHER_FAMILY = {
     "adopt": rof.Adopt,
     "lazy_adam": rof.LazyAdam,
     "adan": rmix.Adan,
+    "muon": rmix.Muon,
     "ademamix": rmix.AdEMAMix,
     "simplified_ademamix": rmix.SimplifiedAdEMAMix,
 }
@@ -250,7 +251,7 @@ SLOW_DECAY = {
     "adam": "b2", "adamw": "b2", "amsgrad": "b2", "adamax": "b2", "nadam": "b2",
     "nadamw": "b2", "radam": "b2", "adabelief": "b2", "yogi": "b2", "lamb": "b2",
     "lion": "b2", "lazy_adam": "b2", "adopt": "b2", "rmsprop": "decay", "adadelta": "rho",
-    "adan": "b3", "ademamix": "b2", "simplified_ademamix": "b2",
+    "adan": "b3", "ademamix": "b2", "simplified_ademamix": "b2", "muon": "adam_b2",
     "sgd": None,  # momentum near 1 is another question (the buffer grows as 1/(1 - mu))
     "adagrad": None,  # a plain sum, no decay
     "adafactor": None,  # its weight is t**beta2_decay, no b2
@@ -525,6 +526,11 @@ NO_NAN_AT_EPS_ZERO = {
     ),
     "lion": ({"weight_decay": 0.0}, 8, "no eps: sign(0) = 0"),  # and no decay
     "adan": ({"eps": 0.0, "weight_decay": 0.0}, 8, "0 / sqrt(0 + eps_root), eps_root > 0"),
+    "muon": (
+        {"eps": 0.0, "weight_decay": 0.0, "adam_weight_decay": 0.0},
+        8,
+        "a zero matrix orthogonalises to zero (no 0/0); AdamW's 0 / adam_eps, adam_eps > 0",
+    ),
     "sgd": ({}, 8, "no eps, no division"),
     "sgd_nesterov": ({}, 8, "no eps, no division"),
 }

@@ -33,6 +33,7 @@ DEFAULT_LEARNING_RATES: dict[str, float] = {
     "lamb": 5e-3,
     "lazy_adam": 1e-2,
     "lion": 1e-3,
+    "muon": 2e-2,
     "nadam": 1e-3,
     "nadamw": 1e-3,
     "radam": 1e-2,
