@@ -288,7 +288,7 @@ def ademamix(
         check_decay("b1", b1)
         check_decay("b3", b3)
         check_range("alpha", alpha, low=0.0)
-        alpha, b3 = ademamix_schedules(alpha, b3, b1, warmup)  # type: ignore[arg-type]
+        alpha, b3 = ademamix_schedules(alpha, b3, b1, warmup)
     return optax.chain(
         scale_by_moments(b1, b2, mu_dtype=mu_dtype),
         correct_bias(b1, None),

@@ -45,7 +45,7 @@ def _check_coeffs(ns_coeffs) -> tuple[tuple[float, float, float], ...] | None:
     try:
         rows = [tuple(float(c) for c in row) for row in ns_coeffs]
         if all(len(row) == 3 for row in rows) and rows:
-            return tuple(rows)  # type: ignore[return-value]
+            return tuple((a, b, c) for a, b, c in rows)
     except TypeError:
         pass
     try:
@@ -196,7 +196,7 @@ def scale_by_shape(kind: str = "rows_over_cols", rms: float = 0.2) -> optax.Grad
         u = jnp.asarray(u)
         rows, cols = u.shape
         if kind == "rows_over_cols":
-            factor: Any = math.sqrt(max(1.0, rows / cols)) if cols else 1.0
+            factor = math.sqrt(max(1.0, rows / cols)) if cols else 1.0
         elif kind == "cols_over_rows":
             factor = math.sqrt(max(1.0, cols / rows)) if rows else 1.0
         else:
@@ -331,7 +331,7 @@ def muon(
       >>> grads = {"w": jnp.asarray([[3.0, 0.0], [0.0, 1.0]]), "b": jnp.asarray([1.0, -1.0])}
       >>> updates, _ = opt.update(grads, opt.init(params), params)
       >>> [round(float(u), 2) for u in jnp.diag(updates["w"])]  # both directions ~ -lr
-      [-0.07, -0.09]
+      [-0.08, -0.11]
       >>> [round(float(u), 4) for u in updates["b"]]  # AdamW: -lr * sign(g) on step 1
       [-0.1, 0.1]
 
