@@ -57,7 +57,13 @@ from adamx.optimizers._adagrad import (
     use_gradient,
 )
 from adamx.optimizers._adam import adam, adamw
-from adamx.optimizers._adan import AdanState, adan, scale_by_adan_moments
+from adamx.optimizers._adan import (
+    AdanState,
+    ProximalState,
+    adan,
+    scale_by_adan_moments,
+    shrink_proximal,
+)
 from adamx.optimizers._ademamix import (
     SlowMomentumState,
     ademamix,
@@ -157,6 +163,7 @@ __all__ = [
     "MomentsState",
     "NesterovState",
     "PreviousRmsState",
+    "ProximalState",
     "RelativeStepState",
     "ScheduleState",
     "SkipNonfiniteState",
@@ -199,6 +206,7 @@ __all__ = [
     "scale_by_trust_ratio",
     "second_moment_dtype",
     "second_moment_zeros",
+    "shrink_proximal",
     "shrink_weights",
     "skip_nonfinite",
     "scale_by_update_rms",

@@ -15,17 +15,23 @@ import numpy as np
 
 class Adan:
     """Xie et al. 2022, Algorithm 1 with optax's conventions (b's weight the old average,
-    bias-corrected averages, d = 0 on the first step, decay -lr*wd*p)."""
+    bias-corrected averages, d = 0 on the first step, decay -lr*wd*p); with ``proximal``
+    the paper's decay, ``p = (p - lr * step) / (1 + lr * wd)``."""
 
-    def __init__(self, shapes, lr, b1=0.98, b2=0.92, b3=0.99, eps=1e-8, eps_root=1e-8, wd=0.0):
+    def __init__(
+        self, shapes, lr, b1=0.98, b2=0.92, b3=0.99, eps=1e-8, eps_root=1e-8, wd=0.0,
+        proximal=False,
+    ):  # fmt: skip
         self.lr, self.b, self.eps, self.eps_root, self.wd = lr, (b1, b2, b3), eps, eps_root, wd
+        self.proximal = proximal
         self.m = [np.zeros(s) for s in shapes]
         self.v = [np.zeros(s) for s in shapes]
         self.n = [np.zeros(s) for s in shapes]
         self.prev = [np.zeros(s) for s in shapes]
         self.t = 0
 
-    def step(self, params, grads):
+    def step(self, params, grads, lr=None):
+        lr = self.lr if lr is None else lr  # a schedule's value at this step
         self.t += 1
         b1, b2, b3 = self.b
         t, out = self.t, []
@@ -36,7 +42,10 @@ class Adan:
             self.n[i] = b3 * self.n[i] + (1 - b3) * (g + (1 - b2) * d) ** 2
             mix = self.m[i] / (1 - b1**t) + (1 - b2) * self.v[i] / (1 - b2**t)
             denom = np.sqrt(self.n[i] / (1 - b3**t) + self.eps_root) + self.eps
-            out.append(p - self.lr * (mix / denom + self.wd * p))
+            if self.proximal:  # the authors' default: p = (p - lr * step) / (1 + lr * wd)
+                out.append((p - lr * mix / denom) / (1 + lr * self.wd))
+            else:
+                out.append(p - lr * (mix / denom + self.wd * p))
         self.prev = [np.array(g) for g in grads]
         return out
 

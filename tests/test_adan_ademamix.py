@@ -103,6 +103,12 @@ REFERENCES = [
         ref.Adan,
         dict(lr=2e-2, b1=0.9, b2=0.8, b3=0.95, eps=1e-3, eps_root=0.0, wd=0.3),
     ),
+    (
+        "adan-proximal-schedule",
+        lambda: adamx.adan(_lr_schedule, eps_root=0.0, weight_decay=0.5, proximal=True),
+        ref.Adan,
+        dict(eps_root=0.0, wd=0.5, proximal=True),
+    ),
     ("ademamix", lambda: adamx.ademamix(1e-2), ref.AdEMAMix, dict(lr=1e-2)),
     (
         "ademamix-warmup",
@@ -124,7 +130,24 @@ REFERENCES = [
 )
 def test_matches_numpy_reference(x64, name, ours, ref_cls, ref_kwargs):
     problem = make_problem()
-    assert_close(run_jax(ours(), problem), run_ref(ref_cls, ref_kwargs, problem))
+    lr = _lr_reference if "lr" not in ref_kwargs else None
+    want = run_ref(ref_cls, dict(ref_kwargs, lr=None) if lr else ref_kwargs, problem, lr=lr)
+    assert_close(run_jax(ours(), problem), want)
+
+
+def _lr_schedule(k):
+    return 0.05 / (1.0 + 0.05 * jnp.asarray(k, jnp.float64))
+
+
+def _lr_reference(k):
+    return 0.05 / (1.0 + 0.05 * k)
+
+
+def test_proximal_decay_differs_from_the_decoupled_one():
+    problem = make_problem()
+    prox = run_jax(adamx.adan(0.05, weight_decay=0.5, proximal=True), problem)
+    plain = run_jax(adamx.adan(0.05, weight_decay=0.5), problem)
+    assert not np.allclose(prox[5]["w"], plain[5]["w"], rtol=1e-4)
 
 
 def test_warmup_schedules_are_the_papers():

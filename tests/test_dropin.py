@@ -52,6 +52,7 @@ TRANSFORMATIONS = {
     "scale_by_lion_moments": (adamx.scale_by_lion_moments, "grads"),
     "scale_by_lazy_moments": (adamx.scale_by_lazy_moments, "grads"),
     "scale_by_adan_moments": (adamx.scale_by_adan_moments, "grads"),
+    "shrink_proximal": (lambda: adamx.shrink_proximal(0.1, 0.1), "grads"),
     "trace_momentum": (lambda: adamx.trace_momentum(momentum=0.9), "grads"),
     "scale_by_factored_rms": (adamx.scale_by_factored_rms, "grads"),
     "clip_by_block_rms": (adamx.clip_by_block_rms, "grads"),

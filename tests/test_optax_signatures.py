@@ -33,6 +33,9 @@ SHARED = {
     ).split()
 }
 SHARED["adopt"] = optax.contrib.adopt
+SHARED["adan"] = optax.adan
+SHARED["ademamix"] = optax.contrib.ademamix
+SHARED["simplified_ademamix"] = optax.contrib.simplified_ademamix
 
 # Defaults that differ from optax's on purpose (README, "differences from optax"): PyTorch's
 # defaults, a default learning rate where optax has none, and ``None`` for an option that is
@@ -69,6 +72,12 @@ DEFAULTS_DIFFER = {
     ("yogi", "learning_rate"): (1e-2, EMPTY),
     ("adopt", "learning_rate"): (1e-3, EMPTY),
     ("adopt", "clip_value_fn"): (None, "t**0.25"),  # None: t**clip_exponent, 0.25
+    ("adan", "learning_rate"): (1e-3, EMPTY),
+    ("adan", "weight_decay"): (None, 0.0),
+    ("ademamix", "learning_rate"): (1e-3, EMPTY),
+    ("ademamix", "weight_decay"): (None, 0.0),
+    ("simplified_ademamix", "learning_rate"): (1e-3, EMPTY),
+    ("simplified_ademamix", "weight_decay"): (None, 0.0),
 }
 
 

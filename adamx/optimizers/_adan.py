@@ -16,16 +16,20 @@ from adamx.blocks._base import (
     abstract_or_array,
     as_scalar,
     check_decay,
+    check_flag,
     check_learning_rate,
+    check_range,
     check_trees_match,
     compute_dtype,
     map_unzip,
     one_minus,
+    require_params,
     safe_increment,
+    scalar_dtype,
     transformation,
 )
 from adamx.blocks._correction import bias_correction
-from adamx.blocks._decay import decay_block
+from adamx.blocks._decay import decay_block, is_off
 from adamx.blocks._moments import ema, ema_square, second_moment_zeros
 from adamx.blocks._normalize import normalize
 from adamx.blocks._schedule import scale_by_learning_rate
@@ -125,6 +129,61 @@ def scale_by_adan_moments(
     return transformation(init, update)
 
 
+class ProximalState(NamedTuple):
+    """State of :func:`shrink_proximal`: ``step``, the number of updates taken so far (the
+    learning-rate schedule's argument; not named ``count``, so that a recipe's state holds
+    one ``count``)."""
+
+    step: jax.Array
+
+
+def shrink_proximal(
+    learning_rate: ScalarOrSchedule, weight_decay: float
+) -> optax.GradientTransformation:
+    """Weight decay as a proximal step, after the learning rate: ``p <- (p + u) / (1 + lr wd)``.
+
+    Per leaf, with ``u`` the incoming (already ``-lr``-scaled) update and ``lr`` read at
+    ``k``, the number of earlier updates, when it is a schedule::
+
+        u = (u - lr * wd * p) / (1 + lr * wd)
+
+    The closed form of ``argmin_x ||x - (p + u)||**2 / (2 lr) + wd ||x||**2 / 2``: the
+    authors' Adan applies its decay this way by default. Equal to the decoupled
+    ``u - lr * wd * p`` to first order in ``lr * wd``. Put it last in a recipe.
+
+    Args:
+      learning_rate: the recipe's learning rate, a number or a schedule.
+      weight_decay: ``wd >= 0``.
+
+    Returns:
+      An ``optax.GradientTransformation`` that needs ``params``; its state is
+      :class:`ProximalState`.
+
+    References:
+      Xie et al., "Adan: Adaptive Nesterov Momentum Algorithm for Faster Optimizing Deep
+      Models", IEEE TPAMI 2024, Algorithm 1, https://arxiv.org/abs/2208.06677
+    """
+    check_learning_rate(learning_rate)
+    check_range("weight_decay", weight_decay, low=0.0)
+
+    def update(updates, state, params=None):
+        require_params(params, f"Weight decay (weight_decay={weight_decay!r})")
+        check_trees_match(params, updates, "params", "the updates")
+        sd = scalar_dtype()
+        lr = learning_rate(state.step) if callable(learning_rate) else learning_rate
+        shrink = jnp.asarray(lr, sd) * jnp.asarray(weight_decay, sd)
+
+        def leaf(u, p):
+            u, p = jnp.asarray(u), jnp.asarray(p)
+            d = compute_dtype(u.dtype)
+            c = shrink.astype(d)
+            return ((u.astype(d) - c * p.astype(d)) / (1 + c)).astype(u.dtype)
+
+        return jax.tree.map(leaf, updates, params), ProximalState(safe_increment(state.step))
+
+    return transformation(lambda params: ProximalState(jnp.zeros([], jnp.int32)), update)
+
+
 @recipe
 def adan(
     learning_rate: ScalarOrSchedule = 1e-3,
@@ -135,6 +194,8 @@ def adan(
     eps_root: float = 1e-8,
     weight_decay: float | None = None,
     mask: Any | Callable[[Any], Any] | None = None,
+    *,
+    proximal: bool = False,
 ) -> optax.GradientTransformation:
     """Adan: Adam whose first moment adds a Nesterov look-ahead made of gradient differences.
 
@@ -153,6 +214,7 @@ def adan(
         normalize(eps, eps_root, b2=b3)           # n corrected inside the root
         add_decayed_weights(weight_decay, mask)   # decoupled; omitted when None or 0
         scale_by_learning_rate(learning_rate)
+        [shrink_proximal(learning_rate, wd)]      # proximal=True, in place of the decay
 
     Args:
       learning_rate: a number ``>= 0`` or a schedule of the step count. Default 1e-3.
@@ -167,6 +229,9 @@ def adan(
       mask: a tree of booleans like the params, or a function of the params returning one
         (``static_args="mask"`` under ``optax.inject_hyperparams``); only ``True`` leaves
         are decayed.
+      proximal: apply the decay as the authors' code does by default,
+        ``p = (p - lr * step) / (1 + lr * wd)`` (:func:`shrink_proximal`), instead of
+        optax's ``p - lr * (step + wd * p)``. Default False.
 
     Returns:
       An ``optax.GradientTransformation`` (needs ``params`` in ``update`` when decaying).
@@ -183,17 +248,24 @@ def adan(
        The ``b``'s follow optax (the weight of the old average); the paper and its PyTorch
        code write the weight of the new term, ``(0.02, 0.08, 0.01)``. ``optax.adan`` is
        this rule (step for step, float rounding). The authors' PyTorch code applies the
-       decay proximally by default, ``p = (p - lr * step) / (1 + lr * wd)``; here, as in
-       optax, it is ``p - lr * (step + wd * p)`` (equal to first order in ``lr * wd``).
+       decay proximally by default, ``p = (p - lr * step) / (1 + lr * wd)``, and has no
+       ``eps_root``: ``eps_root=0.0, proximal=True`` is its rule; here, as in optax, the
+       default is ``p - lr * (step + wd * p)`` (equal to first order in ``lr * wd``).
 
     References:
       Xie et al., "Adan: Adaptive Nesterov Momentum Algorithm for Faster Optimizing Deep
       Models", IEEE TPAMI 2024, https://arxiv.org/abs/2208.06677
     """
     check_learning_rate(learning_rate)
+    check_flag("proximal", proximal)
+    head = [scale_by_adan_moments(b1, b2, b3), normalize(eps, eps_root, b2=b3)]
+    if not proximal or is_off(weight_decay):
+        return optax.chain(
+            *head, *decay_block(weight_decay, mask), scale_by_learning_rate(learning_rate)
+        )
+    shrink = shrink_proximal(learning_rate, weight_decay)  # type: ignore[arg-type]
     return optax.chain(
-        scale_by_adan_moments(b1, b2, b3),
-        normalize(eps, eps_root, b2=b3),
-        *decay_block(weight_decay, mask),
+        *head,
         scale_by_learning_rate(learning_rate),
+        shrink if mask is None else optax.masked(shrink, mask),
     )
