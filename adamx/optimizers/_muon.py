@@ -90,10 +90,11 @@ def orthogonalize(
 
     The coefficients of Jordan's iteration push every singular value into about
     ``[0.7, 1.2]`` in five steps rather than to 1 exactly; that is what Muon uses. The
-    iteration runs in ``ns_dtype`` (PyTorch runs it in bfloat16) and the result is cast to
-    the leaf's dtype but at least float32. The Frobenius norm is formed in float32 (or
-    the leaf's wider dtype) with a rescaling by ``max |X|``, so that gradients whose
-    squares overflow are still normalised; a zero matrix stays zero (no ``0 / 0`` at
+    iteration runs in ``ns_dtype`` (PyTorch runs it in bfloat16), each product accumulated
+    in float32 (float64 for a float64 iteration) and rounded once to ``ns_dtype``, where
+    torch rounds; the result is cast to the leaf's dtype. The Frobenius norm is formed in
+    float32 (or float64) with a rescaling by ``max |X|``, so that gradients whose squares
+    overflow are still normalised; a zero matrix stays zero (no ``0 / 0`` at
     ``eps = 0``).
 
     Args:
@@ -148,9 +149,9 @@ def orthogonalize(
             update = (b * gram.astype(wide) + c * mm(gram, gram)).astype(dtype)
             return (a * y.astype(wide) + mm(update, y)).astype(dtype)
 
+        # loops, not unrolled: XLA would fuse across steps and skip torch's roundings
         if rows is not None:
-            for abc in rows:
-                y = step(y, abc)
+            y, _ = jax.lax.scan(lambda y, abc: (step(y, abc), None), y, jnp.asarray(rows, wide))
         else:
             y = jax.lax.fori_loop(0, ns_steps, lambda i, y: step(y, ns_coeffs), y)
         y = y.T if transposed else y
