@@ -43,10 +43,13 @@ class SlowMomentumState(NamedTuple):
     """State of :func:`mix_slow_momentum` and :func:`mix_accumulated_momentum`.
 
     Attributes:
-      mu_slow: the extra momentum, a tree like the params (in ``mu_dtype`` if given).
+      trace: the extra momentum (AdEMAMix's slow average, or the simplified form's
+        accumulation), a tree like the params (in ``mu_dtype`` if given). Named as optax
+        names a momentum buffer, so that ``adamx.with_storage(mu=...)`` stores it as a
+        first moment.
     """
 
-    mu_slow: PyTree
+    trace: PyTree
 
 
 def _check_scheduled(name: str, value, *, decay: bool) -> None:
@@ -74,12 +77,12 @@ def _mixer(name: str, accumulate: bool, decay, alpha, mu_dtype) -> optax.Gradien
             p = abstract_or_array(p)
             return jnp.zeros_like(p, dtype=state_dtype(mu_dtype, p.dtype))
 
-        return SlowMomentumState(mu_slow=jax.tree.map(zeros, params))
+        return SlowMomentumState(trace=jax.tree.map(zeros, params))
 
     def update(updates, state, params=None):
         del params
         rec = check_moments(updates, f"adamx.{name}")
-        check_trees_match(rec.grad, state.mu_slow, "grads", "the optimizer state")
+        check_trees_match(rec.grad, state.trace, "grads", "the optimizer state")
         k = rec.count - 1  # the number of earlier updates: optax reads its schedules there
         b, a = _at(decay, k), _at(alpha, k)
 
@@ -98,8 +101,8 @@ def _mixer(name: str, accumulate: bool, decay, alpha, mu_dtype) -> optax.Gradien
             return read, s_new.astype(s.dtype)
 
         mus = rec.grad if rec.mu is None else rec.mu
-        mu, slow = map_unzip(leaf, 2, rec.grad, state.mu_slow, mus)
-        return rec._replace(mu=mu), SlowMomentumState(mu_slow=slow)
+        mu, slow = map_unzip(leaf, 2, rec.grad, state.trace, mus)
+        return rec._replace(mu=mu), SlowMomentumState(trace=slow)
 
     return transformation(init, update)
 
