@@ -168,6 +168,7 @@ OPTAX_CASES = [
              adam_eps_root=1e-6, adam_weight_decay=0.05, adam_learning_rate=0.01, eps=1e-5,
              ns_steps=4),
     ),
+    ("adaptive", dict(weight_decay=None, adaptive=True), dict(adaptive=True)),
     (
         "coefficient-rows",
         dict(weight_decay=None, ns_coeffs=((4.0848, -6.8946, 2.927), (3.9505, -6.3029, 2.6377),

@@ -77,6 +77,7 @@ def orthogonalize(
     *,
     ns_dtype: Any = None,
     eps_outside: bool = False,
+    adaptive: bool = False,
 ) -> optax.GradientTransformation:
     """Replace each matrix by (approximately) the orthogonal factor of its polar
     decomposition, ``U V^T`` for ``X = U S V^T``, with a quintic Newton-Schulz iteration.
@@ -104,6 +105,8 @@ def orthogonalize(
       eps: floor of the norm, ``>= 0``. Default 1e-7 (PyTorch's).
       ns_dtype: the dtype of the iteration, or ``None`` for the leaf's compute dtype.
       eps_outside: add ``eps`` to the norm (optax) instead of flooring it (PyTorch).
+      adaptive: scale the result ``O`` by ``<D, O>``, the dual norm of the input ``D``
+        (optax's ``adaptive``; Bernstein & Newhouse 2024, arXiv:2409.20325).
 
     Returns:
       A stateless ``optax.GradientTransformation`` of 2-D leaves.
@@ -118,6 +121,7 @@ def orthogonalize(
     check_range("eps", eps, low=0.0)
     check_dtype("ns_dtype", ns_dtype)
     check_flag("eps_outside", eps_outside)
+    check_flag("adaptive", adaptive)
 
     def leaf(u):
         u = jnp.asarray(u)
@@ -155,6 +159,9 @@ def orthogonalize(
         else:
             y = jax.lax.fori_loop(0, ns_steps, lambda i, y: step(y, ns_coeffs), y)
         y = y.T if transposed else y
+        if adaptive:
+            y = y.astype(wide)
+            y = jnp.sum(u.astype(wide) * y) * y
         return y.astype(u.dtype)
 
     def update(updates, state, params=None):
@@ -248,6 +255,7 @@ def muon(
     mu_dtype: Any | None = None,
     *,
     nesterov: bool = True,
+    adaptive: bool = False,
     reading: str = "torch",
     ns_dtype: Any | None = None,
     adjust_lr_fn: str | None = None,
@@ -302,6 +310,8 @@ def muon(
       mu_dtype: the dtype the momenta (Muon's and Adam's ``m``) are stored in, or
         ``None`` for the params'. Default None.
       nesterov: the look-ahead read of the momentum. Default True.
+      adaptive: scale each orthogonalised ``O`` by ``<d, O>`` (optax's ``adaptive``).
+        Default False.
       reading: ``"torch"`` (default) or ``"optax"``, as above.
       ns_dtype: the dtype of the iteration; ``None``: the reading's, bfloat16 (torch) or
         the leaf's (optax). ``jnp.float32`` costs little on CPU and follows the exact
@@ -383,7 +393,14 @@ def muon(
     matrices = optax.chain(
         scale_by_moments(beta, None, mu_dtype=mu_dtype),
         *read,
-        orthogonalize(ns_coeffs, ns_steps, eps, ns_dtype=ns_dtype, eps_outside=not torch_reading),
+        orthogonalize(
+            ns_coeffs,
+            ns_steps,
+            eps,
+            ns_dtype=ns_dtype,
+            eps_outside=not torch_reading,
+            adaptive=adaptive,
+        ),
         shape,
         *decay_block(weight_decay, weight_decay_mask),
         scale_by_learning_rate(learning_rate),
