@@ -57,6 +57,21 @@ from adamx.optimizers._adagrad import (
     use_gradient,
 )
 from adamx.optimizers._adam import adam, adamw
+from adamx.optimizers._adan import (
+    AdanState,
+    ProximalState,
+    adan,
+    scale_by_adan_moments,
+    shrink_proximal,
+)
+from adamx.optimizers._ademamix import (
+    SlowMomentumState,
+    ademamix,
+    ademamix_schedules,
+    mix_accumulated_momentum,
+    mix_slow_momentum,
+    simplified_ademamix,
+)
 from adamx.optimizers._adopt import (
     PreviousRmsState,
     adopt,
@@ -73,6 +88,7 @@ from adamx.optimizers._lamb_lion import (
     scale_by_trust_ratio,
 )
 from adamx.optimizers._lazy import lazy_adam, scale_by_lazy_moments
+from adamx.optimizers._muon import muon, orthogonalize, scale_by_shape
 from adamx.optimizers._rmsprop import center_second_moment, rmsprop
 from adamx.optimizers._sgd import MomentumState, sgd, trace_momentum
 from adamx.optimizers._variants import adamax, amsgrad, nadam, nadamw
@@ -94,9 +110,9 @@ __version__ = "0.2.0"
 
 # The names of the optimizers (recipes); everything else in __all__ is a building block.
 OPTIMIZERS = (
-    "adabelief", "adadelta", "adafactor", "adagrad", "adam", "adamax", "adamw", "adopt",
-    "amsgrad", "lamb", "lazy_adam", "lion", "nadam", "nadamw", "radam", "rmsprop", "sgd",
-    "yogi",
+    "adabelief", "adadelta", "adafactor", "adagrad", "adam", "adamax", "adamw", "adan",
+    "ademamix", "adopt", "amsgrad", "lamb", "lazy_adam", "lion", "muon", "nadam", "nadamw", "radam",
+    "rmsprop", "sgd", "simplified_ademamix", "yogi",
 )  # fmt: skip
 
 __all__ = [
@@ -108,16 +124,20 @@ __all__ = [
     "adam",
     "adamax",
     "adamw",
+    "adan",
+    "ademamix",
     "adopt",
     "amsgrad",
     "lamb",
     "lazy_adam",
     "lion",
+    "muon",
     "nadam",
     "nadamw",
     "radam",
     "rmsprop",
     "sgd",
+    "simplified_ademamix",
     "yogi",
     "step",
     "from_torch",
@@ -131,6 +151,7 @@ __all__ = [
     "StorageError",
     "storage_error",
     "kernel_info",
+    "AdanState",
     "Diagnostics",
     "FactoredRmsState",
     "FusedKernelWarning",
@@ -142,12 +163,15 @@ __all__ = [
     "MomentsState",
     "NesterovState",
     "PreviousRmsState",
+    "ProximalState",
     "RelativeStepState",
     "ScheduleState",
     "SkipNonfiniteState",
+    "SlowMomentumState",
     "SecondMomentRule",
     "UpdateRmsState",
     "add_decayed_weights",
+    "ademamix_schedules",
     "average_of_squares",
     "bias_correction",
     "center_second_moment",
@@ -159,14 +183,18 @@ __all__ = [
     "infinity_norm",
     "inspect",
     "keep_max_nu",
+    "mix_accumulated_momentum",
+    "mix_slow_momentum",
     "negate",
     "normalize",
     "normalize_by_previous_rms",
     "normalize_inf",
     "normalize_rectified",
+    "orthogonalize",
     "read_momentum",
     "read_sign",
     "restore_state",
+    "scale_by_adan_moments",
     "scale_by_factored_rms",
     "scale_by_lazy_moments",
     "scale_by_learning_rate",
@@ -174,9 +202,11 @@ __all__ = [
     "scale_by_moments",
     "scale_by_param_block_rms",
     "scale_by_relative_step",
+    "scale_by_shape",
     "scale_by_trust_ratio",
     "second_moment_dtype",
     "second_moment_zeros",
+    "shrink_proximal",
     "shrink_weights",
     "skip_nonfinite",
     "scale_by_update_rms",

@@ -43,6 +43,13 @@ OPTIMIZERS = {
     "adamw": Row(adamx.adamw, dict(learning_rate=1e-2, weight_decay=1e-2)),
     "adam_nesterov": Row(adamx.adam, dict(learning_rate=2e-2, nesterov=True)),
     "amsgrad": Row(adamx.amsgrad, dict(learning_rate=5e-2)),
+    "adan": Row(adamx.adan, dict(learning_rate=1e-2, weight_decay=1e-2)),
+    "ademamix": Row(
+        adamx.ademamix, dict(learning_rate=1e-2, b3=0.99, alpha=2.0, weight_decay=1e-2)
+    ),
+    "simplified_ademamix": Row(
+        adamx.simplified_ademamix, dict(learning_rate=1e-3, alpha=1.0, weight_decay=1e-2)
+    ),
     "adamax": Row(adamx.adamax, dict(learning_rate=2e-2, b2=0.99)),
     "nadam": Row(adamx.nadam, dict(learning_rate=2e-2)),
     "nadam_scheduleless": Row(adamx.nadam, dict(learning_rate=2e-2, momentum_decay=None)),
@@ -79,6 +86,12 @@ OPTIMIZERS = {
     "adadelta": Row(adamx.adadelta, dict(learning_rate=1.0, weight_decay=1e-2), 5000),
     "lamb": Row(adamx.lamb, dict(learning_rate=5e-2, weight_decay=1e-2)),
     "lion": Row(adamx.lion, dict(learning_rate=3e-2, weight_decay=1e-2)),
+    # the matrices of the contract's trees take Newton-Schulz steps (float32 iteration, so
+    # that the float64 references apply), the vectors and scalars AdamW's
+    "muon": Row(
+        adamx.muon,
+        dict(learning_rate=2e-2, weight_decay=1e-2, ns_dtype="float32", adam_weight_decay=1e-2),
+    ),
     "adafactor": Row(adamx.adafactor, dict(learning_rate=1e-1, weight_decay=1e-2), 5000),
     "adopt": Row(adamx.adopt, dict(learning_rate=1e-1), warmup=1),
     "lazy_adam": Row(adamx.lazy_adam, dict(learning_rate=5e-2)),
@@ -99,16 +112,20 @@ STRUCTURAL = [
     "adam_l2",
     "adamax",
     "adamw",
+    "adan",
+    "ademamix",
     "adopt",
     "amsgrad",
     "lamb",
     "lazy_adam",
     "lion",
+    "muon",
     "nadam",
     "nadamw",
     "radam_decoupled",
     "rmsprop_centered",
     "sgd_dampening_l2",
+    "simplified_ademamix",
     "yogi",
 ]
 
@@ -358,8 +375,8 @@ def test_converges_on_parabola_and_rosenbrock(name):
     lr0 = kwargs["learning_rate"]
     cosine = lambda t: lr0 / 2 * (1 + jnp.cos(jnp.pi * t.astype(jnp.float32) / steps))  # noqa: E731
     hp = dict(kwargs, learning_rate=cosine) if use_cosine else dict(kwargs)
-    if "weight_decay" in hp:
-        hp["weight_decay"] = 0.0
+    for key in [k for k in hp if k.endswith("weight_decay")]:  # muon's adam_weight_decay too
+        hp[key] = 0.0
     parabola = lambda x: jnp.sum(jnp.square(x - jnp.asarray([1.0, -2.0, 3.0])))  # noqa: E731
     x = _minimise(factory(**hp), parabola, jnp.zeros(3), steps)
     np.testing.assert_allclose(np.asarray(x), [1.0, -2.0, 3.0], atol=1e-3)

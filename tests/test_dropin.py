@@ -33,7 +33,8 @@ def _moments_record():
 MESH = Mesh(np.array(jax.devices()[:1]), ("data",))
 
 # Every public factory of a transformation (adamx.__all__), and what its update reads:
-# "grads" (a tree like the params) or "moments" (a Moments record).
+# "grads" (a tree like the params), "matrices" (its 2-D leaves) or "moments" (a Moments
+# record).
 TRANSFORMATIONS = {
     **{name: (lambda name=name: getattr(adamx, name)(), "grads") for name in adamx.OPTIMIZERS},
     "add_decayed_weights": (lambda: adamx.add_decayed_weights(0.1), "grads"),
@@ -50,6 +51,8 @@ TRANSFORMATIONS = {
     "scale_by_moments": (adamx.scale_by_moments, "grads"),
     "scale_by_lion_moments": (adamx.scale_by_lion_moments, "grads"),
     "scale_by_lazy_moments": (adamx.scale_by_lazy_moments, "grads"),
+    "scale_by_adan_moments": (adamx.scale_by_adan_moments, "grads"),
+    "shrink_proximal": (lambda: adamx.shrink_proximal(0.1, 0.1), "grads"),
     "trace_momentum": (lambda: adamx.trace_momentum(momentum=0.9), "grads"),
     "scale_by_factored_rms": (adamx.scale_by_factored_rms, "grads"),
     "clip_by_block_rms": (adamx.clip_by_block_rms, "grads"),
@@ -70,6 +73,10 @@ TRANSFORMATIONS = {
     "normalize_rectified": (adamx.normalize_rectified, "moments"),
     "read_momentum": (adamx.read_momentum, "moments"),
     "read_sign": (adamx.read_sign, "moments"),
+    "mix_slow_momentum": (adamx.mix_slow_momentum, "moments"),
+    "mix_accumulated_momentum": (adamx.mix_accumulated_momentum, "moments"),
+    "orthogonalize": (adamx.orthogonalize, "matrices"),
+    "scale_by_shape": (adamx.scale_by_shape, "matrices"),
     "center_second_moment": (adamx.center_second_moment, "moments"),
     "use_gradient": (adamx.use_gradient, "moments"),
     "scale_by_update_rms": (adamx.scale_by_update_rms, "moments"),
@@ -89,7 +96,8 @@ def test_update_takes_and_ignores_extra_args(name):
     make, kind = TRANSFORMATIONS[name]
     tx = make()
     assert isinstance(tx, optax.GradientTransformationExtraArgs)
-    updates = GRADS if kind == "grads" else _moments_record()
+    inputs = {"grads": GRADS, "matrices": {"w": GRADS["w"]}}  # muon's blocks: matrices only
+    updates = inputs[kind] if kind in inputs else _moments_record()
     state = tx.init(PARAMS)
     for _ in range(2):  # ADOPT's first update is zero; a second one reads its state
         plain, new_state = tx.update(updates, state, PARAMS)

@@ -29,6 +29,7 @@ import numpy as np
 import optax
 import pytest
 import reference_adam_variants as rav
+import reference_mixtures as rmix
 import reference_other_family as rof
 import reference_sgd_family as rsgd
 from test_contract import OPTIMIZERS
@@ -128,6 +129,10 @@ OTHER_FAMILY = {
     "adafactor": lambda shapes, **kw: rof.Adafactor(shapes, eps1=F32_EPS, **kw),
     "adopt": rof.Adopt,
     "lazy_adam": rof.LazyAdam,
+    "adan": rmix.Adan,
+    "muon": rmix.Muon,
+    "ademamix": rmix.AdEMAMix,
+    "simplified_ademamix": rmix.SimplifiedAdEMAMix,
 }
 OTHER_NAMES = {"learning_rate": "lr", "weight_decay": "wd"}
 
@@ -246,6 +251,7 @@ SLOW_DECAY = {
     "adam": "b2", "adamw": "b2", "amsgrad": "b2", "adamax": "b2", "nadam": "b2",
     "nadamw": "b2", "radam": "b2", "adabelief": "b2", "yogi": "b2", "lamb": "b2",
     "lion": "b2", "lazy_adam": "b2", "adopt": "b2", "rmsprop": "decay", "adadelta": "rho",
+    "adan": "b3", "ademamix": "b2", "simplified_ademamix": "b2", "muon": "adam_b2",
     "sgd": None,  # momentum near 1 is another question (the buffer grows as 1/(1 - mu))
     "adagrad": None,  # a plain sum, no decay
     "adafactor": None,  # its weight is t**beta2_decay, no b2
@@ -362,6 +368,8 @@ def overflowing_rule(name, dtypes, magnitude) -> str | None:
     top = min(float(jnp.finfo(dtype).max) for dtype in dtypes)
     if name in SGD_ROWS and magnitude * 1.9 > top:
         return "the momentum buffer mu*b + g (or Nesterov's g + mu*b) exceeds the largest finite"
+    if alias(name) == "simplified_ademamix" and magnitude * 1.9 > top:
+        return "its momentum b1*m + g is undamped like SGD's buffer: 1.99 g at step 2"
     return None
 
 
@@ -397,6 +405,7 @@ OWN_OVERFLOW_AT_1E20 = {
     "adadelta": "v = (1 - rho)*g**2 = 1e39",
     "adopt": "v = g**2 = 1e40",
     "adafactor": "R = mean(g**2) = 1e40 (saturated at 2**126)",
+    "simplified_ademamix": "v = (1 - b2)*g**2 = 5e38 with its default b2 = 0.95",
 }
 
 
@@ -410,6 +419,8 @@ V_OVERFLOWS_BY_STEP_7 = {
     "radam_decoupled": "b2 = 0.99: v = (1 - 0.99**t) * g**2 passes float32's largest finite at "
     "t = 4 (3.9e38), so v = inf and from t = 6 the rectified step is 0, leaving only the "
     "decay term -lr*wd*p, as in torch.optim.RAdam(decoupled_weight_decay=True)",
+    "adan": "b3 = 0.99: n = (1 - 0.99**t) * g**2 passes float32's largest finite at t = 4 "
+    "(3.9e38), so n = inf and from then on the step is the decay term -lr*wd*p alone",
 }
 
 
@@ -514,6 +525,12 @@ NO_NAN_AT_EPS_ZERO = {
         "the sum starts at initial_accumulator_value > 0",
     ),
     "lion": ({"weight_decay": 0.0}, 8, "no eps: sign(0) = 0"),  # and no decay
+    "adan": ({"eps": 0.0, "weight_decay": 0.0}, 8, "0 / sqrt(0 + eps_root), eps_root > 0"),
+    "muon": (
+        {"eps": 0.0, "weight_decay": 0.0, "adam_weight_decay": 0.0},
+        8,
+        "a zero matrix orthogonalises to zero (no 0/0); AdamW's 0 / adam_eps, adam_eps > 0",
+    ),
     "sgd": ({}, 8, "no eps, no division"),
     "sgd_nesterov": ({}, 8, "no eps, no division"),
 }
@@ -571,6 +588,8 @@ NAN_WITHOUT_TWIN = {
     "nadam_scheduleless": "0/0 as in Adam; torch.optim.NAdam always schedules the momentum",
     "adabelief": "s = 0 (its eps term is 0 too): 0/0",
     "lamb": "0/0 in Adam's direction; the trust ratio keeps the NaN",
+    "ademamix": "0/0 in (m^ + alpha*s)/(sqrt(v^) + 0); torch.optim has no AdEMAMix",
+    "simplified_ademamix": "0/0 in (m + alpha*g)/(sqrt(v^) + 0); torch.optim has none",
 }
 NO_EPS_WITH_DECAY = {"sgd_dampening_l2": "no eps and no division; the coupled decay moves p"}
 
