@@ -72,10 +72,29 @@ from adamx.optimizers._lamb_lion import (
     scale_by_lion_moments,
     scale_by_trust_ratio,
 )
+from adamx.optimizers._layerwise import (
+    LayerwiseMomentState,
+    lars,
+    novograd,
+    scale_by_layerwise_moment,
+)
 from adamx.optimizers._lazy import lazy_adam, scale_by_lazy_moments
+from adamx.optimizers._optimistic import (
+    OptimisticState,
+    optimistic_adam,
+    scale_by_optimistic_gradient,
+)
 from adamx.optimizers._rmsprop import center_second_moment, rmsprop
+from adamx.optimizers._schedule_free import (
+    ScheduleFreeState,
+    scale_by_schedule_free,
+    schedule_free_adamw,
+    schedule_free_eval_params,
+    schedule_free_sgd,
+)
 from adamx.optimizers._sgd import MomentumState, sgd, trace_momentum
-from adamx.optimizers._variants import adamax, amsgrad, nadam, nadamw
+from adamx.optimizers._sign import scale_by_sign, sign_sgd, signum
+from adamx.optimizers._variants import adamax, adamaxw, amsgrad, nadam, nadamw
 from adamx.optimizers._variants_nu import adabelief, radam, yogi
 from adamx.storage._with_storage import (
     StorageError,
@@ -94,9 +113,10 @@ __version__ = "0.2.0"
 
 # The names of the optimizers (recipes); everything else in __all__ is a building block.
 OPTIMIZERS = (
-    "adabelief", "adadelta", "adafactor", "adagrad", "adam", "adamax", "adamw", "adopt",
-    "amsgrad", "lamb", "lazy_adam", "lion", "nadam", "nadamw", "radam", "rmsprop", "sgd",
-    "yogi",
+    "adabelief", "adadelta", "adafactor", "adagrad", "adam", "adamax", "adamaxw", "adamw",
+    "adopt", "amsgrad", "lamb", "lars", "lazy_adam", "lion", "nadam", "nadamw", "novograd",
+    "optimistic_adam", "radam", "rmsprop", "schedule_free_adamw", "schedule_free_sgd", "sgd",
+    "sign_sgd", "signum", "yogi",
 )  # fmt: skip
 
 __all__ = [
@@ -107,17 +127,25 @@ __all__ = [
     "adagrad",
     "adam",
     "adamax",
+    "adamaxw",
     "adamw",
     "adopt",
     "amsgrad",
     "lamb",
+    "lars",
     "lazy_adam",
     "lion",
     "nadam",
     "nadamw",
+    "novograd",
+    "optimistic_adam",
     "radam",
     "rmsprop",
+    "schedule_free_adamw",
+    "schedule_free_sgd",
     "sgd",
+    "sign_sgd",
+    "signum",
     "yogi",
     "step",
     "from_torch",
@@ -135,14 +163,17 @@ __all__ = [
     "FactoredRmsState",
     "FusedKernelWarning",
     "KernelInfo",
+    "LayerwiseMomentState",
     "LionMomentsState",
     "MaxNuState",
     "MomentumState",
     "Moments",
     "MomentsState",
     "NesterovState",
+    "OptimisticState",
     "PreviousRmsState",
     "RelativeStepState",
+    "ScheduleFreeState",
     "ScheduleState",
     "SkipNonfiniteState",
     "SecondMomentRule",
@@ -168,13 +199,18 @@ __all__ = [
     "read_sign",
     "restore_state",
     "scale_by_factored_rms",
+    "scale_by_layerwise_moment",
     "scale_by_lazy_moments",
     "scale_by_learning_rate",
     "scale_by_lion_moments",
     "scale_by_moments",
+    "scale_by_optimistic_gradient",
     "scale_by_param_block_rms",
     "scale_by_relative_step",
+    "scale_by_schedule_free",
+    "scale_by_sign",
     "scale_by_trust_ratio",
+    "schedule_free_eval_params",
     "second_moment_dtype",
     "second_moment_zeros",
     "shrink_weights",

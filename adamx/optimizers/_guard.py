@@ -24,6 +24,8 @@ REAL_ONLY = {
     "adadelta": "optax.adadelta does not support complex params, and adamx follows optax's list",
     "adopt": "its clipping of g / sqrt(v) to [-t**0.25, t**0.25] orders the values, which "
     "complex numbers do not have (optax's adopt raises on complex params too)",
+    "sign_sgd": "its direction is sign(g), which has no complex reading adamx takes",
+    "signum": "its direction is sign(m), which has no complex reading adamx takes",
 }
 
 
