@@ -147,8 +147,9 @@ WARMUP = [
 ]  # fmt: skip
 
 
-@pytest.mark.parametrize(("case", "ours", "theirs", "tol"), OPTAX + WARMUP, ids=IDS + 
-                         [c[0] for c in WARMUP])  # fmt: skip
+@pytest.mark.parametrize(
+    ("case", "ours", "theirs", "tol"), OPTAX + WARMUP, ids=IDS + [c[0] for c in WARMUP]
+)
 def test_float32_trajectory_matches_optax(case, ours, theirs, tol):
     assert_close(run_jax(ours(), jnp.float32), optax_run(theirs, jnp.float32), tol, tol)
 
