@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any, NamedTuple
 
 import jax
@@ -19,6 +20,7 @@ from adamx.blocks._base import (
     check_trees_match,
     compute_dtype,
     concrete_value,
+    is_real_number,
     map_unzip,
     one_minus,
     real_dtype,
@@ -96,9 +98,10 @@ def check_schedule_free(b1, weight_lr_power, state_dtype_, warmup_steps) -> None
         )
     check_range("weight_lr_power", weight_lr_power, low=0.0)
     check_dtype("state_dtype", state_dtype_, complex_ok=True)
-    if warmup_steps is not None and (
-        isinstance(warmup_steps, bool) or not isinstance(warmup_steps, int) or warmup_steps < 1
-    ):
+    if warmup_steps is None:
+        return
+    v = concrete_value(warmup_steps) if is_real_number(warmup_steps) else math.nan
+    if v is not None and not (math.isfinite(v) and v >= 1 and v == int(v)):
         raise ValueError(
             f"`warmup_steps` must be None or a positive int, got warmup_steps={warmup_steps!r}."
         )
@@ -123,6 +126,9 @@ def scale_by_schedule_free(
         z      = z + u
         x      = (1 - c) * x + c * z
         y_new  = b1 * x + (1 - b1) * z;    update = y_new - y
+
+    (the update is formed as ``b1 * c * (z - x_prev) + (1 - b1) * (z - z_prev)``, the same
+    number without the cancellation of ``y_new - y``).
 
     The evaluation point is ``x``, which :func:`adamx.schedule_free_eval_params` recovers
     from ``y`` and ``z``. The schedule is read at ``k + 1`` here and at ``k`` by the chain's
@@ -193,9 +199,9 @@ def scale_by_schedule_free(
             z_new = (zc + u.astype(dtype)).astype(z.dtype)
             zn = z_new.astype(dtype)
             x = (yc - one_b * zc) / b
-            x = (1 - cc) * x + cc * zn
-            y_new = b * x + one_b * zn
-            return (y_new - yc).astype(y.dtype), z_new
+            # y_new - y, written without forming y_new (its rounding to y's ulp would be
+            # most of a small update)
+            return (b * cc * (zn - x) + one_b * (zn - zc)).astype(y.dtype), z_new
 
         new_updates, z = map_unzip(leaf, 2, params, state.z, updates)
         new_state = ScheduleFreeState(
