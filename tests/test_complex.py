@@ -197,7 +197,8 @@ def test_state_dtype_of_other_kind_than_params_follows_optax_and_keeps_updates(
     chex.assert_trees_all_close(params, p_theirs, rtol=1e-12, atol=1e-13)
 
 
-COMPLEX_ALIASES = [n for n in adamx.OPTIMIZERS if n not in ("lion", "adadelta", "adopt")]
+REAL_ONLY = ("lion", "adadelta", "adopt", "sign_sgd", "signum")
+COMPLEX_ALIASES = [n for n in adamx.OPTIMIZERS if n not in REAL_ONLY]
 
 
 @pytest.mark.parametrize("name", COMPLEX_ALIASES)
@@ -221,7 +222,7 @@ def test_complex64_state_dtypes_and_updates(name):
                 assert leaf.dtype == jnp.float32, (field, leaf.dtype)
 
 
-@pytest.mark.parametrize("name", ["lion", "adadelta", "adopt"])
+@pytest.mark.parametrize("name", REAL_ONLY)
 def test_real_only_recipes_refuse_complex_params_with_the_reason(name):
     with pytest.raises(ValueError, match=r"params\['w'\] has dtype complex64 \(complex\)"):
         getattr(adamx, name)().init({"w": jnp.ones(2, jnp.complex64)})

@@ -33,6 +33,10 @@ SHARED = {
     ).split()
 }
 SHARED["adopt"] = optax.contrib.adopt
+SHARED |= {name: getattr(optax, name) for name in "adamaxw lars novograd sign_sgd signum".split()}
+SHARED["optimistic_adam"] = optax.optimistic_adam_v2  # optax's optimistic_adam is deprecated
+SHARED["schedule_free_adamw"] = optax.contrib.schedule_free_adamw
+SHARED["schedule_free_sgd"] = optax.contrib.schedule_free_sgd
 
 # Defaults that differ from optax's on purpose (README, "differences from optax"): PyTorch's
 # defaults, a default learning rate where optax has none, and ``None`` for an option that is
@@ -69,6 +73,15 @@ DEFAULTS_DIFFER = {
     ("yogi", "learning_rate"): (1e-2, EMPTY),
     ("adopt", "learning_rate"): (1e-3, EMPTY),
     ("adopt", "clip_value_fn"): (None, "t**0.25"),  # None: t**clip_exponent, 0.25
+    ("adamaxw", "learning_rate"): (2e-3, EMPTY),
+    ("lars", "learning_rate"): (0.1, EMPTY),
+    ("lars", "weight_decay"): (None, 0.0),
+    ("novograd", "learning_rate"): (1e-2, EMPTY),
+    ("novograd", "weight_decay"): (None, 0.0),
+    ("optimistic_adam", "learning_rate"): (1e-3, EMPTY),
+    ("schedule_free_adamw", "weight_decay"): (None, 0.0),
+    ("sign_sgd", "learning_rate"): (1e-3, EMPTY),
+    ("signum", "learning_rate"): (1e-3, EMPTY),
 }
 
 
@@ -346,6 +359,9 @@ def test_inject_hyperparams_updates_without_params_where_plain_does(name):
 def test_tree_get_finds_one_count(name):
     kw = {"momentum": 0.9} if name == "sgd" else {}  # plain SGD keeps no state at all
     state = getattr(adamx, name)(learning_rate=0.1, **kw).init(problem()[0])
+    if name in ("sign_sgd", "schedule_free_sgd"):  # no count, as optax's (step_count)
+        assert otu.tree_get_all_with_path(state, "count") == []
+        return
     assert len(otu.tree_get_all_with_path(state, "count")) == 1
     assert int(otu.tree_get(state, "count")) == 0
     assert otu.tree_get_all_with_path(adamx.sgd(0.1).init(problem()[0]), "count") == []

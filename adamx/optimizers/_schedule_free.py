@@ -22,7 +22,6 @@ from adamx.blocks._base import (
     concrete_value,
     is_real_number,
     map_unzip,
-    one_minus,
     real_dtype,
     require_params,
     safe_increment,
@@ -127,8 +126,10 @@ def scale_by_schedule_free(
         x      = (1 - c) * x + c * z
         y_new  = b1 * x + (1 - b1) * z;    update = y_new - y
 
-    (the update is formed as ``b1 * c * (z - x_prev) + (1 - b1) * (z - z_prev)``, the same
-    number without the cancellation of ``y_new - y``).
+    The update is formed as ``c * (z_prev - y) + (1 - b1 + b1 * c) * u``, the same number
+    without recomputing ``x`` (optax divides by ``b1``) nor the cancellation of
+    ``y_new - y``: it keeps its own precision however small it is next to ``y``, and ``y``
+    takes the whole step ``u`` where ``z``'s storage (``state_dtype``) rounds it away.
 
     The evaluation point is ``x``, which :func:`adamx.schedule_free_eval_params` recovers
     from ``y`` and ``z``. The schedule is read at ``k + 1`` here and at ``k`` by the chain's
@@ -192,16 +193,13 @@ def scale_by_schedule_free(
         def leaf(y, z, u):
             y, u = jnp.asarray(y), jnp.asarray(u)
             dtype = compute_dtype(jnp.result_type(y.dtype, z.dtype))
-            rd = real_dtype(dtype)
             yc, zc = y.astype(dtype), z.astype(dtype)
-            b, one_b = as_scalar(b1, rd), as_scalar(one_minus(b1), rd)
-            cc = c.astype(rd)
-            z_new = (zc + u.astype(dtype)).astype(z.dtype)
-            zn = z_new.astype(dtype)
-            x = (yc - one_b * zc) / b
-            # y_new - y, written without forming y_new (its rounding to y's ulp would be
-            # most of a small update)
-            return (b * cc * (zn - x) + one_b * (zn - zc)).astype(y.dtype), z_new
+            uc = u.astype(dtype)
+            b, cc = as_scalar(b1, dtype), c.astype(dtype)
+            # y takes the whole step u, also where z's storage (bfloat16) rounds it away
+            return (cc * (zc - yc) + (1 - b + b * cc) * uc).astype(y.dtype), (zc + uc).astype(
+                z.dtype
+            )
 
         new_updates, z = map_unzip(leaf, 2, params, state.z, updates)
         new_state = ScheduleFreeState(
@@ -231,7 +229,7 @@ def _find_state(state) -> ScheduleFreeState:
     return found[0]
 
 
-def schedule_free_eval_params(state: optax.OptState, params: optax.Params) -> optax.Params:
+def schedule_free_eval_params(state: PyTree, params: PyTree) -> PyTree:
     """The params to evaluate a schedule-free optimizer at: ``x = (y - (1 - b1) z) / b1``.
 
     A schedule-free optimizer trains ``y`` (the params the train step updates, where the
@@ -268,7 +266,7 @@ def schedule_free_eval_params(state: optax.OptState, params: optax.Params) -> op
     def leaf(y, z):
         y = jnp.asarray(y)
         dtype = compute_dtype(jnp.result_type(y.dtype, z.dtype))
-        b = sf.b1.astype(real_dtype(dtype))
+        b = sf.b1.astype(dtype)
         x = (y.astype(dtype) - (1 - b) * z.astype(dtype)) / b
         return x.astype(y.dtype)
 
