@@ -87,11 +87,30 @@ from adamx.optimizers._lamb_lion import (
     scale_by_lion_moments,
     scale_by_trust_ratio,
 )
+from adamx.optimizers._layerwise import (
+    LayerwiseMomentState,
+    lars,
+    novograd,
+    scale_by_layerwise_moment,
+)
 from adamx.optimizers._lazy import lazy_adam, scale_by_lazy_moments
 from adamx.optimizers._muon import muon, orthogonalize, scale_by_shape
+from adamx.optimizers._optimistic import (
+    OptimisticState,
+    optimistic_adam,
+    scale_by_optimistic_gradient,
+)
 from adamx.optimizers._rmsprop import center_second_moment, rmsprop
+from adamx.optimizers._schedule_free import (
+    ScheduleFreeState,
+    scale_by_schedule_free,
+    schedule_free_adamw,
+    schedule_free_eval_params,
+    schedule_free_sgd,
+)
 from adamx.optimizers._sgd import MomentumState, sgd, trace_momentum
-from adamx.optimizers._variants import adamax, amsgrad, nadam, nadamw
+from adamx.optimizers._sign import scale_by_sign, sign_sgd, signum
+from adamx.optimizers._variants import adamax, adamaxw, amsgrad, nadam, nadamw
 from adamx.optimizers._variants_nu import adabelief, radam, yogi
 from adamx.storage._with_storage import (
     StorageError,
@@ -110,9 +129,11 @@ __version__ = "0.2.0"
 
 # The names of the optimizers (recipes); everything else in __all__ is a building block.
 OPTIMIZERS = (
-    "adabelief", "adadelta", "adafactor", "adagrad", "adam", "adamax", "adamw", "adan",
-    "ademamix", "adopt", "amsgrad", "lamb", "lazy_adam", "lion", "muon", "nadam", "nadamw", "radam",
-    "rmsprop", "sgd", "simplified_ademamix", "yogi",
+    "adabelief", "adadelta", "adafactor", "adagrad", "adam", "adamax", "adamaxw", "adamw",
+    "adan", "ademamix", "adopt", "amsgrad", "lamb", "lars", "lazy_adam", "lion", "muon",
+    "nadam", "nadamw", "novograd", "optimistic_adam", "radam", "rmsprop",
+    "schedule_free_adamw", "schedule_free_sgd", "sgd", "sign_sgd", "signum",
+    "simplified_ademamix", "yogi",
 )  # fmt: skip
 
 __all__ = [
@@ -123,20 +144,28 @@ __all__ = [
     "adagrad",
     "adam",
     "adamax",
+    "adamaxw",
     "adamw",
     "adan",
     "ademamix",
     "adopt",
     "amsgrad",
     "lamb",
+    "lars",
     "lazy_adam",
     "lion",
     "muon",
     "nadam",
     "nadamw",
+    "novograd",
+    "optimistic_adam",
     "radam",
     "rmsprop",
+    "schedule_free_adamw",
+    "schedule_free_sgd",
     "sgd",
+    "sign_sgd",
+    "signum",
     "simplified_ademamix",
     "yogi",
     "step",
@@ -156,15 +185,18 @@ __all__ = [
     "FactoredRmsState",
     "FusedKernelWarning",
     "KernelInfo",
+    "LayerwiseMomentState",
     "LionMomentsState",
     "MaxNuState",
     "MomentumState",
     "Moments",
     "MomentsState",
     "NesterovState",
+    "OptimisticState",
     "PreviousRmsState",
     "ProximalState",
     "RelativeStepState",
+    "ScheduleFreeState",
     "ScheduleState",
     "SkipNonfiniteState",
     "SlowMomentumState",
@@ -196,14 +228,19 @@ __all__ = [
     "restore_state",
     "scale_by_adan_moments",
     "scale_by_factored_rms",
+    "scale_by_layerwise_moment",
     "scale_by_lazy_moments",
     "scale_by_learning_rate",
     "scale_by_lion_moments",
     "scale_by_moments",
+    "scale_by_optimistic_gradient",
     "scale_by_param_block_rms",
     "scale_by_relative_step",
+    "scale_by_schedule_free",
     "scale_by_shape",
+    "scale_by_sign",
     "scale_by_trust_ratio",
+    "schedule_free_eval_params",
     "second_moment_dtype",
     "second_moment_zeros",
     "shrink_proximal",

@@ -183,7 +183,14 @@ def test_non_float_params_rejected_at_init_with_path(alias, leaf, kind):
     assert "optax.masked" in message
 
 
-REAL_ONLY = ("adadelta", "adopt", "lion", "muon")  # the rest take complex params (test_complex.py)
+REAL_ONLY = (
+    "adadelta",
+    "adopt",
+    "lion",
+    "muon",
+    "sign_sgd",
+    "signum",
+)  # the rest take complex params (test_complex.py)
 
 
 @pytest.mark.parametrize("alias", ALIASES, ids=ALIAS_IDS)

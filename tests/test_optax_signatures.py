@@ -36,6 +36,10 @@ SHARED["adopt"] = optax.contrib.adopt
 SHARED["adan"] = optax.adan
 SHARED["ademamix"] = optax.contrib.ademamix
 SHARED["simplified_ademamix"] = optax.contrib.simplified_ademamix
+SHARED |= {name: getattr(optax, name) for name in "adamaxw lars novograd sign_sgd signum".split()}
+SHARED["optimistic_adam"] = optax.optimistic_adam_v2  # optax's optimistic_adam is deprecated
+SHARED["schedule_free_adamw"] = optax.contrib.schedule_free_adamw
+SHARED["schedule_free_sgd"] = optax.contrib.schedule_free_sgd
 
 # Defaults that differ from optax's on purpose (README, "differences from optax"): PyTorch's
 # defaults, a default learning rate where optax has none, and ``None`` for an option that is
@@ -78,6 +82,15 @@ DEFAULTS_DIFFER = {
     ("ademamix", "weight_decay"): (None, 0.0),
     ("simplified_ademamix", "learning_rate"): (1e-3, EMPTY),
     ("simplified_ademamix", "weight_decay"): (None, 0.0),
+    ("adamaxw", "learning_rate"): (2e-3, EMPTY),
+    ("lars", "learning_rate"): (0.1, EMPTY),
+    ("lars", "weight_decay"): (None, 0.0),
+    ("novograd", "learning_rate"): (1e-2, EMPTY),
+    ("novograd", "weight_decay"): (None, 0.0),
+    ("optimistic_adam", "learning_rate"): (1e-3, EMPTY),
+    ("schedule_free_adamw", "weight_decay"): (None, 0.0),
+    ("sign_sgd", "learning_rate"): (1e-3, EMPTY),
+    ("signum", "learning_rate"): (1e-3, EMPTY),
 }
 
 
@@ -355,6 +368,9 @@ def test_inject_hyperparams_updates_without_params_where_plain_does(name):
 def test_tree_get_finds_one_count(name):
     kw = {"momentum": 0.9} if name == "sgd" else {}  # plain SGD keeps no state at all
     state = getattr(adamx, name)(learning_rate=0.1, **kw).init(problem()[0])
+    if name in ("sign_sgd", "schedule_free_sgd"):  # no count, as optax's (step_count)
+        assert otu.tree_get_all_with_path(state, "count") == []
+        return
     # muon is a partition of two chains (Newton-Schulz and AdamW), each with its own count,
     # as optax.contrib.muon's state is
     assert len(otu.tree_get_all_with_path(state, "count")) == (2 if name == "muon" else 1)

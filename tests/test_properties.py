@@ -220,6 +220,14 @@ ZERO_UPDATES = {
     "adafactor": (DECAY, "0 / sqrt(max(V, eps1**2)) with eps1 > 0, plus -lr*wd*p"),
     "adopt": (ZERO, "the first update is 0 by design; later 0 / max(sqrt(0), eps) = 0"),
     "lazy_adam": (ZERO, "every row's gradient is all zero: rows left alone, update exactly 0"),
+    "adamaxw": (DECAY, "decoupled decay: -lr*(0/u + wd*p), u = eps > 0"),
+    "lars": (DECAY, "coupled decay: wd*p through the trust ratio and the momentum"),
+    "novograd": (DECAY, "0 / (sqrt(0) + eps) + wd*p through the momentum"),
+    "optimistic_adam": (ZERO, "r = 0 / eps = 0, and r - r_prev = 0"),
+    "schedule_free_adamw": (DECAY, "z moves by -lr*wd*y only, so does y"),
+    "schedule_free_sgd": (DECAY, "z moves by -lr*wd*y only, so does y"),
+    "sign_sgd": (ZERO, "sign(0) = 0"),
+    "signum": (ZERO, "m = 0, sign(0) = 0"),
 }
 
 
@@ -295,6 +303,14 @@ SCALING = {
     "adafactor": (INVARIANT, {"eps": (0.0, 1e-3)}, "R, C, V ~ c**2; clipping is scale-free"),
     "adopt": (INVARIANT, {"eps": 0.0}, "g / sqrt(v_prev) is scale-free, so is the clip"),
     "lazy_adam": (INVARIANT, {"eps": 0.0}, "as Adam on the rows with a gradient"),
+    "adamaxw": (INVARIANT, {"eps": 0.0}, "as Adamax, decay independent of g"),
+    "lars": (INVARIANT, {"weight_decay": 0.0}, "c ||p|| g / ||g|| is scale-free, so is b"),
+    "novograd": (INVARIANT, {"eps": 0.0, "weight_decay": 0.0}, "g / ||g|| per tensor"),
+    "optimistic_adam": (INVARIANT, {"eps": 0.0}, "Adam's r, extrapolated linearly"),
+    "schedule_free_adamw": (NEITHER, {}, "params held fixed: y - z does not scale with g"),
+    "schedule_free_sgd": (NEITHER, {}, "params held fixed: y - z does not scale with g"),
+    "sign_sgd": (INVARIANT, {}, "sign(c g) = sign(g)"),
+    "signum": (INVARIANT, {}, "sign(c m) = sign(m)"),
 }
 # Tolerance of the float32 comparison, relative to the leaf's largest update. Observed over
 # 24 draws per row: <= 1.2e-6, and 8.8e-6 for RAdam with decoupled decay (d and wd*p cancel).

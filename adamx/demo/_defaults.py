@@ -25,21 +25,29 @@ DEFAULT_LEARNING_RATES: dict[str, float] = {
     "adagrad": 0.1,
     "adam": 1e-2,
     "adamax": 2e-2,
+    "adamaxw": 2e-2,
     "adamw": 1e-2,
     "adan": 1e-2,
     "ademamix": 1e-2,
     "adopt": 2e-2,
     "amsgrad": 1e-2,
     "lamb": 5e-3,
+    "lars": 2.0,
     "lazy_adam": 1e-2,
     "lion": 1e-3,
     "muon": 2e-2,
     "nadam": 1e-3,
     "nadamw": 1e-3,
+    "novograd": 3e-2,
+    "optimistic_adam": 1e-2,
     "radam": 1e-2,
     "rmsprop": 1e-3,
+    "schedule_free_adamw": 1e-2,
+    "schedule_free_sgd": 1.0,
     "sgd": 0.3,
     "simplified_ademamix": 3e-4,
+    "sign_sgd": 1e-3,
+    "signum": 3e-3,
     "yogi": 1e-2,
 }
 """Learning rate per optimizer when ``--learning-rate`` is not given, one for both
@@ -66,6 +74,13 @@ minimum) rather than the fastest one on either.
 * Adan and AdEMAMix take Adam's 1e-2. Simplified AdEMAMix's momentum sums about
   ``1 / (1 - b1) = 100`` gradients without Adam's ``1 - b1``, and at its default
   ``b1 = 0.99`` the MLP's loss swings for the first hundred steps from about 5e-4 on: 3e-4.
+* Issue 16's second batch, from a sweep at 50 and 1000 steps: AdamaxW 2e-2 as Adamax;
+  optimistic Adam 1e-2 as Adam; NovoGrad 3e-2 (its per-tensor step ``g / ||g||`` is small
+  per element); Schedule-Free AdamW 1e-2 and Schedule-Free SGD 1.0 (constant rates, the
+  averaging is their decay); signSGD 1e-3 and Signum 3e-3 (sign steps of ``lr``, as Lion;
+  signSGD oscillates on the MLP above that); LARS 2.0 (its step is
+  ``lr * 0.001 * ||p||`` per tensor; zero-initialised weights take one plain SGD step of
+  ``lr`` first, which limits it: from 5 the MLP stalls).
 """
 
 EXAMPLE_TITLES: dict[str, str] = {

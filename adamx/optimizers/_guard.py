@@ -26,6 +26,8 @@ REAL_ONLY = {
     "refuses complex params too)",
     "adopt": "its clipping of g / sqrt(v) to [-t**0.25, t**0.25] orders the values, which "
     "complex numbers do not have (optax's adopt raises on complex params too)",
+    "sign_sgd": "its direction is sign(g), which has no complex reading adamx takes",
+    "signum": "its direction is sign(m), which has no complex reading adamx takes",
 }
 
 

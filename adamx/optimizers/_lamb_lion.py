@@ -15,10 +15,12 @@ from adamx.blocks._base import (
     ScalarOrSchedule,
     abs_sq,
     abstract_or_array,
+    as_scalar,
     check_decay,
     check_dtype,
     check_learning_rate,
     check_moments,
+    check_range,
     check_trees_match,
     compute_dtype,
     one_minus,
@@ -40,24 +42,35 @@ def _norm(x: jax.Array) -> jax.Array:
     return jnp.sqrt(jnp.sum(abs_sq(x)))
 
 
-def scale_by_trust_ratio() -> optax.GradientTransformation:
+def scale_by_trust_ratio(
+    *, trust_coefficient: float = 1.0, eps: float = 0.0
+) -> optax.GradientTransformation:
     """Scale each leaf's update by the ratio of the parameter's norm to the update's.
 
-    Per leaf (one tensor, whatever its shape)::
+    Per leaf (one tensor, whatever its shape), with ``c = trust_coefficient``::
 
-        u = u * ||p|| / ||u||        (u unchanged where ||p|| = 0 or ||u|| = 0)
+        u = u * c * ||p|| / (||u|| + eps)    (u unchanged where ||p|| = 0 or ||u|| = 0)
 
     LAMB's layer-wise adaptation: every tensor moves by ``lr * ||p||`` whatever the scale
     of its gradient. The norms are Euclidean norms over the whole leaf, computed in the
     leaf's dtype but at least float32; the result is cast back to the update's dtype.
+    LARS scales the ratio down (``trust_coefficient=0.001``, optax's ``lars``).
+
+    Args:
+      trust_coefficient: ``c``, a multiplier of the ratio, ``>= 0``. Default 1.
+      eps: added to ``||u||``, ``>= 0``. Default 0.
 
     Returns:
       A stateless ``optax.GradientTransformation`` that needs ``params`` in ``update``.
 
     References:
       You et al., "Large Batch Optimization for Deep Learning: Training BERT in 76
-      minutes", ICLR 2020, https://arxiv.org/abs/1904.00962
+      minutes", ICLR 2020, https://arxiv.org/abs/1904.00962; You, Gitman & Ginsburg,
+      "Large Batch Training of Convolutional Networks", 2017,
+      https://arxiv.org/abs/1708.03888
     """
+    check_range("trust_coefficient", trust_coefficient, low=0.0)
+    check_range("eps", eps, low=0.0)
 
     def leaf(u, p):
         u, p = jnp.asarray(u), jnp.asarray(p)
@@ -65,7 +78,8 @@ def scale_by_trust_ratio() -> optax.GradientTransformation:
         uc = u.astype(dtype)
         p_norm, u_norm = _norm(p.astype(dtype)), _norm(uc)
         both = (p_norm > 0) & (u_norm > 0)
-        ratio = jnp.where(both, p_norm / jnp.where(both, u_norm, 1), 1)
+        c, e = as_scalar(trust_coefficient, p_norm.dtype), as_scalar(eps, p_norm.dtype)
+        ratio = jnp.where(both, c * p_norm / (jnp.where(both, u_norm, 1) + e), 1)
         return (uc * ratio.astype(dtype)).astype(u.dtype)
 
     def update(updates, state, params=None):

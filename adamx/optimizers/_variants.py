@@ -1,5 +1,5 @@
-"""Adam's relatives: AMSGrad, Adamax, NAdam and NAdamW here; RAdam, AdaBelief and Yogi in
-``_variants_nu``.
+"""Adam's relatives: AMSGrad, Adamax, AdamaxW, NAdam and NAdamW here; RAdam, AdaBelief and
+Yogi in ``_variants_nu``.
 
 Each is Adam's chain (see :func:`adamx.adam`) with one block changed::
 
@@ -9,7 +9,7 @@ Each is Adam's chain (see :func:`adamx.adam`) with one block changed::
     [keep_max_nu()]                     # AMSGrad
     correct_bias(b1, None)              # NAdam: correct_bias_nesterov
     normalize(eps, b2=b2)               # Adamax: normalize_inf; RAdam: normalize_rectified
-    [add_decayed_weights(wd, mask)]     # decoupled (NAdamW)
+    [add_decayed_weights(wd, mask)]     # decoupled (NAdamW, AdamaxW)
     scale_by_learning_rate(lr)
 """
 
@@ -187,6 +187,73 @@ def adamax(
         scale_by_moments(b1, b2, nu_rule=infinity_norm(eps), mu_dtype=mu_dtype),
         correct_bias(b1, None),
         normalize_inf(),
+        scale_by_learning_rate(learning_rate),
+    )
+
+
+@recipe
+def adamaxw(
+    learning_rate: ScalarOrSchedule = 2e-3,
+    b1: float = 0.9,
+    b2: float = 0.999,
+    eps: float = 1e-8,
+    weight_decay: float = 1e-4,
+    mask: Mask = None,
+    *,
+    mu_dtype: Any | None = None,
+    maximize: bool = False,
+) -> optax.GradientTransformation:
+    """AdamaxW: Adamax with decoupled weight decay, as ``optax.adamaxw``.
+
+    Per leaf: :func:`adamax`'s direction ``d = (m / (1 - b1**t)) / u`` without decay in the
+    gradient, then::
+
+        p = p - lr * (d + wd * p)            i.e. p <- p * (1 - lr*wd) - lr * d
+
+    The chain is Adamax's with the decay moved after the read-out (as AdamW's is Adam's)::
+
+        negate()                  # if maximize
+        scale_by_moments(b1, b2, nu_rule=infinity_norm(eps), mu_dtype=mu_dtype)
+        correct_bias(b1, None)
+        normalize_inf()
+        add_decayed_weights(weight_decay, mask)   # decoupled; omitted when None or 0
+        scale_by_learning_rate(learning_rate)
+
+    Args:
+      learning_rate, b1, b2, eps, mu_dtype, maximize: as in :func:`adamax`.
+      weight_decay: decoupled decay, ``>= 0``. Default 1e-4 (optax's).
+      mask: a tree of booleans like the params, or a function returning one; only
+        ``True`` leaves are decayed. Default ``None`` (all).
+
+    Returns:
+      An ``optax.GradientTransformation`` that needs ``params`` in ``update``.
+
+    Example:
+      >>> import jax.numpy as jnp, adamx
+      >>> opt = adamx.adamaxw(learning_rate=0.1, weight_decay=0.5)
+      >>> params = {"w": jnp.ones(2)}
+      >>> updates, _ = opt.update({"w": jnp.array([1.0, -2.0])}, opt.init(params), params)
+      >>> [round(float(u), 4) for u in updates["w"]]  # -lr * (sign(g) + wd * p)
+      [-0.15, 0.05]
+
+    .. warning::
+       ``torch.optim.Adamax`` has only the coupled decay (:func:`adamax`'s
+       ``weight_decay``). Like optax's, this decay is multiplied by the learning rate
+       (PyTorch's AdamW convention), not by a schedule multiplier alone as in Loshchilov &
+       Hutter.
+
+    References:
+      Kingma & Ba, "Adam: A Method for Stochastic Optimization", ICLR 2015, §7.1,
+      https://arxiv.org/abs/1412.6980; Loshchilov & Hutter, "Decoupled Weight Decay
+      Regularization", ICLR 2019, https://arxiv.org/abs/1711.05101
+    """
+    check_learning_rate(learning_rate)
+    return optax.chain(
+        *maximize_block(maximize),
+        scale_by_moments(b1, b2, nu_rule=infinity_norm(eps), mu_dtype=mu_dtype),
+        correct_bias(b1, None),
+        normalize_inf(),
+        *decay_block(weight_decay, mask),
         scale_by_learning_rate(learning_rate),
     )
 
