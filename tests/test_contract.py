@@ -417,8 +417,8 @@ def test_converges_on_parabola_and_rosenbrock(name):
     lr0 = kwargs["learning_rate"]
     cosine = lambda t: lr0 / 2 * (1 + jnp.cos(jnp.pi * t.astype(jnp.float32) / steps))  # noqa: E731
     hp = dict(kwargs, learning_rate=cosine) if use_cosine else dict(kwargs)
-    for key in [k for k in hp if k.endswith("weight_decay")]:  # muon's adam_weight_decay too
-        hp[key] = 0.0
+    for key in [k for k in hp if k.endswith("weight_decay") and not isinstance(hp[k], bool)]:
+        hp[key] = 0.0  # muon's adam_weight_decay too; radam's decoupled_weight_decay is a flag
     parabola = lambda x: jnp.sum(jnp.square(x - jnp.asarray([1.0, -2.0, 3.0])))  # noqa: E731
     x = _minimise(factory(**hp), parabola, jnp.zeros(3), steps)
     np.testing.assert_allclose(np.asarray(x), [1.0, -2.0, 3.0], atol=1e-3)
