@@ -78,12 +78,9 @@ CASES.update(
         ),
     }
 )
-# Each case trains once per process (``uninterrupted`` is cached): its tests share one
-# pytest-xdist worker, so the 100 steps are not run once per worker.
-CASE_NAMES = [
-    pytest.param(name, marks=pytest.mark.xdist_group(f"checkpoint-{name}"))
-    for name in sorted(CASES)
-]
+# Each case trains once per process (``uninterrupted`` is cached); the suite hands whole
+# files to its pytest-xdist workers (``--dist loadfile``), so once per run.
+CASE_NAMES = sorted(CASES)
 BACKENDS = ["msgpack", "orbax"]
 
 

@@ -842,7 +842,7 @@ SCENARIOS = {  # name: (environment, number of optimizers the script runs)
 
 class Processes:
     """The scenario processes, started together on the first result asked for (under
-    pytest-xdist, only in the worker that runs these tests: they share one xdist_group)."""
+    pytest-xdist, only in the worker that runs this file: the suite distributes whole files)."""
 
     def __init__(self, root: Path, wanted: list[str]):
         self.root, self.wanted, self.running, self.done = root, wanted, {}, {}
@@ -903,7 +903,6 @@ def processes(request, tmp_path_factory):
     procs.stop()
 
 
-@pytest.mark.xdist_group("fused_processes")
 def test_process_without_compiler_warns_once_and_falls_back(processes):
     out = processes.result("no_compiler")
     assert [w[0] for w in out["warnings"]] == ["FusedKernelWarning"], out["warnings"]
@@ -917,7 +916,6 @@ def test_process_without_compiler_warns_once_and_falls_back(processes):
     assert not [f for f in out["cache"] if f.endswith(".so")]
 
 
-@pytest.mark.xdist_group("fused_processes")
 def test_process_with_kernel_disabled_is_silent(processes):
     out = processes.result("disabled")
     assert out["warnings"] == []
@@ -929,7 +927,6 @@ def test_process_with_kernel_disabled_is_silent(processes):
     assert out["cache"] == []  # nothing was built
 
 
-@pytest.mark.xdist_group("fused_processes")
 def test_process_with_several_devices_takes_the_xla_path(processes):
     if compiler() is None:
         pytest.skip("no C++ compiler on PATH")
@@ -949,7 +946,6 @@ def test_process_with_several_devices_takes_the_xla_path(processes):
     assert Path(path).parent == processes.cache("devices") and seconds > 0  # built here
 
 
-@pytest.mark.xdist_group("fused_processes")
 def test_second_process_loads_the_cached_kernel(processes):
     if compiler() is None:
         pytest.skip("no C++ compiler on PATH")

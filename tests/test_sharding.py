@@ -7,6 +7,7 @@ init and one jitted step) and prints JSON that the tests below read.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import subprocess
@@ -22,9 +23,8 @@ import adamx
 from adamx.training._sharding import state_shardings
 
 HERE = Path(__file__).resolve().parent
-# The module fixture runs one 8-device subprocess; under pytest-xdist every worker that
-# ran a test of this module would start its own, so the module runs on one worker.
-pytestmark = pytest.mark.xdist_group("sharding_subprocess")
+# The module fixture runs one 8-device subprocess, once per run: the suite hands whole
+# files to its pytest-xdist workers (``--dist loadfile`` in pyproject.toml).
 
 SCRIPT = r"""
 import json, re, sys
@@ -177,6 +177,13 @@ print("JSON" + json.dumps(report))
 
 @pytest.fixture(scope="module")
 def report():
+    """The subprocess's report (run once per process: xdist may set this module fixture up
+    twice on one worker when other modules' tests come between this module's)."""
+    return _report()
+
+
+@functools.cache
+def _report():
     env = dict(os.environ)
     env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
     env["JAX_PLATFORMS"] = "cpu"

@@ -7,6 +7,7 @@ several tests assert on them. The single-device tests run in this process.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import subprocess
@@ -23,9 +24,8 @@ import adamx
 from adamx.training._zero import shard_state, zero_shardings
 
 N_DEVICES = 8
-# The module fixture runs one 8-device subprocess; under pytest-xdist every worker that
-# ran a test of this module would start its own, so the module runs on one worker.
-pytestmark = pytest.mark.xdist_group("zero_subprocess")
+# The module fixture runs one 8-device subprocess, once per run: the suite hands whole
+# files to its pytest-xdist workers (``--dist loadfile`` in pyproject.toml).
 
 SCRIPT = textwrap.dedent(
     """
@@ -113,6 +113,13 @@ ALL_OPTIMIZERS = ["adam", "adamw", "lion", "sgd_momentum", "amsgrad", "adam_8bit
 
 @pytest.fixture(scope="module")
 def eight_devices():
+    """The subprocess's report (run once per process: xdist may set this module fixture up
+    twice on one worker when other modules' tests come between this module's)."""
+    return _eight_devices()
+
+
+@functools.cache
+def _eight_devices():
     env = dict(os.environ)
     env["XLA_FLAGS"] = (
         env.get("XLA_FLAGS", "") + f" --xla_force_host_platform_device_count={N_DEVICES}"
