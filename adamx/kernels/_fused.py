@@ -244,18 +244,25 @@ def _kernel_for(config) -> Callable:
     return run
 
 
+def advance(rule: AdamRule, chain_state) -> tuple[jax.Array, Any, list]:
+    """The step's count and learning rate, and the chain's state as a list with the
+    schedule's count advanced, as the chain advances them (every Adam kernel starts so)."""
+    moments: MomentsState = chain_state[rule.moments_at]
+    lr, new_state = rule.learning_rate, list(chain_state)
+    if callable(rule.learning_rate):
+        schedule: ScheduleState = chain_state[rule.lr_at]
+        lr = rule.learning_rate(schedule.count)
+        new_state[rule.lr_at] = ScheduleState(count=safe_increment(schedule.count))
+    return safe_increment(moments.count), lr, new_state
+
+
 def kernel_step(rule: AdamRule, config: _Plan, grads, state, params):
     """``(new_params, new_state)`` computed by the kernel. The state is the chain's,
     advanced exactly as the chain advances it."""
     moments: MomentsState = state[rule.moments_at]
     check_trees_match(grads, moments.mu, "grads", "the optimizer state", dtypes=True)
     check_trees_match(grads, moments.nu, "grads", "the optimizer state", dtypes=True)
-    count = safe_increment(moments.count)
-    lr, new_state = rule.learning_rate, list(state)
-    if callable(rule.learning_rate):
-        schedule: ScheduleState = state[rule.lr_at]
-        lr = rule.learning_rate(schedule.count)
-        new_state[rule.lr_at] = ScheduleState(count=safe_increment(schedule.count))
+    count, lr, new_state = advance(rule, state)
     g, treedef = jax.tree.flatten(grads)
     g = [jnp.asarray(x) for x in g]
     m = treedef.flatten_up_to(moments.mu)  # type: ignore[attr-defined]

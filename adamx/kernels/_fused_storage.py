@@ -31,13 +31,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from adamx import storage as _storage
-from adamx.blocks._base import check_trees_match, safe_increment
+from adamx.blocks._base import check_trees_match
 from adamx.blocks._moments import MomentsState
-from adamx.blocks._schedule import ScheduleState
 from adamx.kernels._build import STORAGE_TARGET, disabled_by_env
 from adamx.kernels._fused import (
     GROUP,
     _is_f32,
+    advance,
     decay_flags_where_the_kernel_runs,
     on_cpu_else,
     refusal,
@@ -270,12 +270,7 @@ def kernel_step(rule: AdamRule, config: _Plan, stochastic: bool, grads, state, p
     :func:`adamx.with_storage`'s ``update`` advances it."""
     inner = state.inner
     moments: MomentsState = inner[rule.moments_at]
-    count = safe_increment(moments.count)
-    lr, new_inner = rule.learning_rate, list(inner)
-    if callable(rule.learning_rate):
-        schedule: ScheduleState = inner[rule.lr_at]
-        lr = rule.learning_rate(schedule.count)
-        new_inner[rule.lr_at] = ScheduleState(count=safe_increment(schedule.count))
+    count, lr, new_inner = advance(rule, inner)
     g, treedef = jax.tree.flatten(grads)
     g = [jnp.asarray(x) for x in g]
     p = [jnp.asarray(x) for x in treedef.flatten_up_to(params)]  # type: ignore[attr-defined]
