@@ -46,8 +46,10 @@ SETTINGS = dict(
     database=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
 )
-# Examples per row and property (26 rows; x64 draws the row): the file runs in about 30 s.
-EXAMPLES = {"structure": 10, "zero": 8, "scaling": 8, "exact": 6, "eager": 6, "jit": 5, "x64": 30}
+# Examples per row and property (x64 draws the row). Each row's first examples are the
+# costly ones (a new shape or dtype compiles eager ops); the counts are halved from the
+# first version's (10, 8, 8, 6, 6, 5, 30) as the table grew past 40 rows.
+EXAMPLES = {"structure": 5, "zero": 4, "scaling": 4, "exact": 3, "eager": 3, "jit": 3, "x64": 15}
 
 SHAPES = ((), (0,), (1,), (3,), (2, 3), (0, 2), (2, 1, 3))
 FLOATS = (jnp.float32, jnp.bfloat16, jnp.float16)
