@@ -98,6 +98,7 @@ from adamx.optimizers._muon import muon, orthogonalize, scale_by_shape
 from adamx.optimizers._optimistic import (
     OptimisticState,
     optimistic_adam,
+    optimistic_adam_v2,
     scale_by_optimistic_gradient,
 )
 from adamx.optimizers._rmsprop import center_second_moment, rmsprop
@@ -159,6 +160,7 @@ __all__ = [
     "nadamw",
     "novograd",
     "optimistic_adam",
+    "optimistic_adam_v2",
     "radam",
     "rmsprop",
     "schedule_free_adamw",

@@ -37,6 +37,7 @@ MESH = Mesh(np.array(jax.devices()[:1]), ("data",))
 # record).
 TRANSFORMATIONS = {
     **{name: (lambda name=name: getattr(adamx, name)(), "grads") for name in adamx.OPTIMIZERS},
+    "optimistic_adam_v2": (adamx.optimistic_adam_v2, "grads"),  # optax's name, same function
     "add_decayed_weights": (lambda: adamx.add_decayed_weights(0.1), "grads"),
     "add_decayed_weights_masked": (
         lambda: adamx.add_decayed_weights(0.1, mask={"w": True, "b": False}),

@@ -187,7 +187,6 @@ REAL_ONLY = (
     "adadelta",
     "adopt",
     "lion",
-    "muon",
     "sign_sgd",
     "signum",
 )  # the rest take complex params (test_complex.py)

@@ -9,6 +9,7 @@ The torch tests skip without torch (``pip install -e ".[test,torch]"``).
 
 from __future__ import annotations
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -202,6 +203,70 @@ def test_optax_reading_equals_optax_contrib_muon_in_float32():
     assert_close(got, want, rtol=1e-5, atol=2e-5)
 
 
+# ------------------------------------------------- optax's options: preconditioning, ...
+DIMS = optax.contrib.MuonDimensionNumbers
+FEW_STEPS = 3
+OPTAX_OPTION_CASES = [
+    # name, params' shapes (and dtype), the options both take
+    (  # complex leaves: X X^H, the conjugate gradient, <d, O> = sum(conj(d) O)
+        "complex-spectral-adaptive",
+        {"a": (5, 4), "v": (4,), "dtype": jnp.complex64},
+        dict(preconditioning="spectral", adaptive=True, nesterov=False),
+    ),
+    ("aol-dion", {"a": (4, 6), "v": (4,)}, dict(preconditioning="aol", ns_coeffs="dion")),
+    (  # a 4-D leaf as a batch of (3, 4 * 2) matrices; a matrix left to AdamW by None
+        "schatten-dimension-numbers",
+        {"k": (2, 3, 3, 4), "m": (3, 3)},
+        dict(
+            preconditioning="schatten",
+            consistent_rms=0.2,
+            muon_weight_dimension_numbers=lambda p: {"k": DIMS(1, (0, 3)), "m": None},
+        ),
+    ),
+]  # fmt: skip
+
+
+def run_few(opt, shapes):
+    """``FEW_STEPS`` steps on a weighted quadratic (the conjugate gradient for complex
+    leaves, optax's convention), under one jit; the params after each step."""
+    shapes = dict(shapes)
+    dtype = shapes.pop("dtype", jnp.float32)
+    rng = np.random.default_rng(1)
+
+    def draw(shape):
+        x = rng.normal(size=shape)
+        return x + 1j * rng.normal(size=shape) if jnp.issubdtype(dtype, jnp.complexfloating) else x
+
+    params = {k: jnp.asarray(draw(s), dtype) for k, s in shapes.items()}
+    target = {k: jnp.asarray(draw(s), dtype) for k, s in shapes.items()}
+    weight = {k: jnp.asarray(rng.uniform(0.5, 2.0, s), jnp.float32) for k, s in shapes.items()}
+
+    def loss(p):
+        terms = [jnp.sum(weight[k] * jnp.square(jnp.abs(p[k] - target[k]))) for k in p]
+        return sum(terms[1:], terms[0])
+
+    def step(carry, _):
+        p, s = carry
+        g = jax.tree.map(jnp.conj, jax.grad(loss)(p))
+        u, s = opt.update(g, s, p)
+        p = optax.apply_updates(p, u)
+        return (p, s), p
+
+    return jax.jit(lambda p: jax.lax.scan(step, (p, opt.init(p)), length=FEW_STEPS)[1])(params)
+
+
+@pytest.mark.parametrize(
+    "name, shapes, options", OPTAX_OPTION_CASES, ids=[c[0] for c in OPTAX_OPTION_CASES]
+)
+def test_optax_options_equal_optax_contrib_muon_in_float32(name, shapes, options):
+    got = run_few(adamx.muon(0.02, reading="optax", weight_decay=0.05, **options), shapes)
+    with jax.numpy_dtype_promotion("standard"):
+        want = run_few(optax.contrib.muon(0.02, weight_decay=0.05, **options), shapes)
+    # float32 rounding: the norm (rescaled here), and aol/schatten's gram formed anew here
+    # where optax rescales its own
+    chex.assert_trees_all_close(got, want, rtol=2e-5, atol=2e-5)
+
+
 # ----------------------------------------------------------------------------- reference
 def test_custom_mask_follows_the_numpy_reference(x64):
     """A matrix left to AdamW by ``muon_mask``: no anchor has this split."""
@@ -255,6 +320,14 @@ def test_huge_gradients_are_normalised_not_overflowed():
         (lambda: adamx.muon(ns_dtype="int8"), "ns_dtype", "floating-point"),
         (lambda: adamx.muon(consistent_rms=-0.2), "consistent_rms", r"\[0.0, inf\)"),
         (lambda: adamx.muon(adam_b2=1.0), "b2", r"\[0.0, 1.0\)"),
+        (lambda: adamx.muon(preconditioning="qr"), "preconditioning", "one of"),
+        (lambda: adamx.muon(ns_coeffs="muon"), "ns_coeffs", "presets"),
+        (lambda: adamx.muon(muon_weight_dimension_numbers={"w": 2}), "muon_weight_dim.*", "hold"),
+        (
+            lambda: adamx.muon(muon_mask={"w": True}, muon_weight_dimension_numbers=DIMS()),
+            "muon_mask",
+            "give one",
+        ),
     ],
 )
 def test_bad_hyperparameters_raise_at_construction(build, arg, allowed):
@@ -265,4 +338,7 @@ def test_bad_hyperparameters_raise_at_construction(build, arg, allowed):
 def test_a_mask_that_marks_a_non_matrix_names_it():
     opt = adamx.muon(muon_mask=lambda p: jax.tree.map(lambda _: True, p))
     with pytest.raises(ValueError, match=r"`muon_mask` marks params\['v'\] \(shape \(4,\)\)"):
+        opt.init({"w": jnp.ones((2, 2)), "v": jnp.ones(4)})
+    opt = adamx.muon(muon_weight_dimension_numbers={"w": DIMS(0, 2), "v": None})
+    with pytest.raises(ValueError, match=r"params\['w'\] has shape \(2, 2\)"):
         opt.init({"w": jnp.ones((2, 2)), "v": jnp.ones(4)})

@@ -137,6 +137,13 @@ OPTAX = [
      lambda: optax.optimistic_adam(0.01, 0.005), 1e-5),
 ]  # fmt: skip
 IDS = [c[0] for c in OPTAX]
+DECAY = optax.exponential_decay(0.02, 5, 0.8)
+
+
+def WARM_DECAY(count):  # noqa: N802 (a schedule, named as the constant above)
+    return DECAY(count) * jnp.minimum(count, 10) / 10
+
+
 # float32 runs: the warmup too (optax's warmup schedule is float32 even under x64, so the
 # float64 warmup runs are checked against the NumPy reference below instead)
 WARMUP = [
@@ -144,6 +151,10 @@ WARMUP = [
      lambda: SF.schedule_free_adamw(0.05, 10, weight_decay=0.01), 1e-5),
     ("schedule_free_sgd-warmup", lambda: adamx.schedule_free_sgd(0.02, 10, weight_decay=0.01),
      lambda: SF.schedule_free_sgd(0.02, 10, weight_decay=0.01), 1e-6),
+    # a schedule, warmed up (optax's schedule_free_sgd takes numbers only: its wrapper, given
+    # the warmed-up schedule lr(c) * min(c, W) / W for both the SGD step and the averaging)
+    ("schedule_free_sgd-schedule-warmup", lambda: adamx.schedule_free_sgd(DECAY, 10, 0.8),
+     lambda: SF.schedule_free(optax.sgd(WARM_DECAY), WARM_DECAY, 0.8), 1e-6),
 ]  # fmt: skip
 
 
@@ -166,6 +177,9 @@ def test_eval_params_match_optax(name):
                    eval_params=adamx.schedule_free_eval_params)  # fmt: skip
     theirs = optax_run(lambda: getattr(SF, name)(0.05, 5), jnp.float32, eval_params=SF_EVAL)
     assert_close(ours, theirs, 1e-5, 1e-5)
+    # optax's function reads adamx's state: it holds optax's fields (b1, z) at the top
+    ours_by_optax = run_jax(getattr(adamx, name)(0.05, 5), jnp.float32, eval_params=SF_EVAL)
+    assert_close(ours_by_optax, theirs, 1e-5, 1e-5)
 
 
 # ------------------------------------------------------------------- NumPy references

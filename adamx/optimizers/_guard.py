@@ -22,8 +22,6 @@ REAL_ONLY = {
     "lion": "its direction is sign(m), which has no complex reading in optax or PyTorch "
     "(optax.lion does not support complex params either)",
     "adadelta": "optax.adadelta does not support complex params, and adamx follows optax's list",
-    "muon": "its Newton-Schulz iteration is written for real matrices (torch.optim.Muon "
-    "refuses complex params too)",
     "adopt": "its clipping of g / sqrt(v) to [-t**0.25, t**0.25] orders the values, which "
     "complex numbers do not have (optax's adopt raises on complex params too)",
     "sign_sgd": "its direction is sign(g), which has no complex reading adamx takes",

@@ -3,26 +3,19 @@ the other leaves."""
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 
 from adamx.blocks._base import (
     ScalarOrSchedule,
-    as_scalar,
     check_decay,
-    check_dtype,
     check_flag,
     check_learning_rate,
     check_range,
-    compute_dtype,
-    is_real_number,
-    transformation,
 )
 from adamx.blocks._correction import correct_bias
 from adamx.blocks._decay import decay_block
@@ -32,211 +25,51 @@ from adamx.blocks._rules import correct_bias_nesterov
 from adamx.blocks._schedule import scale_by_learning_rate
 from adamx.optimizers._adopt import read_momentum
 from adamx.optimizers._guard import recipe
+from adamx.optimizers._muon_blocks import (
+    NS_COEFFS,
+    PRECONDITIONINGS,
+    DimensionNumbers,
+    check_dimension_numbers,
+    matrix_axes,
+    orthogonalize,
+    scale_by_shape,
+    specs_per_leaf,
+)
+
+__all__ = ["muon", "orthogonalize", "scale_by_shape"]
 
 Mask = Any | Callable[[Any], Any] | None
 
-NS_COEFFS = (3.4445, -4.775, 2.0315)  # Jordan's quintic: torch.optim.Muon's and optax's
 READINGS = ("torch", "optax")
 ADJUST_LR_FNS = ("original", "match_rms_adamw")
 
 
-def _check_coeffs(ns_coeffs) -> tuple[tuple[float, float, float], ...] | None:
-    """``ns_coeffs`` as rows of three floats: ``None`` for one triple (used every step)."""
-    try:
-        rows = [tuple(float(c) for c in row) for row in ns_coeffs]
-        if all(len(row) == 3 for row in rows) and rows:
-            return tuple((a, b, c) for a, b, c in rows)
-    except TypeError:
-        pass
-    try:
-        if len(ns_coeffs) == 3 and all(is_real_number(c) for c in ns_coeffs):
-            return None
-    except TypeError:
-        pass
-    raise ValueError(
-        f"`ns_coeffs` must be three numbers (a, b, c) of the quintic a X + b (X X^T) X + "
-        f"c (X X^T)^2 X, or a sequence of such triples, one per Newton-Schulz step; got "
-        f"ns_coeffs={ns_coeffs!r}."
-    )
-
-
-def _check_steps(ns_steps) -> None:
-    """An int ``>= 0``, or an integer array (``optax.inject_hyperparams`` passes one)."""
-    is_int = isinstance(ns_steps, int) and not isinstance(ns_steps, bool)
-    is_int_array = isinstance(ns_steps, (jax.Array, np.ndarray)) and jnp.issubdtype(
-        ns_steps.dtype, jnp.integer
-    )
-    if not (is_int or is_int_array) or (is_int and ns_steps < 0):
-        raise ValueError(f"`ns_steps` must be an int >= 0, got ns_steps={ns_steps!r}.")
-
-
-def orthogonalize(
-    ns_coeffs: Any = NS_COEFFS,
-    ns_steps: int = 5,
-    eps: float = 1e-7,
-    *,
-    ns_dtype: Any = None,
-    eps_outside: bool = False,
-    adaptive: bool = False,
-) -> optax.GradientTransformation:
-    """Replace each matrix by (approximately) the orthogonal factor of its polar
-    decomposition, ``U V^T`` for ``X = U S V^T``, with a quintic Newton-Schulz iteration.
-
-    Per leaf (a 2-D array; ``X^T`` when it has more rows than columns)::
-
-        X = X / max(||X||_F, eps)             (eps_outside: X / (||X||_F + eps))
-        repeat ns_steps times:
-            A = X X^T
-            X = a X + (b A + c A A) X
-
-    The coefficients of Jordan's iteration push every singular value into about
-    ``[0.7, 1.2]`` in five steps rather than to 1 exactly; that is what Muon uses. The
-    iteration runs in ``ns_dtype`` (PyTorch runs it in bfloat16), each product accumulated
-    in float32 (float64 for a float64 iteration) and rounded once to ``ns_dtype``, where
-    torch rounds; the result is cast to the leaf's dtype. The Frobenius norm is formed in
-    float32 (or float64) with a rescaling by ``max |X|``, so that gradients whose squares
-    overflow are still normalised; a zero matrix stays zero (no ``0 / 0`` at
-    ``eps = 0``).
-
-    Args:
-      ns_coeffs: ``(a, b, c)``, or a sequence of triples used one per step (then
-        ``ns_steps`` is their number). Default ``(3.4445, -4.775, 2.0315)``.
-      ns_steps: the number of steps, an int ``>= 0``. Default 5.
-      eps: floor of the norm, ``>= 0``. Default 1e-7 (PyTorch's).
-      ns_dtype: the dtype of the iteration, or ``None`` for the leaf's compute dtype.
-      eps_outside: add ``eps`` to the norm (optax) instead of flooring it (PyTorch).
-      adaptive: scale the result ``O`` by ``<D, O>``, the dual norm of the input ``D``
-        (optax's ``adaptive``; Bernstein & Newhouse 2024, arXiv:2409.20325).
-
-    Returns:
-      A stateless ``optax.GradientTransformation`` of 2-D leaves.
-
-    References:
-      Jordan et al., "Muon: An optimizer for hidden layers in neural networks", 2024,
-      https://kellerjordan.github.io/posts/muon/
-    """
-    rows = _check_coeffs(ns_coeffs)
-    if rows is None:
-        _check_steps(ns_steps)
-    check_range("eps", eps, low=0.0)
-    check_dtype("ns_dtype", ns_dtype)
-    check_flag("eps_outside", eps_outside)
-    check_flag("adaptive", adaptive)
-
-    def leaf(u):
-        u = jnp.asarray(u)
-        if u.ndim != 2:
-            raise ValueError(
-                f"adamx.orthogonalize takes matrices, got an array of shape {u.shape}; give "
-                f"muon's other leaves to AdamW (its `muon_mask`)."
-            )
-        dtype = jnp.dtype(ns_dtype) if ns_dtype is not None else jnp.dtype(compute_dtype(u.dtype))
-        wide = jnp.dtype(jnp.float64 if dtype.itemsize >= 8 else jnp.float32)  # accumulation
-        y = u.astype(dtype)
-        x = y.astype(wide)
-        top = jnp.max(jnp.abs(x), initial=0.0)
-        safe_top = jnp.where(top > 0, top, 1)
-        norm = safe_top * jnp.sqrt(jnp.sum(jnp.square(x / safe_top)))
-        floor = as_scalar(eps, wide)
-        denom = norm + floor if eps_outside else jnp.maximum(norm, floor)
-        denom = jnp.where(norm > 0, denom, 1)
-        transposed = u.shape[0] > u.shape[1]
-        y = y.T if transposed else y
-        y = y / denom.astype(dtype)
-
-        def mm(p, q):
-            return jnp.matmul(p, q, preferred_element_type=wide)
-
-        def step(y, abc):  # each product accumulated in `wide`, rounded once, as torch's
-            a, b, c = (as_scalar(v, wide) for v in abc)
-            gram = mm(y, y.T).astype(dtype)
-            update = (b * gram.astype(wide) + c * mm(gram, gram)).astype(dtype)
-            return (a * y.astype(wide) + mm(update, y)).astype(dtype)
-
-        # loops, not unrolled: XLA would fuse across steps and skip torch's roundings
-        if rows is not None:
-            y, _ = jax.lax.scan(lambda y, abc: (step(y, abc), None), y, jnp.asarray(rows, wide))
-        else:
-            y = jax.lax.fori_loop(0, ns_steps, lambda i, y: step(y, ns_coeffs), y)
-        y = y.T if transposed else y
-        if adaptive:
-            y = y.astype(wide)
-            y = jnp.sum(u.astype(wide) * y) * y
-        return y.astype(u.dtype)
-
-    def update(updates, state, params=None):
-        del params
-        return jax.tree.map(leaf, updates), state
-
-    return transformation(lambda params: optax.EmptyState(), update)
-
-
-def scale_by_shape(kind: str = "rows_over_cols", rms: float = 0.2) -> optax.GradientTransformation:
-    """Scale each matrix's update by a factor of its shape ``(A, B)``.
-
-    Per leaf::
-
-        kind="rows_over_cols":  u = sqrt(max(1, A / B)) * u    (PyTorch's "original")
-        kind="cols_over_rows":  u = sqrt(max(1, B / A)) * u    (optax's width scaling)
-        kind="match_rms":       u = rms * sqrt(max(A, B)) * u  (PyTorch's "match_rms_adamw",
-                                                                optax's consistent_rms)
-
-    PyTorch stores a linear layer as ``(out, in)``, JAX libraries as ``(in, out)``: both
-    readings scale by ``sqrt(max(1, fan_out / fan_in))``. The result is cast to the
-    update's dtype.
-
-    Args:
-      kind: one of the three above. Default ``"rows_over_cols"``.
-      rms: the target RMS of ``"match_rms"``, ``>= 0``. Default 0.2.
-
-    Returns:
-      A stateless ``optax.GradientTransformation`` of 2-D leaves.
-
-    References:
-      Liu et al., "Muon is Scalable for LLM Training", 2025, https://arxiv.org/abs/2502.16982
-    """
-    kinds = ("rows_over_cols", "cols_over_rows", "match_rms")
-    if kind not in kinds:
-        raise ValueError(f"`kind` must be one of {kinds}, got kind={kind!r}.")
-    check_range("rms", rms, low=0.0)
-
-    def leaf(u):
-        u = jnp.asarray(u)
-        rows, cols = u.shape
-        if kind == "rows_over_cols":
-            factor = math.sqrt(max(1.0, rows / cols)) if cols else 1.0
-        elif kind == "cols_over_rows":
-            factor = math.sqrt(max(1.0, cols / rows)) if rows else 1.0
-        else:
-            factor = as_scalar(rms, compute_dtype(u.dtype)) * math.sqrt(max(rows, cols))
-        dtype = compute_dtype(u.dtype)
-        return (u.astype(dtype) * as_scalar(factor, dtype)).astype(u.dtype)
-
-    def update(updates, state, params=None):
-        del params
-        return jax.tree.map(leaf, updates), state
-
-    return transformation(lambda params: optax.EmptyState(), update)
-
-
-def _labels(muon_mask):
+def _labels(muon_mask, dims):
     """The partition's label function: ``"muon"`` where the mask says so (default: the
-    2-D leaves), ``"adam"`` elsewhere; a muon leaf must be a matrix."""
+    2-D leaves), or where ``dims`` holds dimension numbers (``None``: ``"adam"``), and
+    ``"adam"`` elsewhere; a muon leaf must be a matrix, or fit its dimension numbers."""
 
     def labels(tree):
+        paths = [p for p, _ in jax.tree_util.tree_flatten_with_path(tree)[0]]
+        leaves, treedef = jax.tree.flatten(tree)
+        if dims is not None:
+            specs = specs_per_leaf(dims, tree)
+            for path, spec, x in zip(paths, specs, leaves):
+                if spec is not None:  # raises on a leaf the spec does not fit
+                    where = f"`muon_weight_dimension_numbers`: params{jax.tree_util.keystr(path)}"
+                    matrix_axes(spec, jnp.shape(x), where)
+            return jax.tree.unflatten(treedef, ["adam" if s is None else "muon" for s in specs])
         mask = muon_mask(tree) if callable(muon_mask) else muon_mask
         if mask is None:
             mask = jax.tree.map(lambda x: jnp.ndim(x) == 2, tree)
         flags = jax.tree.map(lambda m, x: jax.tree.map(lambda _: bool(m), x), mask, tree)
-        for path, (flag, x) in zip(
-            [p for p, _ in jax.tree_util.tree_flatten_with_path(tree)[0]],
-            zip(jax.tree.leaves(flags), jax.tree.leaves(tree)),
-        ):
+        for path, flag, x in zip(paths, jax.tree.leaves(flags), leaves):
             if flag and jnp.ndim(x) != 2:
                 raise ValueError(
                     f"`muon_mask` marks params{jax.tree_util.keystr(path)} (shape "
                     f"{jnp.shape(x)}) for the Newton-Schulz step, which needs a matrix: "
-                    f"reshape it, or leave it to AdamW (mask False there)."
+                    f"reshape it, give it dimension numbers "
+                    f"(`muon_weight_dimension_numbers`), or leave it to AdamW (mask False there)."
                 )
         return jax.tree.map(lambda f: "muon" if f else "adam", flags)
 
@@ -256,6 +89,7 @@ def muon(
     *,
     nesterov: bool = True,
     adaptive: bool = False,
+    preconditioning: str = "frobenius",
     reading: str = "torch",
     ns_dtype: Any | None = None,
     adjust_lr_fn: str | None = None,
@@ -267,6 +101,7 @@ def muon(
     adam_eps_root: float = 0.0,
     adam_weight_decay: float | None = None,
     adam_learning_rate: ScalarOrSchedule | None = None,
+    muon_weight_dimension_numbers: DimensionNumbers = None,
 ) -> optax.GradientTransformation:
     """Muon: the momentum of each matrix, orthogonalised; AdamW for every other leaf.
 
@@ -274,7 +109,8 @@ def muon(
 
         m = beta * m + (1 - beta) * g
         d = beta * m + (1 - beta) * g         (nesterov; else d = m)
-        O = NS(d)                             (Newton-Schulz in ns_dtype: bfloat16)
+        O = NS(P(d))                          (Newton-Schulz in ns_dtype: bfloat16,
+                                               P: d / max(||d||_F, eps))
         p = p - lr * (sqrt(max(1, A / B)) * O + wd * p)
 
     ``reading="optax"`` (``optax.contrib.muon``) bias-corrects the momentum,
@@ -282,14 +118,18 @@ def muon(
     ``m / (1 - beta**t)``, adds ``eps`` to the norm, runs the iteration in the leaf's
     dtype and scales by ``sqrt(max(1, B / A))`` (JAX's ``(in, out)`` layout). Every other
     leaf (vectors, scalars, and matrices ``muon_mask`` leaves out) takes an AdamW step
-    with the ``adam_*`` hyperparameters. The recipe is an ``optax.partition`` of two
-    chains by the labels of ``muon_mask``::
+    with the ``adam_*`` hyperparameters. A leaf of rank > 2 takes Muon's step as a batch
+    of matrices when ``muon_weight_dimension_numbers`` says how (optax's option). Complex
+    matrices iterate with ``X X^H`` (optax's reading; PyTorch refuses them). The recipe is
+    an ``optax.partition`` of two chains by the labels of ``muon_mask`` (or of
+    ``muon_weight_dimension_numbers``)::
 
         "muon": scale_by_moments(beta, None, mu_dtype=mu_dtype)
                 read_momentum(beta)            # optax: correct_bias_nesterov(beta, None)
                                                #        then read_momentum()
-                orthogonalize(ns_coeffs, ns_steps, eps, ns_dtype=ns_dtype)
-                scale_by_shape(kind)           # the shape factor above
+                orthogonalize(ns_coeffs, ns_steps, eps, ns_dtype=ns_dtype,
+                              preconditioning=..., dimension_numbers=...)
+                scale_by_shape(kind, dimension_numbers=...)  # the shape factor above
                 add_decayed_weights(weight_decay, weight_decay_mask)
                 scale_by_learning_rate(learning_rate)
         "adam": AdamW's chain (adam_b1, adam_b2, adam_eps, adam_eps_root,
@@ -297,8 +137,9 @@ def muon(
 
     Args:
       learning_rate: a number ``>= 0`` or a schedule. Default 1e-3 (PyTorch's).
-      ns_coeffs: ``(a, b, c)`` of the quintic iteration, or a sequence of triples, one
-        per step. Default ``(3.4445, -4.775, 2.0315)``.
+      ns_coeffs: ``(a, b, c)`` of the quintic iteration, a sequence of triples, one per
+        step, or optax's preset ``"standard"`` or ``"dion"`` (five triples, Ahn et al.
+        2025, arXiv:2504.05295). Default ``(3.4445, -4.775, 2.0315)``.
       ns_steps: Newton-Schulz steps, an int ``>= 0``. Default 5.
       beta: the momentum, ``[0, 1)`` (PyTorch's ``momentum``). Default 0.95.
       eps: the norm's floor (torch) or addend (optax), ``>= 0``; ``None``: the reading's,
@@ -312,6 +153,12 @@ def muon(
       nesterov: the look-ahead read of the momentum. Default True.
       adaptive: scale each orthogonalised ``O`` by ``<d, O>`` (optax's ``adaptive``).
         Default False.
+      preconditioning: how ``d`` is scaled before the iteration (optax's names):
+        ``"frobenius"`` (default; ``d / ||d||_F``), ``"spectral"`` (``d / ||d||_2``, an
+        SVD per matrix), ``"aol"`` (each row ``i`` by ``1 / sqrt(sum_j |(d d^H)_ij|)``;
+        Boissin et al. 2025, "Turbo-Muon", arXiv:2512.04632) or ``"schatten"``
+        (``d / sqrt(||d d^H||_F)``; Grishina et al. 2025, arXiv:2506.10935). See
+        :func:`adamx.orthogonalize`.
       reading: ``"torch"`` (default) or ``"optax"``, as above.
       ns_dtype: the dtype of the iteration; ``None``: the reading's, bfloat16 (torch) or
         the leaf's (optax). ``jnp.float32`` costs little on CPU and follows the exact
@@ -330,6 +177,13 @@ def muon(
       adam_eps_root: AdamW's eps inside the root. Default 0.
       adam_weight_decay: AdamW's decoupled decay; ``None`` (default) or 0: none.
       adam_learning_rate: AdamW's learning rate, or ``None`` for ``learning_rate``.
+      muon_weight_dimension_numbers: optax's option, in place of ``muon_mask``: a tree
+        (a prefix of the params) of dimension numbers (``optax.contrib.
+        MuonDimensionNumbers(reduction_axis, output_axis)``, ints or sequences of ints;
+        the other axes are a batch of independent matrices) and ``None`` (that leaf, or
+        subtree, to AdamW), or a function of the params (or updates) returning one; the
+        shape factor reads ``A`` and ``B`` as the products of the reduction and output
+        axes. Default ``None``: the 2-D leaves, as matrices.
 
     Returns:
       An ``optax.GradientTransformation`` (needs ``params`` in ``update`` when decaying);
@@ -378,13 +232,26 @@ def muon(
         adam_eps = 1e-8 if torch_reading else eps
     if ns_dtype is None and torch_reading:
         ns_dtype = jnp.bfloat16
+    if preconditioning not in PRECONDITIONINGS:
+        raise ValueError(
+            f"`preconditioning` must be one of {PRECONDITIONINGS}, got "
+            f"preconditioning={preconditioning!r}."
+        )
+    dims = muon_weight_dimension_numbers
+    check_dimension_numbers("muon_weight_dimension_numbers", dims)
+    if dims is not None and muon_mask is not None:
+        raise ValueError(
+            "`muon_mask` and `muon_weight_dimension_numbers` both say which leaves take "
+            "Muon's step: give one (None in the dimension numbers leaves a leaf to AdamW)."
+        )
     if consistent_rms is not None:
         check_range("consistent_rms", consistent_rms, low=0.0)
-        shape = scale_by_shape("match_rms", consistent_rms)
+        shape = scale_by_shape("match_rms", consistent_rms, dimension_numbers=dims)
     elif adjust_lr_fn == "match_rms_adamw":
-        shape = scale_by_shape("match_rms", 0.2)
+        shape = scale_by_shape("match_rms", 0.2, dimension_numbers=dims)
     else:
-        shape = scale_by_shape("rows_over_cols" if torch_reading else "cols_over_rows")
+        kind = "rows_over_cols" if torch_reading else "cols_over_rows"
+        shape = scale_by_shape(kind, dimension_numbers=dims)
     if torch_reading:
         read = [read_momentum(beta if nesterov else None)]
     else:
@@ -400,6 +267,8 @@ def muon(
             ns_dtype=ns_dtype,
             eps_outside=not torch_reading,
             adaptive=adaptive,
+            preconditioning=preconditioning,
+            dimension_numbers=dims,
         ),
         shape,
         *decay_block(weight_decay, weight_decay_mask),
@@ -413,4 +282,4 @@ def muon(
         *decay_block(adam_weight_decay),
         scale_by_learning_rate(learning_rate if adam_learning_rate is None else adam_learning_rate),
     )
-    return optax.partition({"muon": matrices, "adam": others}, _labels(muon_mask))
+    return optax.partition({"muon": matrices, "adam": others}, _labels(muon_mask, dims))

@@ -150,9 +150,16 @@ def optimistic_adam(
       [-0.1, 0.1]
 
     .. warning::
-       This is optax's ``optimistic_adam_v2``. The deprecated
-       ``optax.optimistic_adam(lr, optimism)`` is ``optimistic_adam(lr, alpha=1,
-       beta=optimism / lr)`` (the paper's optimism defaults to ``lr``: ``beta=1``).
+       This is optax's ``optimistic_adam_v2`` (also exported under that name,
+       ``adamx.optimistic_adam_v2``, the same function). optax's ``optimistic_adam`` is
+       the deprecated first interface (it warns, takes no schedule, and its second
+       positional is ``optimism``): ``optax.optimistic_adam(lr, optimism)`` is
+       ``adamx.optimistic_adam(lr, alpha=1, beta=optimism / lr)``, and
+       ``optax.optimistic_adam(lr)`` the same numbers as ``adamx.optimistic_adam(lr)``
+       (optimism defaults to ``lr``: ``beta=1``). adamx keeps the current interface under
+       the plain name, and issues no ``DeprecationWarning``; ``alpha`` and ``beta`` are
+       keyword-only, so a v1 call with ``optimism`` given positionally raises a
+       ``TypeError`` instead of meaning something else.
 
     References:
       Daskalakis et al., "Training GANs with Optimism", ICLR 2018,
@@ -168,3 +175,7 @@ def optimistic_adam(
         scale_by_optimistic_gradient(alpha, beta),
         scale_by_learning_rate(learning_rate),
     )
+
+
+# optax's name for the same interface (its plain `optimistic_adam` is the deprecated v1)
+optimistic_adam_v2 = optimistic_adam

@@ -38,8 +38,8 @@ from adamx.optimizers._guard import recipe
 
 
 class ScheduleFreeState(NamedTuple):
-    """State of :func:`scale_by_schedule_free` (the fields of optax's ``ScheduleFreeState``
-    but the base optimizer's, which here is the rest of the chain).
+    """State of :func:`scale_by_schedule_free`: optax's ``ScheduleFreeState``, field for
+    field, so that ``optax.contrib.schedule_free_eval_params`` reads it too.
 
     Attributes:
       b1: the interpolation weight ``b1``, a 0-d array in the params' lowest real dtype
@@ -48,6 +48,8 @@ class ScheduleFreeState(NamedTuple):
       step_count: int32, 1 before the first update (optax's count, which reads the
         learning-rate schedule one step ahead of the chain's own ``count``).
       max_lr: the largest learning rate seen so far.
+      base_optimizer_state: the state of the base step's blocks (``base_optimizer``);
+        ``optax.EmptyState()`` for the bare block.
       z: the base sequence ``z`` (the SGD or AdamW iterates), a tree like the params in
         their dtypes or ``state_dtype``.
     """
@@ -56,6 +58,7 @@ class ScheduleFreeState(NamedTuple):
     weight_sum: jax.Array
     step_count: jax.Array
     max_lr: jax.Array
+    base_optimizer_state: Any
     z: PyTree
 
 
@@ -72,7 +75,9 @@ def _lowest_real_dtype(params) -> jnp.dtype:
 def warmup_constant(learning_rate, warmup_steps: int | None) -> ScalarOrSchedule:
     """``learning_rate`` after a linear warmup from 0 over ``warmup_steps`` updates
     (``optax.warmup_constant_schedule(0, lr, warmup_steps)``, written in one dtype so that it
-    runs under strict promotion); ``learning_rate`` itself when ``warmup_steps`` is None."""
+    runs under strict promotion); ``learning_rate`` itself when ``warmup_steps`` is None.
+    A schedule ``lr(count)`` is warmed up the same way: ``lr(count) * min(count, W) / W``
+    (optax's warmup takes numbers only)."""
     if warmup_steps is None:
         return learning_rate
 
@@ -80,7 +85,8 @@ def warmup_constant(learning_rate, warmup_steps: int | None) -> ScalarOrSchedule
         dtype = scalar_dtype()
         c = jnp.clip(jnp.asarray(count, dtype), 0, warmup_steps)
         frac = 1 - c / as_scalar(warmup_steps, dtype)
-        peak = as_scalar(learning_rate, dtype)
+        rate = learning_rate(count) if callable(learning_rate) else learning_rate
+        peak = jnp.asarray(rate).astype(dtype)
         return -peak * frac + peak
 
     return schedule
@@ -111,13 +117,18 @@ def scale_by_schedule_free(
     b1: float = 0.9,
     weight_lr_power: float = 2.0,
     state_dtype: Any | None = None,
+    *,
+    base_optimizer: optax.GradientTransformation | None = None,
 ) -> optax.GradientTransformation:
-    """Schedule-Free's interpolation and averaging, after a base step ``u`` (no momentum).
+    """Schedule-Free's interpolation and averaging, around a base step ``u`` (no momentum).
 
-    Put last in a chain whose earlier blocks give the base optimizer's step ``u`` (already
-    times ``-lr``). The params it receives are ``y``, where the gradient was taken; it keeps
-    the base iterate ``z`` and returns the update that moves ``y`` to the next ``y``. With
-    ``k`` the number of earlier updates::
+    ``base_optimizer`` gives the base optimizer's step ``u`` (already times ``-lr``; a
+    chain of blocks, run inside this one, its state kept in the field
+    ``base_optimizer_state`` as in ``optax.contrib.schedule_free``); without it, the
+    block takes its input updates as ``u`` and goes last in a chain. The params it
+    receives are ``y``, where the gradient was taken; it keeps the base iterate ``z`` and
+    returns the update that moves ``y`` to the next ``y``. With ``k`` the number of
+    earlier updates::
 
         lr_max = max(lr_max, lr(k + 1));   w = lr_max**weight_lr_power
         c      = w / (w_sum + w);          w_sum = w_sum + w      (c = 0 where 0 / 0)
@@ -144,10 +155,13 @@ def scale_by_schedule_free(
       weight_lr_power: the averaging weight is ``lr_max**weight_lr_power``, ``>= 0``.
         Default 2.0.
       state_dtype: the dtype ``z`` is kept in, or ``None`` for the params'. Default None.
+      base_optimizer: the transformation giving ``u`` from the gradient, or ``None``
+        (the updates are ``u``). Default None.
 
     Returns:
-      An ``optax.GradientTransformation`` whose state is :class:`ScheduleFreeState`; it
-      needs ``params`` in ``update``.
+      An ``optax.GradientTransformation`` whose state is :class:`ScheduleFreeState` (the
+      one ``optax.contrib.schedule_free_eval_params`` takes when the block holds the base
+      step); it needs ``params`` in ``update``.
 
     References:
       Defazio et al., "The Road Less Scheduled", NeurIPS 2024,
@@ -155,6 +169,7 @@ def scale_by_schedule_free(
     """
     check_learning_rate(learning_rate)
     check_schedule_free(b1, weight_lr_power, state_dtype, None)
+    base = optax.identity() if base_optimizer is None else base_optimizer
 
     def init(params):
         dtype = _lowest_real_dtype(params)
@@ -170,6 +185,7 @@ def scale_by_schedule_free(
             weight_sum=jnp.zeros([], dtype),
             step_count=jnp.ones([], jnp.int32),
             max_lr=jnp.zeros([], dtype),
+            base_optimizer_state=base.init(params),
             z=jax.tree.map(z_leaf, params),
         )
 
@@ -179,6 +195,7 @@ def scale_by_schedule_free(
     def update(updates, state, params=None):
         require_params(params, "adamx.scale_by_schedule_free")
         check_trees_match(updates, state.z, "the updates", "the optimizer state")
+        updates, base_state = base.update(updates, state.base_optimizer_state, params)
         sd = state.max_lr.dtype
         if callable(learning_rate):
             lr = jnp.asarray(learning_rate(state.step_count), sd)
@@ -207,6 +224,7 @@ def scale_by_schedule_free(
             weight_sum=total,
             step_count=safe_increment(state.step_count),
             max_lr=max_lr,
+            base_optimizer_state=base_state,
             z=z,
         )
         return new_updates, new_state
@@ -292,15 +310,16 @@ def schedule_free_sgd(
         x = (1 - c) * x + c * z
         y = b1 * x + (1 - b1) * z                        (the new params)
 
-    The recipe is SGD's chain with the schedule-free block last::
+    The recipe is the schedule-free block around SGD's chain (optax's state layout)::
 
-        add_decayed_weights(weight_decay)     # coupled, omitted when None or 0
-        scale_by_learning_rate(lr)            # warmed up over warmup_steps
-        scale_by_schedule_free(lr, b1, weight_lr_power, state_dtype)
+        scale_by_schedule_free(lr, b1, weight_lr_power, state_dtype, base_optimizer=chain(
+            add_decayed_weights(weight_decay),    # coupled, omitted when None or 0
+            scale_by_learning_rate(lr)))          # warmed up over warmup_steps
 
     Args:
       learning_rate: a number ``>= 0`` or a schedule (best constant). Default 1.0 (optax's).
-      warmup_steps: a linear warmup from 0 over this many updates, a positive int, or None.
+      warmup_steps: a linear warmup from 0 over this many updates, a positive int, or None
+        (a schedule `learning_rate` is multiplied by the warmup).
       b1: the interpolation weight, ``(0, 1]``. Default 0.9.
       weight_decay: coupled L2 coefficient, ``>= 0``, taken at ``y``; None (default) or 0
         leave the block out.
@@ -338,11 +357,8 @@ def schedule_free_sgd(
     check_learning_rate(learning_rate)
     check_schedule_free(b1, weight_lr_power, state_dtype, warmup_steps)
     lr = warmup_constant(learning_rate, warmup_steps)
-    return optax.chain(
-        *decay_block(weight_decay),
-        scale_by_learning_rate(lr),
-        scale_by_schedule_free(lr, b1, weight_lr_power, state_dtype),
-    )
+    base = optax.chain(*decay_block(weight_decay), scale_by_learning_rate(lr))
+    return scale_by_schedule_free(lr, b1, weight_lr_power, state_dtype, base_optimizer=base)
 
 
 @recipe
@@ -368,20 +384,21 @@ def schedule_free_adamw(
         x = (1 - c) * x + c * z
         y = b1 * x + (1 - b1) * z                        (the new params)
 
-    The recipe is AdamW's chain without a first moment (RMSProp's read-out) and with the
-    schedule-free block last::
+    The recipe is the schedule-free block around AdamW's chain without a first moment
+    (RMSProp's read-out)::
 
-        scale_by_moments(None, b2)
-        use_gradient()
-        normalize(eps, b2=b2)
-        add_decayed_weights(weight_decay)     # decoupled, omitted when None or 0
-        scale_by_learning_rate(lr)            # warmed up over warmup_steps
-        scale_by_schedule_free(lr, b1, weight_lr_power, state_dtype)
+        scale_by_schedule_free(lr, b1, weight_lr_power, state_dtype, base_optimizer=chain(
+            scale_by_moments(None, b2),
+            use_gradient(),
+            normalize(eps, b2=b2),
+            add_decayed_weights(weight_decay),    # decoupled, omitted when None or 0
+            scale_by_learning_rate(lr)))          # warmed up over warmup_steps
 
     Args:
       learning_rate: a number ``>= 0`` or a schedule (best constant). Default 0.0025
         (optax's).
-      warmup_steps: a linear warmup from 0 over this many updates, a positive int, or None.
+      warmup_steps: a linear warmup from 0 over this many updates, a positive int, or None
+        (a schedule `learning_rate` is multiplied by the warmup).
       b1: the interpolation weight, ``(0, 1]``. Default 0.9.
       b2: decay of the second moment, ``[0, 1)``. Default 0.999.
       eps: added to the root of the bias-corrected ``v``, ``>= 0``. Default 1e-8.
@@ -421,11 +438,11 @@ def schedule_free_adamw(
     check_learning_rate(learning_rate)
     check_schedule_free(b1, weight_lr_power, state_dtype, warmup_steps)
     lr = warmup_constant(learning_rate, warmup_steps)
-    return optax.chain(
+    base = optax.chain(
         scale_by_moments(None, b2),
         use_gradient(),
         normalize(eps, b2=b2),
         *decay_block(weight_decay),
         scale_by_learning_rate(lr),
-        scale_by_schedule_free(lr, b1, weight_lr_power, state_dtype),
     )
+    return scale_by_schedule_free(lr, b1, weight_lr_power, state_dtype, base_optimizer=base)

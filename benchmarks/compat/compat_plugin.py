@@ -3,7 +3,8 @@
 Loaded by ``optax_suite.py`` as ``pytest -p compat_plugin``; configured by environment variables:
 
 * ``ADAMX_COMPAT_MODE``: ``none`` (baseline, nothing substituted), ``optimizers`` (every name in
-  ``adamx.OPTIMIZERS`` that optax also has, in ``optax`` or ``optax.contrib``) or ``blocks`` (the
+  ``adamx.OPTIMIZERS`` that optax also has, in ``optax`` or ``optax.contrib``, and every public
+  adamx name bound to one of them, such as ``optimistic_adam_v2``) or ``blocks`` (the
   optimizers and, in addition, every other public adamx callable with an optax namesake).
 * ``ADAMX_COMPAT_OUT``: where to write the per-test results (JSON).
 
@@ -53,6 +54,13 @@ def substitution_table(mode: str) -> dict[str, tuple[list, object]]:
     import adamx
 
     names = list(adamx.OPTIMIZERS)
+    # optax's other names for a registered optimizer (optimistic_adam_v2: the same function)
+    registered = [getattr(adamx, n) for n in adamx.OPTIMIZERS]
+    names += [
+        n
+        for n in adamx.__all__
+        if n not in names and any(getattr(adamx, n) is f for f in registered)
+    ]
     if mode == "blocks":
         names += [n for n in adamx.__all__ if n not in adamx.OPTIMIZERS]
     table = {}
