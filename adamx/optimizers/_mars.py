@@ -103,18 +103,30 @@ def scale_by_mars_correction(
                 scale = as_scalar(float(gamma) * float(b1) / one_minus(b1), rd)
             else:
                 scale = as_scalar(gamma, rd) * as_scalar(b1, rd) / as_scalar(one_minus(b1), rd)
-            c = gc + scale.astype(dtype) * (gc - pc)
-            if max_norm is not None:
-                norm = jnp.sqrt(jnp.sum(abs_sq(c)))
-                limit = as_scalar(max_norm, rd)
-                shrink = jnp.where(norm > limit, limit / jnp.where(norm > limit, norm, 1), 1)
-                c = c * shrink.astype(dtype)
+            k = scale.astype(dtype)
+            if max_norm is None:
+                c = gc + k * (gc - pc)
+                return c.astype(g.dtype), g.astype(g_prev.dtype)
+            # formed on g / top and g_prev / top (top = their largest |element|), so that
+            # neither c nor its norm overflows where g is near the dtype's largest finite
+            top = jnp.maximum(_max_abs(gc), _max_abs(pc))
+            top = jnp.where(top > 0, top, 1).astype(rd)
+            cs = gc / top.astype(dtype) + k * (gc / top.astype(dtype) - pc / top.astype(dtype))
+            norm = jnp.sqrt(jnp.sum(abs_sq(cs)))  # ||c|| / top
+            clip = norm > as_scalar(max_norm, rd) / top
+            factor = jnp.where(clip, as_scalar(max_norm, rd) / jnp.where(clip, norm, 1), top)
+            c = cs * factor.astype(dtype)
             return c.astype(g.dtype), g.astype(g_prev.dtype)
 
         corrected, previous = map_unzip(leaf, 2, grads, state.previous_grad)
         return corrected, MarsState(previous_grad=previous)
 
     return transformation(init, update)
+
+
+def _max_abs(x: jax.Array) -> jax.Array:
+    """The largest ``|element|`` of a leaf (0 for an empty one), real."""
+    return jnp.max(jnp.abs(x), initial=0).astype(real_dtype(x.dtype))
 
 
 @recipe
