@@ -55,22 +55,25 @@ class LaProp:
         return out
 
 
-def _cautious_scale(keep, floor):
-    """Liang et al. 2024: ``d / (nnz + 1)`` (Algorithm 1), or ``1 / max(mean, floor)``."""
-    if floor is None:
+def _cautious_scale(keep, eps):
+    """Liang et al. 2024: ``d / (nnz + 1)`` (Algorithm 2, C-AdamW), or
+    ``1 / (mean + eps)`` (Algorithm 1, the one-line form)."""
+    if eps is None:
         return keep.size / (np.sum(keep) + 1.0)
-    return 1.0 / max(float(np.mean(keep)), floor)
+    return 1.0 / (float(np.mean(keep)) + eps)
 
 
 class CautiousAdamW:
     """Liang et al. 2024, C-AdamW: Adam's direction ``u = m^ / (sqrt(v^) + eps)``, kept
-    where ``u g > 0`` and scaled per leaf (``_cautious_scale``); the decoupled decay
-    ``-lr wd p`` outside the mask, at the full rate, as the authors' code applies it (to
-    ``p`` before the step)."""
+    where ``u g > 0`` (strict, Algorithm 2) and scaled per leaf (``_cautious_scale``); the
+    decoupled decay ``-lr wd p`` outside the mask, at the full rate. The paper's Algorithm
+    2 decays the weights after the masked step; the authors' code (and this reference)
+    decays ``p`` before it, as AdamW does."""
 
     def __init__(self, shapes, lr=1e-3, b1=0.9, b2=0.999, eps=1e-8, wd=0.0, decay=None,
-                 floor=None):  # fmt: skip
-        self.lr, self.b1, self.b2, self.eps, self.wd, self.floor = lr, b1, b2, eps, wd, floor
+                 eps_mask=None):  # fmt: skip
+        self.lr, self.b1, self.b2, self.eps, self.wd = lr, b1, b2, eps, wd
+        self.eps_mask = eps_mask
         self.decay = _flags(decay, shapes)
         self.m = [np.zeros(s) for s in shapes]
         self.v = [np.zeros(s) for s in shapes]
@@ -86,7 +89,7 @@ class CautiousAdamW:
             u = (self.m[i] / (1 - b1**t)) / (np.sqrt(self.v[i] / (1 - b2**t)) + self.eps)
             keep = (u * g > 0).astype(np.float64)
             wd = self.wd if self.decay[i] else 0.0
-            out.append(p - self.lr * (_cautious_scale(keep, self.floor) * keep * u + wd * p))
+            out.append(p - self.lr * (_cautious_scale(keep, self.eps_mask) * keep * u + wd * p))
         return out
 
 
@@ -94,8 +97,8 @@ class CautiousLion:
     """Liang et al. 2024, C-Lion: Lion's ``u = sign(b1 m + (1-b1) g)``, kept where
     ``u g > 0`` and scaled per leaf; ``m = b2 m + (1-b2) g``; decay outside the mask."""
 
-    def __init__(self, shapes, lr=1e-4, b1=0.9, b2=0.99, wd=0.0, decay=None, floor=None):
-        self.lr, self.b1, self.b2, self.wd, self.floor = lr, b1, b2, wd, floor
+    def __init__(self, shapes, lr=1e-4, b1=0.9, b2=0.99, wd=0.0, decay=None, eps_mask=None):
+        self.lr, self.b1, self.b2, self.wd, self.eps_mask = lr, b1, b2, wd, eps_mask
         self.decay = _flags(decay, shapes)
         self.m = [np.zeros(s) for s in shapes]
 
@@ -106,7 +109,7 @@ class CautiousLion:
             keep = (u * g > 0).astype(np.float64)
             self.m[i] = self.b2 * self.m[i] + (1 - self.b2) * g
             wd = self.wd if self.decay[i] else 0.0
-            out.append(p - self.lr * (_cautious_scale(keep, self.floor) * keep * u + wd * p))
+            out.append(p - self.lr * (_cautious_scale(keep, self.eps_mask) * keep * u + wd * p))
         return out
 
 

@@ -105,11 +105,11 @@ def test_cautious_lion_masks_the_step_but_not_the_decay():
     np.testing.assert_allclose(u2["w"], want, rtol=1e-6)
 
 
-def test_cautious_mask_floor_scales_by_the_mean():
-    """``mask_floor``: 1 / max(mean(phi), floor); 1 of 4 kept here, so the scale is
-    1 / max(0.25, 0.5) = 2 (the paper's would be 4 / (1 + 1))."""
+def test_cautious_eps_scales_by_the_mean_plus_eps():
+    """``eps``: the one-line form 1 / (mean(phi) + eps); 1 of 4 kept here, so the scale is
+    1 / (0.25 + 0.25) = 2 (C-AdamW's d / (nnz + 1) would be 4 / (1 + 1) as well: eps = 1/d)."""
     g = {"w": jnp.asarray([2.0, 0.0, 0.0, 0.0])}
-    opt = adamx.cautious(adamx.sgd(0.5), mask_floor=0.5)
+    opt = adamx.cautious(adamx.sgd(0.5), eps=0.25)
     u, _ = opt.update(g, opt.init(g), g)
     np.testing.assert_allclose(u["w"], -0.5 * np.asarray([2.0, 0.0, 0.0, 0.0]) * 2)
 
@@ -143,16 +143,16 @@ def test_cautious_composes_with_skip_nonfinite_and_with_storage():
         (lambda: adamx.laprop(eps=-1.0), "eps=-1.0"),
         (lambda: adamx.mars(gamma=-0.1), "gamma=-0.1"),
         (lambda: adamx.mars(max_norm=0.0), "max_norm=0.0"),
-        (lambda: adamx.cautious(adamx.adamw(), mask_floor=0.0), "mask_floor=0.0"),
-        (lambda: adamx.cautious(adamx.adamw(), mask_floor=2.0), "mask_floor=2.0"),
+        (lambda: adamx.cautious(adamx.adamw(), eps=0.0), "eps=0.0"),
+        (lambda: adamx.cautious(adamx.adamw(), eps=-1.0), "eps=-1.0"),
         (lambda: adamx.cautious(adamx.adam(weight_decay=0.1)), "coupled L2"),
         (lambda: adamx.cautious(adamx.adamw(maximize=True)), "maximize=True"),
         (lambda: adamx.cautious(adamx.adamw).init({"w": jnp.ones(2)}), "opt=<function"),
         (lambda: adamx.cautious(adamx.adam()).init({"w": jnp.ones(2, jnp.complex64)}),
          "complex"),
     ],
-    ids=["laprop-b1", "laprop-eps", "mars-gamma", "mars-max_norm", "floor-0", "floor-2",
-         "coupled", "maximize", "not-a-transformation", "complex"],
+    ids=["laprop-b1", "laprop-eps", "mars-gamma", "mars-max_norm", "cautious-eps-0",
+         "cautious-eps-neg", "coupled", "maximize", "not-a-transformation", "complex"],
 )  # fmt: skip
 def test_bad_values_raise_naming_the_argument(make, shown):
     with pytest.raises(ValueError) as info:

@@ -42,7 +42,7 @@ def _check_wrappable(opt: optax.GradientTransformation) -> None:
 
 
 def cautious(
-    opt: optax.GradientTransformation, *, mask_floor: float | None = None
+    opt: optax.GradientTransformation, *, eps: float | None = None
 ) -> optax.GradientTransformationExtraArgs:
     """The Cautious form of a recipe: the components of its step whose sign disagrees with
     the gradient's are dropped, the others scaled up.
@@ -51,23 +51,20 @@ def cautious(
     params), ``u0`` its update at zero params (the step the gradient makes) and ``g`` the
     gradient::
 
-        phi = (u0 * g < 0)                  1 where the step descends, else 0
-        s   = d / (sum(phi) + 1)            mask_floor=None (the paper's)
-        s   = 1 / max(mean(phi), floor)     mask_floor=floor (the authors' later code)
+        phi = (u0 * g < 0)                 1 where the step descends, else 0 (strict)
+        s   = 1 / (mean(phi) + eps)        eps=None: 1 / d, i.e. s = d / (sum(phi) + 1)
         u   = s * phi * u0 + (u - u0)
 
     ``u - u0`` is the part of the update that reads the params: the decoupled weight decay
-    ``-lr * wd * p`` of :func:`adamx.adamw` and :func:`adamx.lion`, which the paper applies
-    outside the mask, at the full learning rate, to every element (Algorithm 1, C-AdamW;
-    the authors' C-AdamW and C-Lion decay ``p`` before the masked step). Without ``params``
-    the update is ``s * phi * u``. A component with a zero gradient is dropped (the
-    authors' ``u * g > 0``, strict). ``cautious(adamx.adamw(...))`` is C-AdamW and
-    ``cautious(adamx.lion(...))`` C-Lion; any recipe whose update reads the params only
-    through a decoupled decay may be wrapped (adam, nadamw, adamaxw, signum, sgd with
-    momentum, ...). Recipes whose direction reads the params (lamb, lars, adafactor,
-    novograd, schedule-free, coupled L2) cannot be split this way: their masked part would
-    be their step at zero params. ``adam(weight_decay=...)`` and ``sgd(weight_decay=...)``
-    (coupled) and ``maximize=True`` are refused.
+    ``-lr * wd * p`` of :func:`adamx.adamw` and :func:`adamx.lion`, which the paper keeps
+    out of the mask, unscaled, at the full learning rate (Algorithm 2, C-AdamW).
+    ``cautious(adamx.adamw(...))`` is C-AdamW and ``cautious(adamx.lion(...))`` C-Lion.
+    Any recipe whose update reads the params only through a decoupled decay may be wrapped
+    (adam, nadamw, adamaxw, signum, sgd with momentum, laprop, mars, ...). Recipes whose
+    direction reads the params (lamb, lars, adafactor, novograd, schedule-free, and coupled
+    L2) cannot be split this way: their masked part would be their step at zero params.
+    ``adam(weight_decay=...)`` and ``sgd(weight_decay=...)`` (coupled) and
+    ``maximize=True`` are refused. Without ``params`` the update is ``s * phi * u``.
 
     ``opt.update`` is called twice, with the params and with zeros; under ``jax.jit`` XLA
     computes the shared part (the moments) once. The state is ``opt``'s own, so
@@ -77,9 +74,9 @@ def cautious(
 
     Args:
       opt: the recipe to make cautious, e.g. ``adamx.adamw(3e-4, weight_decay=0.1)``.
-      mask_floor: ``None`` for the paper's scale ``d / (sum(phi) + 1)``; a number in
-        ``(0, 1]`` for ``1 / max(mean(phi), mask_floor)`` (the authors' later code and
-        timm's use 1e-3). Default None.
+      eps: the paper's one-line form ``1 / (mean(phi) + eps)`` (Algorithm 1), ``> 0``; or
+        ``None`` for its C-AdamW, ``d / (sum(phi) + 1)`` (Algorithm 2), which is
+        ``eps = 1 / d`` per leaf. Default None.
 
     Returns:
       An ``optax.GradientTransformationExtraArgs`` with ``opt``'s state.
@@ -97,20 +94,21 @@ def cautious(
       [-0.285, 0.0, 0.0]
 
     .. warning::
-       The scale is per leaf (per tensor, as in the authors' code), not over the whole
-       model as the paper's ``d`` reads. Where almost every component disagrees the few
-       kept are scaled by up to ``d / 2`` (``mask_floor`` bounds it by ``1 / floor``).
+       The scale is per leaf (per tensor, as in the authors' code), where the paper's ``d``
+       reads as the whole model's size. The paper's Algorithm 2 decays the weights after
+       the masked step, ``w = (w - s*phi*step) (1 - lr wd)``; here, as in the authors'
+       C-AdamW and C-Lion code (and AdamW), the decay is of the weights before the step,
+       which differs by ``lr wd`` times the masked step. The authors' later code scales by
+       ``1 / max(mean(phi), 1e-3)`` (as timm's ``caution``), close to ``eps=1e-3``.
 
     References:
       Liang, Chen, Liu & Liu, "Cautious Optimizers: Improving Training with One Line of
       Code", 2024, https://arxiv.org/abs/2411.16085
     """
     _check_wrappable(opt)
-    check_optional_range("mask_floor", mask_floor, low=0.0, high=1.0)
-    if mask_floor is not None and concrete_value(mask_floor) == 0.0:
-        raise ValueError(
-            f"`mask_floor` must lie in (0, 1] or be None, got mask_floor={mask_floor!r}."
-        )
+    check_optional_range("eps", eps, low=0.0)
+    if eps is not None and concrete_value(eps) == 0.0:
+        raise ValueError(f"`eps` must be > 0 or None, got eps={eps!r}.")
     inner = optax.with_extra_args_support(opt)
 
     def init(params):
@@ -127,10 +125,10 @@ def cautious(
         dtype = compute_dtype(u0.dtype)
         u0c = u0.astype(dtype)
         keep = (u0c * jnp.asarray(g).astype(dtype) < 0).astype(dtype)
-        if mask_floor is None:
+        if eps is None:  # d / (nnz + 1): mean(phi) + 1/d, formed without the division
             scale = jnp.asarray(keep.size, dtype) / (jnp.sum(keep) + 1)
         else:
-            scale = 1 / jnp.maximum(jnp.mean(keep), jnp.asarray(mask_floor, dtype))
+            scale = 1 / (jnp.mean(keep) + jnp.asarray(eps, dtype))
         return scale * keep * u0c
 
     def update(grads, state, params=None, **extra_args):
