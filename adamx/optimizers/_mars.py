@@ -107,26 +107,30 @@ def scale_by_mars_correction(
             if max_norm is None:
                 c = gc + k * (gc - pc)
                 return c.astype(g.dtype), g.astype(g_prev.dtype)
-            # formed on g / top and g_prev / top (top = their largest |element|), so that
-            # neither c nor its norm overflows where g is near the dtype's largest finite
-            top = jnp.maximum(_max_abs(gc), _max_abs(pc))
-            top = jnp.where(top > 0, top, 1).astype(rd)
-            cs = gc / top.astype(dtype) + k * (gc / top.astype(dtype) - pc / top.astype(dtype))
-            norm = jnp.sqrt(jnp.sum(abs_sq(cs)))  # ||c|| / top
-            clip = norm > as_scalar(max_norm, rd) / top
-            factor = jnp.where(clip, as_scalar(max_norm, rd) / jnp.where(clip, norm, 1), top)
-            c = cs * factor.astype(dtype)
+            limit = as_scalar(max_norm, rd)
+            c = gc + k * (gc - pc)
+            n2 = jnp.sum(abs_sq(c))
+
+            def clipped(c):
+                norm = jnp.sqrt(n2)
+                clip = norm > limit
+                return c * jnp.where(clip, limit / jnp.where(clip, norm, 1), 1).astype(dtype)
+
+            def clipped_huge(c):  # sum(|c|**2) overflowed (|c| past ~1e19): from g / 2**100
+                tiny = jnp.asarray(2.0**-100, dtype)
+                cb = gc * tiny + k * (gc * tiny - pc * tiny)  # fits wherever g and g_prev do
+                norm = jnp.sqrt(jnp.sum(abs_sq(cb)))  # ||c|| / 2**100
+                clip = norm > limit * jnp.asarray(2.0**-100, rd)
+                factor = jnp.where(clip, limit / jnp.where(clip, norm, 1), 1 / tiny.real)
+                return cb * factor.astype(dtype)
+
+            c = jax.lax.cond(jnp.isfinite(n2), clipped, clipped_huge, c)
             return c.astype(g.dtype), g.astype(g_prev.dtype)
 
         corrected, previous = map_unzip(leaf, 2, grads, state.previous_grad)
         return corrected, MarsState(previous_grad=previous)
 
     return transformation(init, update)
-
-
-def _max_abs(x: jax.Array) -> jax.Array:
-    """The largest ``|element|`` of a leaf (0 for an empty one), real."""
-    return jnp.max(jnp.abs(x), initial=0).astype(real_dtype(x.dtype))
 
 
 @recipe
