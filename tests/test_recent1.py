@@ -158,3 +158,22 @@ def test_bad_values_raise_naming_the_argument(make, shown):
     with pytest.raises(ValueError) as info:
         make()
     assert shown in str(info.value)
+
+
+def test_readme_laprop_chain_is_adamx_laprop():
+    """The README shows LaProp as Adam's blocks reordered; it is the recipe."""
+    from test_docs import ROOT, python_blocks
+
+    namespace = {}
+    for code in python_blocks((ROOT / "README.md").read_text()):
+        if "laprop = optax.chain" in code:
+            exec(compile(code, "README.md", "exec"), namespace)
+    chain, alias = namespace["laprop"], adamx.laprop()
+    params = {"w": jnp.linspace(-1.0, 1.0, 5)}
+    s1, s2 = chain.init(params), alias.init(params)
+    f1, f2 = jax.jit(chain.update), jax.jit(alias.update)
+    for i in range(3):
+        g = {"w": jnp.sin(params["w"] * (i + 1.0))}
+        u1, s1 = f1(g, s1, params)
+        u2, s2 = f2(g, s2, params)
+        np.testing.assert_array_equal(np.asarray(u1["w"]), np.asarray(u2["w"]))
