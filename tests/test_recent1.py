@@ -21,7 +21,7 @@ from test_sign_free import FLAGS, MASK, STEPS, assert_close, make_problem, np_gr
 import adamx
 
 REFERENCE = [  # (id, adamx call, reference class, its kwargs)
-    # b1 > b2, where Adam diverges and LaProp does not; decay with a mask
+    # b1 > sqrt(b2), where Adam's step is unbounded and LaProp's is not; decay with a mask
     ("laprop", lambda: adamx.laprop(0.01, 0.95, 0.9, 1e-8, weight_decay=0.05, mask=MASK),
      ref.LaProp, dict(lr=0.01, b1=0.95, b2=0.9, eps=1e-8, wd=0.05, decay=FLAGS)),
     ("cautious_adamw", lambda: adamx.cautious(adamx.adamw(0.02, 0.8, 0.99, 1e-6,

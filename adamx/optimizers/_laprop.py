@@ -119,10 +119,11 @@ def laprop(
 
     Adam averages the gradient, then divides the average by ``sqrt(v^)``; LaProp divides
     each gradient by the ``sqrt(v^)`` of its own step, then averages. The momentum and the
-    adaptivity are then separate: ``b1`` and ``b2`` may be chosen freely (``b1 > b2``
-    included, where Adam diverges), and the step is bounded by ``lr / (1 - b1**t)`` times
-    the largest normalised gradient. The recipe is Adam's chain with the read-out moved
-    before the first moment::
+    adaptivity are then separate: every normalised gradient is at most
+    ``sqrt((1 - b2**t) / (1 - b2))`` in size (``v >= (1 - b2) g**2``), so is the bias-corrected
+    average, whatever ``b1`` (Adam's step has no such bound once ``b1 > sqrt(b2)``, the
+    paper's case for LaProp). The recipe is Adam's chain with the read-out moved before the
+    first moment::
 
         normalize_by_rms(b2, eps)                  # v, and d = g / (sqrt(v^) + eps)
         scale_by_moments(b1, None, mu_dtype=mu_dtype)   # m = EMA of d
