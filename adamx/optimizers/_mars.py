@@ -104,11 +104,10 @@ def scale_by_mars_correction(
             else:
                 scale = as_scalar(gamma, rd) * as_scalar(b1, rd) / as_scalar(one_minus(b1), rd)
             k = scale.astype(dtype)
+            c = gc + k * (gc - pc)
             if max_norm is None:
-                c = gc + k * (gc - pc)
                 return c.astype(g.dtype), g.astype(g_prev.dtype)
             limit = as_scalar(max_norm, rd)
-            c = gc + k * (gc - pc)
             n2 = jnp.sum(abs_sq(c))
 
             def clipped(c):
