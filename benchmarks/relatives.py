@@ -47,6 +47,7 @@ def contenders() -> dict[str, optax.GradientTransformation]:
         "adamw: optax": optax.adamw(lr, weight_decay=1e-2),
         "laprop: adamx": adamx.laprop(lr, weight_decay=1e-2),
         "mars: adamx": adamx.mars(lr, weight_decay=1e-2),
+        "mars (lion): adamx": adamx.mars(lr, weight_decay=1e-2, instance="lion"),
         "cautious(adamw): adamx": adamx.cautious(adamx.adamw(lr, fused=False)),
         "lion: adamx (XLA path)": adamx.lion(lr, weight_decay=1e-2, fused=False),
         "cautious(lion): adamx": adamx.cautious(adamx.lion(lr, weight_decay=1e-2, fused=False)),

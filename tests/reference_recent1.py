@@ -149,3 +149,23 @@ class MarsAdamW:
             wd = self.wd if self.decay[i] else 0.0
             out.append(p - self.lr * (u + wd * p))
         return out
+
+
+class MarsLion(MarsAdamW):
+    """Yuan et al. 2024, MARS-Lion: the corrected, clipped ``c`` of :class:`MarsAdamW`,
+    ``m = b1 m + (1-b1) c``, ``p -= lr (sign(m) + wd p)`` (no second moment)."""
+
+    def step(self, params, grads):
+        self.t += 1
+        b1 = self.b1
+        out = []
+        for i, (p, g) in enumerate(zip(params, grads)):
+            c = g + self.gamma * b1 / (1 - b1) * (g - self.prev[i])
+            self.prev[i] = g.copy()
+            norm = math.sqrt(float(np.sum(c * c)))
+            if self.max_norm is not None and norm > self.max_norm:
+                c = c * (self.max_norm / norm)
+            self.m[i] = b1 * self.m[i] + (1 - b1) * c
+            wd = self.wd if self.decay[i] else 0.0
+            out.append(p - self.lr * (np.sign(self.m[i]) + wd * p))
+        return out

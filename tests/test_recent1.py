@@ -33,6 +33,8 @@ REFERENCE = [  # (id, adamx call, reference class, its kwargs)
                                 max_norm=8.0),
      ref.MarsAdamW, dict(lr=0.01, b1=0.9, b2=0.95, eps=1e-6, gamma=0.1, wd=0.05, decay=FLAGS,
                          max_norm=8.0)),
+    ("mars-lion", lambda: adamx.mars(0.003, 0.8, gamma=0.05, weight_decay=0.5, instance="lion"),
+     ref.MarsLion, dict(lr=0.003, b1=0.8, gamma=0.05, wd=0.5)),
 ]  # fmt: skip
 
 
@@ -150,6 +152,9 @@ def test_cautious_composes_with_skip_nonfinite_and_with_storage():
         (lambda: adamx.laprop(eps=-1.0), "eps=-1.0"),
         (lambda: adamx.mars(gamma=-0.1), "gamma=-0.1"),
         (lambda: adamx.mars(max_norm=0.0), "max_norm=0.0"),
+        (lambda: adamx.mars(instance="shampoo"), "instance='shampoo'"),
+        (lambda: adamx.mars(instance="lion").init({"w": jnp.ones(2, jnp.complex64)}),
+         "complex"),
         (lambda: adamx.cautious(adamx.adamw(), eps=0.0), "eps=0.0"),
         (lambda: adamx.cautious(adamx.adamw(), eps=-1.0), "eps=-1.0"),
         (lambda: adamx.cautious(adamx.adam(weight_decay=0.1)), "coupled L2"),
@@ -158,7 +163,8 @@ def test_cautious_composes_with_skip_nonfinite_and_with_storage():
         (lambda: adamx.cautious(adamx.adam()).init({"w": jnp.ones(2, jnp.complex64)}),
          "complex"),
     ],
-    ids=["laprop-b1", "laprop-eps", "mars-gamma", "mars-max_norm", "cautious-eps-0",
+    ids=["laprop-b1", "laprop-eps", "mars-gamma", "mars-max_norm", "mars-instance",
+         "mars-lion-complex", "cautious-eps-0",
          "cautious-eps-neg", "coupled", "maximize", "not-a-transformation", "complex"],
 )  # fmt: skip
 def test_bad_values_raise_naming_the_argument(make, shown):

@@ -32,7 +32,8 @@ from adamx.blocks._decay import decay_block
 from adamx.blocks._moments import scale_by_moments
 from adamx.blocks._normalize import normalize
 from adamx.blocks._schedule import scale_by_learning_rate
-from adamx.optimizers._guard import recipe
+from adamx.optimizers._guard import guard, recipe
+from adamx.optimizers._lamb_lion import read_sign
 
 
 class MarsState(NamedTuple):
@@ -144,8 +145,10 @@ def mars(
     weight_decay: float | None = None,
     mask: Any | Callable[[Any], Any] | None = None,
     max_norm: float | None = 1.0,
+    instance: str = "adamw",
 ) -> optax.GradientTransformation:
-    """MARS-AdamW: AdamW on MARS' variance-reduced gradient.
+    """MARS-AdamW: AdamW on MARS' variance-reduced gradient (``instance="lion"``:
+    MARS-Lion).
 
     Per leaf, with ``t`` the step number (1 on the first update) and ``g_prev`` the
     previous update's gradient (0 on the first)::
@@ -168,6 +171,15 @@ def mars(
         add_decayed_weights(weight_decay, mask)          # decoupled; omitted when None
         scale_by_learning_rate(learning_rate)
 
+    ``instance="lion"`` is the paper's MARS-Lion: the sign of the average of ``c``, no
+    second moment (``b2`` and ``eps`` unused, 8 bytes of state per float32 parameter)::
+
+        m = b1 * m + (1 - b1) * c
+        p = p - lr * (sign(m) + wd * p)
+
+    its chain ``scale_by_mars_correction``, ``scale_by_moments(b1, None)``,
+    ``read_sign()``, decay and rate (Signum's on ``c``). Real params only.
+
     Args:
       learning_rate: a number ``>= 0`` or a schedule of the step count. Default 3e-3 (the
         authors').
@@ -183,6 +195,8 @@ def mars(
         only ``True`` leaves are decayed. Default None (all).
       max_norm: the norm each leaf's ``c`` is clipped to, ``> 0``, or ``None`` for no
         clip. Default 1 (the paper's).
+      instance: ``"adamw"`` (MARS-AdamW) or ``"lion"`` (MARS-Lion), the preconditioned
+        step the corrected gradient feeds. Static. Default ``"adamw"``.
 
     Returns:
       An ``optax.GradientTransformation`` (needs ``params`` in ``update`` when decaying).
@@ -204,19 +218,27 @@ def mars(
        per step, which an optax transformation cannot take; it is not provided. The
        authors' code applies MARS to 2-D params only by default and AdamW (betas 0.9,
        0.95) to the rest; here every leaf takes the MARS rule (``optimize_1d=True``
-       there): combine with ``optax.multi_transform`` for the split. MARS-Lion and
-       MARS-Shampoo are not provided. No optax or ``torch.optim`` anchor.
+       there): combine with ``optax.multi_transform`` for the split. MARS-Shampoo is not
+       provided. No optax or ``torch.optim`` anchor.
 
     References:
       Yuan et al., "MARS: Unleashing the Power of Variance Reduction for Training Large
       Models", 2024, https://arxiv.org/abs/2411.10438
     """
     check_learning_rate(learning_rate)
+    if instance not in ("adamw", "lion"):
+        raise ValueError(f'`instance` must be "adamw" or "lion", got instance={instance!r}.')
+    head = scale_by_mars_correction(gamma, b1, max_norm)
+    tail = [*decay_block(weight_decay, mask), scale_by_learning_rate(learning_rate)]
+    if instance == "lion":
+        check_decay("b2", b2)  # unused, but validated as for "adamw"
+        check_range("eps", eps, low=0.0)
+        tx = optax.chain(head, scale_by_moments(b1, None, mu_dtype=mu_dtype), read_sign(), *tail)
+        return guard(tx, "adamx.mars", complex_ok=False)
     return optax.chain(
-        scale_by_mars_correction(gamma, b1, max_norm),
+        head,
         scale_by_moments(b1, b2, mu_dtype=mu_dtype),
         correct_bias(b1, None),
         normalize(eps, b2=b2),
-        *decay_block(weight_decay, mask),
-        scale_by_learning_rate(learning_rate),
+        *tail,
     )
