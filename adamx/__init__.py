@@ -78,6 +78,7 @@ from adamx.optimizers._adopt import (
     normalize_by_previous_rms,
     read_momentum,
 )
+from adamx.optimizers._cautious import cautious
 from adamx.optimizers._from_torch import from_torch
 from adamx.optimizers._lamb_lion import (
     LionMomentsState,
@@ -87,6 +88,7 @@ from adamx.optimizers._lamb_lion import (
     scale_by_lion_moments,
     scale_by_trust_ratio,
 )
+from adamx.optimizers._laprop import RmsState, laprop, normalize_by_rms
 from adamx.optimizers._layerwise import (
     LayerwiseMomentState,
     lars,
@@ -94,6 +96,7 @@ from adamx.optimizers._layerwise import (
     scale_by_layerwise_moment,
 )
 from adamx.optimizers._lazy import lazy_adam, scale_by_lazy_moments
+from adamx.optimizers._mars import MarsState, mars, scale_by_mars_correction
 from adamx.optimizers._muon import muon, orthogonalize, scale_by_shape
 from adamx.optimizers._optimistic import (
     OptimisticState,
@@ -131,8 +134,8 @@ __version__ = "0.2.0"
 # The names of the optimizers (recipes); everything else in __all__ is a building block.
 OPTIMIZERS = (
     "adabelief", "adadelta", "adafactor", "adagrad", "adam", "adamax", "adamaxw", "adamw",
-    "adan", "ademamix", "adopt", "amsgrad", "lamb", "lars", "lazy_adam", "lion", "muon",
-    "nadam", "nadamw", "novograd", "optimistic_adam", "radam", "rmsprop",
+    "adan", "ademamix", "adopt", "amsgrad", "lamb", "laprop", "lars", "lazy_adam", "lion",
+    "mars", "muon", "nadam", "nadamw", "novograd", "optimistic_adam", "radam", "rmsprop",
     "schedule_free_adamw", "schedule_free_sgd", "sgd", "sign_sgd", "signum",
     "simplified_ademamix", "yogi",
 )  # fmt: skip
@@ -152,9 +155,11 @@ __all__ = [
     "adopt",
     "amsgrad",
     "lamb",
+    "laprop",
     "lars",
     "lazy_adam",
     "lion",
+    "mars",
     "muon",
     "nadam",
     "nadamw",
@@ -170,6 +175,7 @@ __all__ = [
     "signum",
     "simplified_ademamix",
     "yogi",
+    "cautious",
     "step",
     "from_torch",
     "state_shardings",
@@ -189,6 +195,7 @@ __all__ = [
     "KernelInfo",
     "LayerwiseMomentState",
     "LionMomentsState",
+    "MarsState",
     "MaxNuState",
     "MomentumState",
     "Moments",
@@ -197,6 +204,7 @@ __all__ = [
     "OptimisticState",
     "PreviousRmsState",
     "ProximalState",
+    "RmsState",
     "RelativeStepState",
     "ScheduleFreeState",
     "ScheduleState",
@@ -222,6 +230,7 @@ __all__ = [
     "negate",
     "normalize",
     "normalize_by_previous_rms",
+    "normalize_by_rms",
     "normalize_inf",
     "normalize_rectified",
     "orthogonalize",
@@ -234,6 +243,7 @@ __all__ = [
     "scale_by_lazy_moments",
     "scale_by_learning_rate",
     "scale_by_lion_moments",
+    "scale_by_mars_correction",
     "scale_by_moments",
     "scale_by_optimistic_gradient",
     "scale_by_param_block_rms",

@@ -109,6 +109,9 @@ OPTIMIZERS = {
     ),
     "sign_sgd": Row(adamx.sign_sgd, dict(learning_rate=1e-3), 10000),
     "signum": Row(adamx.signum, dict(learning_rate=1e-2)),
+    # issue 18, first part (cautious is a wrapper, not in adamx.OPTIMIZERS: no row)
+    "laprop": Row(adamx.laprop, dict(learning_rate=1e-2, weight_decay=1e-2)),
+    "mars": Row(adamx.mars, dict(learning_rate=1e-2, weight_decay=1e-2)),
 }
 NAMES = sorted(OPTIMIZERS)
 # The structural contracts (pytrees, dtypes, jit and donation, cond / scan, optax wrappers)

@@ -65,6 +65,8 @@ TRANSFORMATIONS = {
     "scale_by_optimistic_gradient": (adamx.scale_by_optimistic_gradient, "grads"),
     "scale_by_schedule_free": (lambda: adamx.scale_by_schedule_free(0.1), "grads"),
     "normalize_by_previous_rms": (adamx.normalize_by_previous_rms, "grads"),
+    "normalize_by_rms": (adamx.normalize_by_rms, "grads"),
+    "scale_by_mars_correction": (adamx.scale_by_mars_correction, "grads"),
     "shrink_weights": (lambda: adamx.shrink_weights(0.1, 0.1)[0], "grads"),
     "correct_bias": (adamx.correct_bias, "moments"),
     "correct_bias_nesterov": (adamx.correct_bias_nesterov, "moments"),
@@ -91,6 +93,7 @@ TRANSFORMATIONS = {
         "grads",
     ),
     "skip_nonfinite": (lambda: adamx.skip_nonfinite(adamx.adam(0.1)), "grads"),
+    "cautious": (lambda: adamx.cautious(adamx.adamw(0.1)), "grads"),
     "shard_state": (lambda: adamx.shard_state(adamx.adam(0.1), MESH, "data"), "grads"),
     "from_torch": (lambda: adamx.from_torch("AdamW", lr=1e-2), "grads"),
 }
@@ -206,6 +209,7 @@ INITIALISED = {
     "with_storage": lambda: adamx.with_storage(adamx.adam(), mu="8bit", nu="bfloat16_sr"),
     "with_storage_factored": lambda: adamx.with_storage(adamx.adamw(), nu="factored"),
     "skip_nonfinite": lambda: adamx.skip_nonfinite(adamx.lamb()),
+    "cautious": lambda: adamx.cautious(adamx.lion(weight_decay=0.1)),
 }
 
 

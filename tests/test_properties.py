@@ -230,6 +230,8 @@ ZERO_UPDATES = {
     "schedule_free_sgd": (DECAY, "z moves by -lr*wd*y only, so does y"),
     "sign_sgd": (ZERO, "sign(0) = 0"),
     "signum": (ZERO, "m = 0, sign(0) = 0"),
+    "laprop": (DECAY, "d = 0 / (sqrt(0) + eps) = 0, so m = 0; plus the decoupled -lr*wd*p"),
+    "mars": (DECAY, "c = 0 (g = g_prev = 0): 0 over eps; plus the decoupled -lr*wd*p"),
 }
 
 
@@ -313,6 +315,8 @@ SCALING = {
     "schedule_free_sgd": (NEITHER, {}, "params held fixed: y - z does not scale with g"),
     "sign_sgd": (INVARIANT, {}, "sign(c g) = sign(g)"),
     "signum": (INVARIANT, {}, "sign(c m) = sign(m)"),
+    "laprop": (INVARIANT, {"eps": 0.0}, "g / sqrt(v^) is scale-free before the average"),
+    "mars": (INVARIANT, {"eps": 0.0, "max_norm": None}, "c ~ c g unclipped; then AdamW's"),
 }
 # Tolerance of the float32 comparison, relative to the leaf's largest update. Observed over
 # 24 draws per row: <= 1.2e-6, and 8.8e-6 for RAdam with decoupled decay (d and wd*p cancel).

@@ -31,6 +31,7 @@ import pytest
 import reference_adam_variants as rav
 import reference_mixtures as rmix
 import reference_other_family as rof
+import reference_recent1 as rr1
 import reference_sgd_family as rsgd
 import reference_sign_free as rsf
 from test_contract import OPTIMIZERS
@@ -142,6 +143,8 @@ OTHER_FAMILY = {
     "schedule_free_sgd": rsf.ScheduleFree,
     "sign_sgd": rsf.SignSGD,
     "signum": rsf.Signum,
+    "laprop": rr1.LaProp,
+    "mars": rr1.MarsAdamW,
 }
 OTHER_NAMES = {"learning_rate": "lr", "weight_decay": "wd"}
 AVERAGED = {"schedule_free_adamw", "schedule_free_sgd"}  # x recomputed from y and z
@@ -270,6 +273,7 @@ SLOW_DECAY = {
     "adamaxw": "b2", "novograd": "b2", "optimistic_adam": "b2", "schedule_free_adamw": "b2",
     "signum": "beta",
     "lars": None, "schedule_free_sgd": None, "sign_sgd": None,  # momentum or nothing
+    "laprop": "b2", "mars": "b2",
 }  # fmt: skip
 NEAR_ONE = (0.99999, 1 - 1e-7)
 
@@ -621,6 +625,8 @@ NAN_WITHOUT_TWIN = {
     "novograd": "n = ||0||**2 = 0: 0/0, and the momentum keeps the NaN",
     "optimistic_adam": "0/0 in Adam's direction; the extrapolation keeps the NaN",
     "schedule_free_adamw": "0/0 in the RMS step; z, hence y, carries the NaN",
+    "laprop": "d = 0 / (sqrt(0) + 0) before the average; the momentum keeps the NaN",
+    "mars": "c = 0: 0/0 in AdamW's direction on c",
 }
 NO_EPS_WITH_DECAY = {
     "sgd_dampening_l2": "no eps and no division; the coupled decay moves p",
