@@ -1,7 +1,8 @@
 """Step time and state size of adamx's Adan, AdEMAMix, Simplified AdEMAMix and Muon next to
-optax's same rules (issue 16), on workload (a)'s transformer-like pytree.
+optax's same rules (issue 16), and of Adam-mini and SOAP next to AdamW (issue 18), on
+workload (a)'s transformer-like pytree.
 
-    python benchmarks/relatives.py [--quick] [--rounds 5] [--steps 5]
+    python benchmarks/relatives.py [--quick] [--rounds 5] [--steps 5] [--only adam_mini,soap]
 
 Each contender is one jitted ``update + apply_updates`` with params and state donated, run on
 float32 params and one fixed float32 gradient tree. Contenders are timed in turns (every
@@ -42,6 +43,11 @@ def contenders() -> dict[str, optax.GradientTransformation]:
         "muon: adamx (torch reading, float32 NS)": adamx.muon(lr, ns_dtype=jnp.float32),
         "muon: adamx (optax reading)": adamx.muon(lr, reading="optax", weight_decay=None),
         "muon: optax": optax.contrib.muon(lr),
+        # issue 18, second part: no optax twin; AdamW (adamx's and optax's) as the yardstick
+        "adam_mini: adamx": adamx.adam_mini(lr),
+        "soap: adamx": adamx.soap(lr),
+        "adamw: adamx": adamx.adamw(lr),
+        "adamw: optax": optax.adamw(lr),
     }
 
 
@@ -59,12 +65,18 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="the 2.8M-parameter tree")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument(
+        "--only", default="", help="comma-separated name prefixes (adam_mini,soap,adamw)"
+    )
     args = parser.parse_args()
+    prefixes = tuple(p for p in args.only.split(",") if p)
     shapes = workloads.workload_shapes("a", args.quick)
     n_leaves, n_params = workloads.count_params("a", args.quick)
     grads = tree(shapes, 1)
     runs = {}
     for name, opt in contenders().items():
+        if prefixes and not name.startswith(prefixes):
+            continue
         params = tree(shapes, 0)
         state = opt.init(params)
         bytes_per_param = adamx.state_bytes_per_param(state, params)

@@ -190,6 +190,7 @@ REAL_ONLY = (
     "muon",
     "sign_sgd",
     "signum",
+    "soap",
 )  # the rest take complex params (test_complex.py)
 
 

@@ -228,6 +228,8 @@ ZERO_UPDATES = {
     "schedule_free_sgd": (DECAY, "z moves by -lr*wd*y only, so does y"),
     "sign_sgd": (ZERO, "sign(0) = 0"),
     "signum": (ZERO, "m = 0, sign(0) = 0"),
+    "adam_mini": (DECAY, "m = 0 over sqrt(v_B^) + eps, plus -lr*wd*p"),
+    "soap": (DECAY, "L = R = 0: the identity basis, m = 0 over sqrt(0) + eps, plus -lr*wd*p"),
 }
 
 
@@ -311,6 +313,8 @@ SCALING = {
     "schedule_free_sgd": (NEITHER, {}, "params held fixed: y - z does not scale with g"),
     "sign_sgd": (INVARIANT, {}, "sign(c g) = sign(g)"),
     "signum": (INVARIANT, {}, "sign(c m) = sign(m)"),
+    "adam_mini": (INVARIANT, {"eps": 0.0}, "v_B = mean(g**2) ~ c**2 per block"),
+    "soap": (INVARIANT, {"eps": 0.0}, "L, R ~ c**2 keep their eigenvectors; V ~ c**2"),
 }
 # Tolerance of the float32 comparison, relative to the leaf's largest update. Observed over
 # 24 draws per row: <= 1.2e-6, and 8.8e-6 for RAdam with decoupled decay (d and wd*p cancel).
