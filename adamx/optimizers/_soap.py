@@ -380,8 +380,9 @@ def soap(
        here eps is outside the bias-corrected root, the decay is AdamW's and the leaves
        that take Adam's step move from the first update. Its ``merge_dims`` and
        ``precondition_1d`` options and one-sided preconditioning of long matrices are
-       not provided. No anchor in optax or torch.optim: tested against a NumPy
-       reference of the paper's Algorithm.
+       not provided. Under sharding, each preconditioned matrix is gathered (``L``,
+       ``R``, ``eigh`` and ``qr`` need the whole matrix). No anchor in optax or
+       torch.optim: tested against a NumPy reference of the paper's Algorithm.
 
     References:
       Vyas, Morwani, Zhao, Kwun, Shapira, Brandfonbrener, Janson & Kakade, "SOAP:
