@@ -57,6 +57,7 @@ from adamx.optimizers._adagrad import (
     use_gradient,
 )
 from adamx.optimizers._adam import adam, adamw
+from adamx.optimizers._adam_mini import adam_mini, adam_mini_partition, scale_by_block_moments
 from adamx.optimizers._adan import (
     AdanState,
     ProximalState,
@@ -114,6 +115,7 @@ from adamx.optimizers._schedule_free import (
 )
 from adamx.optimizers._sgd import MomentumState, sgd, trace_momentum
 from adamx.optimizers._sign import scale_by_sign, sign_sgd, signum
+from adamx.optimizers._soap import SoapState, soap
 from adamx.optimizers._variants import adamax, adamaxw, amsgrad, nadam, nadamw
 from adamx.optimizers._variants_nu import adabelief, radam, yogi
 from adamx.storage._with_storage import (
@@ -133,11 +135,11 @@ __version__ = "0.2.0"
 
 # The names of the optimizers (recipes); everything else in __all__ is a building block.
 OPTIMIZERS = (
-    "adabelief", "adadelta", "adafactor", "adagrad", "adam", "adamax", "adamaxw", "adamw",
-    "adan", "ademamix", "adopt", "amsgrad", "lamb", "laprop", "lars", "lazy_adam", "lion",
-    "mars", "muon", "nadam", "nadamw", "novograd", "optimistic_adam", "radam", "rmsprop",
+    "adabelief", "adadelta", "adafactor", "adagrad", "adam", "adam_mini", "adamax", "adamaxw",
+    "adamw", "adan", "ademamix", "adopt", "amsgrad", "lamb", "laprop", "lars", "lazy_adam",
+    "lion", "mars", "muon", "nadam", "nadamw", "novograd", "optimistic_adam", "radam", "rmsprop",
     "schedule_free_adamw", "schedule_free_sgd", "sgd", "sign_sgd", "signum",
-    "simplified_ademamix", "yogi",
+    "simplified_ademamix", "soap", "yogi",
 )  # fmt: skip
 
 __all__ = [
@@ -147,6 +149,7 @@ __all__ = [
     "adafactor",
     "adagrad",
     "adam",
+    "adam_mini",
     "adamax",
     "adamaxw",
     "adamw",
@@ -174,6 +177,7 @@ __all__ = [
     "sign_sgd",
     "signum",
     "simplified_ademamix",
+    "soap",
     "yogi",
     "cautious",
     "step",
@@ -210,8 +214,10 @@ __all__ = [
     "ScheduleState",
     "SkipNonfiniteState",
     "SlowMomentumState",
+    "SoapState",
     "SecondMomentRule",
     "UpdateRmsState",
+    "adam_mini_partition",
     "add_decayed_weights",
     "ademamix_schedules",
     "average_of_squares",
@@ -238,6 +244,7 @@ __all__ = [
     "read_sign",
     "restore_state",
     "scale_by_adan_moments",
+    "scale_by_block_moments",
     "scale_by_factored_rms",
     "scale_by_layerwise_moment",
     "scale_by_lazy_moments",

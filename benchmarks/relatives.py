@@ -1,7 +1,8 @@
 """Step time and state size of adamx's Adan, AdEMAMix, Simplified AdEMAMix and Muon next to
-optax's same rules (issue 16), on workload (a)'s transformer-like pytree.
+optax's same rules (issue 16), and of Adam-mini and SOAP next to AdamW (issue 18), on
+workload (a)'s transformer-like pytree.
 
-    python benchmarks/relatives.py [--quick] [--rounds 5] [--steps 5]
+    python benchmarks/relatives.py [--quick] [--rounds 5] [--steps 5] [--only adam_mini,soap]
 
 Each contender is one jitted ``update + apply_updates`` with params and state donated, run on
 float32 params and one fixed float32 gradient tree. Contenders are timed in turns (every
@@ -51,6 +52,9 @@ def contenders() -> dict[str, optax.GradientTransformation]:
         "cautious(adamw): adamx": adamx.cautious(adamx.adamw(lr, fused=False)),
         "lion: adamx (XLA path)": adamx.lion(lr, weight_decay=1e-2, fused=False),
         "cautious(lion): adamx": adamx.cautious(adamx.lion(lr, weight_decay=1e-2, fused=False)),
+        # issue 18, second part: no optax twin; AdamW (adamx's and optax's) as the yardstick
+        "adam_mini: adamx": adamx.adam_mini(lr),
+        "soap: adamx": adamx.soap(lr),
     }
 
 

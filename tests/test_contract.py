@@ -112,6 +112,16 @@ OPTIMIZERS = {
     # issue 18, first part (cautious is a wrapper, not in adamx.OPTIMIZERS: no row)
     "laprop": Row(adamx.laprop, dict(learning_rate=1e-2, weight_decay=1e-2)),
     "mars": Row(adamx.mars, dict(learning_rate=1e-2, weight_decay=1e-2)),
+    # issue 18, second part. The contract's trees have no transformer names: Adam-mini keeps
+    # one block per leaf; SOAP rotates the matrices (its first update sets up their bases
+    # and moves them by the decay only; refreshes every 2 steps) and gives the vectors and
+    # scalars (so the convergence problems) Adam's step.
+    "adam_mini": Row(adamx.adam_mini, dict(learning_rate=1e-2, weight_decay=1e-2)),
+    "soap": Row(
+        adamx.soap,
+        dict(learning_rate=1e-2, weight_decay=1e-2, precondition_frequency=2),
+        warmup=1,
+    ),
 }
 NAMES = sorted(OPTIMIZERS)
 # The structural contracts (pytrees, dtypes, jit and donation, cond / scan, optax wrappers)

@@ -53,6 +53,7 @@ TRANSFORMATIONS = {
     "scale_by_lion_moments": (adamx.scale_by_lion_moments, "grads"),
     "scale_by_lazy_moments": (adamx.scale_by_lazy_moments, "grads"),
     "scale_by_adan_moments": (adamx.scale_by_adan_moments, "grads"),
+    "scale_by_block_moments": (adamx.scale_by_block_moments, "grads"),
     "shrink_proximal": (lambda: adamx.shrink_proximal(0.1, 0.1), "grads"),
     "trace_momentum": (lambda: adamx.trace_momentum(momentum=0.9), "grads"),
     "scale_by_factored_rms": (adamx.scale_by_factored_rms, "grads"),
@@ -99,6 +100,11 @@ TRANSFORMATIONS = {
 }
 
 
+# jitted against eager: soap's eigh, QR and rotations round differently in the two (4e-11
+# on an update element of 3e-6, in a leaf whose largest is 4e-3)
+ATOL = {"soap": 1e-9}
+
+
 @pytest.mark.parametrize("name", sorted(TRANSFORMATIONS))
 def test_update_takes_and_ignores_extra_args(name):
     make, kind = TRANSFORMATIONS[name]
@@ -113,7 +119,9 @@ def test_update_takes_and_ignores_extra_args(name):
             updates, state, PARAMS
         )
         also, _ = tx.update(updates, state, PARAMS, **EXTRA)
-        chex.assert_trees_all_close((extra, extra_state), (plain, new_state), rtol=1e-6)
+        chex.assert_trees_all_close(
+            (extra, extra_state), (plain, new_state), rtol=1e-6, atol=ATOL.get(name, 0.0)
+        )
         chex.assert_trees_all_equal(also, plain)
         state = new_state
 

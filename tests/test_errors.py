@@ -189,6 +189,7 @@ REAL_ONLY = (
     "lion",
     "sign_sgd",
     "signum",
+    "soap",
 )  # the rest take complex params (test_complex.py)
 
 

@@ -361,9 +361,10 @@ def test_tree_get_finds_one_count(name):
     if name in ("sign_sgd", "schedule_free_sgd"):  # no count, as optax's (step_count)
         assert otu.tree_get_all_with_path(state, "count") == []
         return
-    # muon is a partition of two chains (Newton-Schulz and AdamW), each with its own count,
-    # as optax.contrib.muon's state is
-    assert len(otu.tree_get_all_with_path(state, "count")) == (2 if name == "muon" else 1)
+    # muon and soap are partitions of two chains (Newton-Schulz or the eigenbasis, and
+    # AdamW), each with its own count, as optax.contrib.muon's state is
+    two = name in ("muon", "soap")
+    assert len(otu.tree_get_all_with_path(state, "count")) == (2 if two else 1)
     assert all(int(c) == 0 for _, c in otu.tree_get_all_with_path(state, "count"))
     assert otu.tree_get_all_with_path(adamx.sgd(0.1).init(problem()[0]), "count") == []
 

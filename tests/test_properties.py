@@ -232,6 +232,8 @@ ZERO_UPDATES = {
     "signum": (ZERO, "m = 0, sign(0) = 0"),
     "laprop": (DECAY, "d = 0 / (sqrt(0) + eps) = 0, so m = 0; plus the decoupled -lr*wd*p"),
     "mars": (DECAY, "c = 0 (g = g_prev = 0): 0 over eps; plus the decoupled -lr*wd*p"),
+    "adam_mini": (DECAY, "m = 0 over sqrt(v_B^) + eps, plus -lr*wd*p"),
+    "soap": (DECAY, "L = R = 0: the identity basis, m = 0 over sqrt(0) + eps, plus -lr*wd*p"),
 }
 
 
@@ -317,6 +319,8 @@ SCALING = {
     "signum": (INVARIANT, {}, "sign(c m) = sign(m)"),
     "laprop": (INVARIANT, {"eps": 0.0}, "g / sqrt(v^) is scale-free before the average"),
     "mars": (INVARIANT, {"eps": 0.0, "max_norm": None}, "c ~ c g unclipped; then AdamW's"),
+    "adam_mini": (INVARIANT, {"eps": 0.0}, "v_B = mean(g**2) ~ c**2 per block"),
+    "soap": (INVARIANT, {"eps": 0.0}, "L, R ~ c**2 keep their eigenvectors; V ~ c**2"),
 }
 # Tolerance of the float32 comparison, relative to the leaf's largest update. Observed over
 # 24 draws per row: <= 1.2e-6, and 8.8e-6 for RAdam with decoupled decay (d and wd*p cancel).

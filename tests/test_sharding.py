@@ -23,6 +23,11 @@ import adamx
 from adamx.training._sharding import state_shardings
 
 HERE = Path(__file__).resolve().parent
+# Left out of the no-gather checks, and why. SOAP's L = G G^T, R = G^T G, their eigh / QR
+# and the rotations Q_L^T G Q_R take whole matrices: a sharded matrix is gathered (10
+# all-gathers, an all-to-all and a collective-permute for one row-sharded 64 x 32 matrix
+# on 8 devices; its params and moments keep their sharding).
+GATHERS = {"soap": "its preconditioner and eigenbasis are whole-matrix objects"}
 # The module fixture runs one 8-device subprocess, once per run: the suite hands whole
 # files to its pytest-xdist workers (``--dist loadfile`` in pyproject.toml).
 
@@ -49,7 +54,8 @@ grads_host = [{k: rng.normal(size=v.shape).astype(np.float32) for k, v in host.i
               for _ in range(3)]
 params = jax.device_put(host, SH)
 grads = [jax.device_put(g, SH) for g in grads_host]
-opts = {name: ROWS[name].factory(**ROWS[name].kwargs) for name in adamx.OPTIMIZERS}
+opts = {name: ROWS[name].factory(**ROWS[name].kwargs) for name in adamx.OPTIMIZERS
+        if name != "soap"}  # GATHERS
 
 def param_shaped(state, p):
     # (path, leaf) for every state leaf shaped like p
@@ -206,7 +212,7 @@ def _all_leaves_sharded(checks: dict) -> None:
 
 
 def test_every_alias_is_checked(report):
-    assert sorted(report["eager"]) == sorted(adamx.OPTIMIZERS)
+    assert sorted(report["eager"]) == sorted(set(adamx.OPTIMIZERS) - set(GATHERS))
     for name, leaves in report["eager"].items():
         if name == "sign_sgd":  # no state shaped like the params, as optax.sign_sgd
             assert leaves == {}, leaves

@@ -5,8 +5,8 @@ yogi), ``_sgd``, ``_adagrad`` (adagrad, adadelta), ``_rmsprop``, ``_lamb_lion``,
 ``_adafactor`` (its blocks in ``_adafactor_blocks``), ``_adopt``, ``_lazy``, ``_layerwise``
 (lars, novograd), ``_optimistic``, ``_schedule_free``, ``_sign`` (sign_sgd, signum),
 ``_adan``, ``_ademamix`` (ademamix, simplified_ademamix), ``_muon``, ``_laprop``,
-``_mars`` and ``_cautious`` (the wrapper ``cautious``); ``_guard`` holds the
-input checks every recipe runs and ``_adam_rule`` what a recipe tells the execution layer
-about itself. Blocks used by one family only live in that family's module. Public names are
-exported from ``adamx``.
+``_mars``, ``_adam_mini``, ``_soap`` and ``_cautious`` (the wrapper ``cautious``); ``_guard``
+holds the input checks every recipe runs and ``_adam_rule`` what a recipe tells the
+execution layer about itself. Blocks used by one family only live in that family's module.
+Public names are exported from ``adamx``.
 """

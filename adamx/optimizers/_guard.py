@@ -26,6 +26,7 @@ REAL_ONLY = {
     "complex numbers do not have (optax's adopt raises on complex params too)",
     "sign_sgd": "its direction is sign(g), which has no complex reading adamx takes",
     "signum": "its direction is sign(m), which has no complex reading adamx takes",
+    "soap": "its eigenbasis (eigh, QR) is written for real matrices, as in the paper",
 }
 
 
