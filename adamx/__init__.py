@@ -78,6 +78,15 @@ from adamx.optimizers._adopt import (
     normalize_by_previous_rms,
     read_momentum,
 )
+from adamx.optimizers._dadapt import (
+    DAdaptAdamWState,
+    ProdigyState,
+    dadapt_adamw,
+    distance_estimate,
+    prodigy,
+    scale_by_dadapt_adamw,
+    scale_by_prodigy,
+)
 from adamx.optimizers._from_torch import from_torch
 from adamx.optimizers._lamb_lion import (
     LionMomentsState,
@@ -130,9 +139,9 @@ __version__ = "0.2.0"
 # The names of the optimizers (recipes); everything else in __all__ is a building block.
 OPTIMIZERS = (
     "adabelief", "adadelta", "adafactor", "adagrad", "adam", "adamax", "adamaxw", "adamw",
-    "adan", "ademamix", "adopt", "amsgrad", "lamb", "lars", "lazy_adam", "lion", "muon",
-    "nadam", "nadamw", "novograd", "optimistic_adam", "radam", "rmsprop",
-    "schedule_free_adamw", "schedule_free_sgd", "sgd", "sign_sgd", "signum",
+    "adan", "ademamix", "adopt", "amsgrad", "dadapt_adamw", "lamb", "lars", "lazy_adam",
+    "lion", "muon", "nadam", "nadamw", "novograd", "optimistic_adam", "prodigy", "radam",
+    "rmsprop", "schedule_free_adamw", "schedule_free_sgd", "sgd", "sign_sgd", "signum",
     "simplified_ademamix", "yogi",
 )  # fmt: skip
 
@@ -150,6 +159,7 @@ __all__ = [
     "ademamix",
     "adopt",
     "amsgrad",
+    "dadapt_adamw",
     "lamb",
     "lars",
     "lazy_adam",
@@ -159,6 +169,7 @@ __all__ = [
     "nadamw",
     "novograd",
     "optimistic_adam",
+    "prodigy",
     "radam",
     "rmsprop",
     "schedule_free_adamw",
@@ -181,6 +192,7 @@ __all__ = [
     "storage_error",
     "kernel_info",
     "AdanState",
+    "DAdaptAdamWState",
     "Diagnostics",
     "FactoredRmsState",
     "FusedKernelWarning",
@@ -194,6 +206,7 @@ __all__ = [
     "NesterovState",
     "OptimisticState",
     "PreviousRmsState",
+    "ProdigyState",
     "ProximalState",
     "RelativeStepState",
     "ScheduleFreeState",
@@ -210,6 +223,7 @@ __all__ = [
     "clip_by_block_rms",
     "correct_bias",
     "correct_bias_nesterov",
+    "distance_estimate",
     "ema_of_belief",
     "ema_of_squares",
     "infinity_norm",
@@ -227,6 +241,7 @@ __all__ = [
     "read_sign",
     "restore_state",
     "scale_by_adan_moments",
+    "scale_by_dadapt_adamw",
     "scale_by_factored_rms",
     "scale_by_layerwise_moment",
     "scale_by_lazy_moments",
@@ -235,6 +250,7 @@ __all__ = [
     "scale_by_moments",
     "scale_by_optimistic_gradient",
     "scale_by_param_block_rms",
+    "scale_by_prodigy",
     "scale_by_relative_step",
     "scale_by_schedule_free",
     "scale_by_shape",
