@@ -228,6 +228,8 @@ ZERO_UPDATES = {
     "schedule_free_sgd": (DECAY, "z moves by -lr*wd*y only, so does y"),
     "sign_sgd": (ZERO, "sign(0) = 0"),
     "signum": (ZERO, "m = 0, sign(0) = 0"),
+    "prodigy": (DECAY, "m = v = 0 over D*eps > 0, plus -lr*D*c*wd*p; D stays (sum|s| = 0)"),
+    "dadapt_adamw": (DECAY, "m = v = 0 over eps > 0, plus -D*lr*c*wd*p; D stays (sum|s| = 0)"),
 }
 
 
@@ -311,6 +313,17 @@ SCALING = {
     "schedule_free_sgd": (NEITHER, {}, "params held fixed: y - z does not scale with g"),
     "sign_sgd": (INVARIANT, {}, "sign(c g) = sign(g)"),
     "signum": (INVARIANT, {}, "sign(c m) = sign(m)"),
+    "prodigy": (
+        INVARIANT,
+        {"eps": 0.0, "weight_decay": 0.0},
+        "m ~ c, v ~ c**2; params held fixed: <g, x_0 - x> = 0 and D stays",
+    ),
+    "dadapt_adamw": (
+        NEITHER,
+        {},
+        "eps sets the unit of s / (sqrt(v) + eps) in D's numerator; with eps = 0 the first "
+        "is 0/0 (s = v = 0), as in optax",
+    ),
 }
 # Tolerance of the float32 comparison, relative to the leaf's largest update. Observed over
 # 24 draws per row: <= 1.2e-6, and 8.8e-6 for RAdam with decoupled decay (d and wd*p cancel).

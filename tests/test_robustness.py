@@ -32,6 +32,7 @@ import reference_adam_variants as rav
 import reference_mixtures as rmix
 import reference_other_family as rof
 import reference_sgd_family as rsgd
+import reference_fam4 as rf4
 import reference_sign_free as rsf
 from test_contract import OPTIMIZERS
 from test_properties import DECAY, ZERO, ZERO_UPDATES
@@ -142,6 +143,8 @@ OTHER_FAMILY = {
     "schedule_free_sgd": rsf.ScheduleFree,
     "sign_sgd": rsf.SignSGD,
     "signum": rsf.Signum,
+    "prodigy": rf4.Prodigy,
+    "dadapt_adamw": rf4.DAdaptAdamW,
 }
 OTHER_NAMES = {"learning_rate": "lr", "weight_decay": "wd"}
 AVERAGED = {"schedule_free_adamw", "schedule_free_sgd"}  # x recomputed from y and z
@@ -270,6 +273,7 @@ SLOW_DECAY = {
     "adamaxw": "b2", "novograd": "b2", "optimistic_adam": "b2", "schedule_free_adamw": "b2",
     "signum": "beta",
     "lars": None, "schedule_free_sgd": None, "sign_sgd": None,  # momentum or nothing
+    "prodigy": None, "dadapt_adamw": None,  # b2 is inside the pair `betas`
 }  # fmt: skip
 NEAR_ONE = (0.99999, 1 - 1e-7)
 
@@ -494,6 +498,10 @@ F16_STATE_SKIP = {
     "|y| ~ 1), far above a small step",
     "schedule_free_sgd": "y and z are float16: c * (z - y) carries their rounding (5e-4 of "
     "|y| ~ 1), far above a small step",
+    "prodigy": "m and s hold D g with D ~ 1e-3 here: D g ~ 1e-5 is subnormal in float16 (below "
+    "6e-5) and rounds by up to 25%, as optax's float16 state does",
+    "dadapt_adamw": "m and s hold h g with h = D lr c ~ 3e-4 here: subnormal in float16 (below "
+    "6e-5), rounded by up to 25%, as optax's float16 state does",
 }
 F16_RTOL = 1e-2
 F16_ULP = 2 * float(jnp.finfo(F16).smallest_subnormal)  # updates below 6e-5 are subnormal
@@ -621,6 +629,8 @@ NAN_WITHOUT_TWIN = {
     "novograd": "n = ||0||**2 = 0: 0/0, and the momentum keeps the NaN",
     "optimistic_adam": "0/0 in Adam's direction; the extrapolation keeps the NaN",
     "schedule_free_adamw": "0/0 in the RMS step; z, hence y, carries the NaN",
+    "prodigy": "0/0 in m/(sqrt(v) + D*0); torch.optim has no Prodigy",
+    "dadapt_adamw": "0/0 in m/(sqrt(v) + 0) and in D's numerator; torch.optim has none",
 }
 NO_EPS_WITH_DECAY = {
     "sgd_dampening_l2": "no eps and no division; the coupled decay moves p",

@@ -1,0 +1,100 @@
+"""Independent NumPy float64 implementations of issue 16's fourth batch: Prodigy and
+D-Adaptation AdamW, written from the papers' Adam variants (Mishchenko & Defazio 2023,
+Algorithm 4; Defazio & Mishchenko 2023, Algorithm 6) in the form optax.contrib documents
+(lr a multiplier of D, bias corrections folded into the step size), not from adamx's code.
+
+Each optimizer is a class over a list of leaves: ``step(params, grads) -> new params``,
+one call per update, every array float64; ``t`` counts the updates taken. Sums marked
+"over leaves" run over the whole list: the estimate ``D`` is one number per model.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+
+def _rate(lr, k):
+    return float(lr(k)) if callable(lr) else float(lr)
+
+
+class Prodigy:
+    """Step size ``h = D lr(k) sqrt(1 - b2**t) / (1 - b1**t)``; ``m``, ``v`` are Adam's
+    moments of ``D g``; ``r = b3 r + (D / D0) h <g, x0 - x>`` and ``s = b3 s + (h / D0) D g``
+    (safeguard: ``D / D0`` in place of ``h / D0``); ``D = max(D, coef r / ||s||_1)``
+    (unchanged while ``||s||_1 = 0``); ``x -= h (m / (sqrt(v) + D eps) + wd x)`` with the new
+    ``D`` in the eps term."""
+
+    def __init__(
+        self, shapes, lr=1.0, betas=(0.9, 0.999), beta3=None, eps=1e-8, estim_lr0=1e-6,
+        estim_lr_coef=1.0, wd=0.0, safeguard_warmup=False,
+    ):  # fmt: skip
+        self.lr, (self.b1, self.b2), self.eps, self.wd = lr, betas, eps, wd
+        self.b3 = math.sqrt(self.b2) if beta3 is None else beta3
+        self.d0 = self.d = estim_lr0
+        self.coef, self.safeguard = estim_lr_coef, safeguard_warmup
+        self.m = [np.zeros(s) for s in shapes]
+        self.v = [np.zeros(s) for s in shapes]
+        self.s = [np.zeros(s) for s in shapes]
+        self.r, self.x0, self.t = 0.0, None, 0
+
+    def step(self, params, grads):
+        if self.x0 is None:
+            self.x0 = [p.copy() for p in params]
+        k = self.t
+        self.t += 1
+        t, d = self.t, self.d
+        h = d * _rate(self.lr, k) * math.sqrt(1 - self.b2**t) / (1 - self.b1**t)
+        inner = sum(float(np.sum(g * (x0 - p))) for g, x0, p in zip(grads, self.x0, params))
+        self.r = self.b3 * self.r + (d / self.d0) * h * inner
+        weight = d / self.d0 if self.safeguard else h / self.d0
+        for i, g in enumerate(grads):
+            self.m[i] = self.b1 * self.m[i] + (1 - self.b1) * d * g
+            self.v[i] = self.b2 * self.v[i] + (1 - self.b2) * (d * g) ** 2
+            self.s[i] = self.b3 * self.s[i] + weight * d * g
+        l1 = sum(float(np.sum(np.abs(s))) for s in self.s)
+        if l1 > 0:
+            self.d = max(d, self.coef * self.r / l1)
+        return [
+            p - h * (m / (np.sqrt(v) + self.d * self.eps) + self.wd * p)
+            for p, m, v in zip(params, self.m, self.v)
+        ]
+
+
+class DAdaptAdamW:
+    """Step size ``h = D lr(k) sqrt(1 - b2**t) / (1 - b1**t)``, ``b3 = sqrt(b2)``;
+    ``r = b3 r + (1 - b3) h <g, s / (sqrt(v) + eps)>`` with the previous ``s``, ``v``;
+    ``m = b1 m + (1 - b1) h g``, ``v = b2 v + (1 - b2) g**2``, ``s = b3 s + (1 - b3) h g``;
+    ``D = max(D, r / ((1 - b3) ||s||_1))`` (unchanged while ``||s||_1 = 0``);
+    ``x -= m / (sqrt(v) + eps) + wd h x``."""
+
+    def __init__(self, shapes, lr=1.0, betas=(0.9, 0.999), eps=1e-8, estim_lr0=1e-6, wd=0.0):
+        self.lr, (self.b1, self.b2), self.eps, self.wd = lr, betas, eps, wd
+        self.b3 = math.sqrt(self.b2)
+        self.d = estim_lr0
+        self.m = [np.zeros(s) for s in shapes]
+        self.v = [np.zeros(s) for s in shapes]
+        self.s = [np.zeros(s) for s in shapes]
+        self.r, self.t = 0.0, 0
+
+    def step(self, params, grads):
+        k = self.t
+        self.t += 1
+        t = self.t
+        h = self.d * _rate(self.lr, k) * math.sqrt(1 - self.b2**t) / (1 - self.b1**t)
+        inner = sum(
+            float(np.sum(g * s / (np.sqrt(v) + self.eps))) for g, s, v in zip(grads, self.s, self.v)
+        )
+        self.r = self.b3 * self.r + (1 - self.b3) * h * inner
+        for i, g in enumerate(grads):
+            self.m[i] = self.b1 * self.m[i] + (1 - self.b1) * h * g
+            self.v[i] = self.b2 * self.v[i] + (1 - self.b2) * g * g
+            self.s[i] = self.b3 * self.s[i] + (1 - self.b3) * h * g
+        l1 = sum(float(np.sum(np.abs(s))) for s in self.s)
+        if l1 > 0:
+            self.d = max(self.d, self.r / ((1 - self.b3) * l1))
+        return [
+            p - m / (np.sqrt(v) + self.eps) - self.wd * h * p
+            for p, m, v in zip(params, self.m, self.v)
+        ]
