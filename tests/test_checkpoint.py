@@ -43,6 +43,8 @@ CASES = {name: Case(functools.partial(make, name)) for name in STRUCTURAL}
 CASES["sign_sgd"] = Case(
     lambda: adamx.sign_sgd(lambda count: 1e-3 / (1 + count.astype(jnp.float32) / 10))
 )
+# issue 16's fourth batch (new chains, not yet in test_contract's STRUCTURAL)
+CASES.update({name: Case(functools.partial(make, name)) for name in ("prodigy", "dadapt_adamw")})
 CASES.update(
     {
         "chain_clip_adamw": Case(

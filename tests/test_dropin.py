@@ -52,6 +52,8 @@ TRANSFORMATIONS = {
     "scale_by_lion_moments": (adamx.scale_by_lion_moments, "grads"),
     "scale_by_lazy_moments": (adamx.scale_by_lazy_moments, "grads"),
     "scale_by_adan_moments": (adamx.scale_by_adan_moments, "grads"),
+    "scale_by_prodigy": (adamx.scale_by_prodigy, "grads"),
+    "scale_by_dadapt_adamw": (adamx.scale_by_dadapt_adamw, "grads"),
     "shrink_proximal": (lambda: adamx.shrink_proximal(0.1, 0.1), "grads"),
     "trace_momentum": (lambda: adamx.trace_momentum(momentum=0.9), "grads"),
     "scale_by_factored_rms": (adamx.scale_by_factored_rms, "grads"),

@@ -190,6 +190,8 @@ REAL_ONLY = (
     "muon",
     "sign_sgd",
     "signum",
+    "prodigy",
+    "dadapt_adamw",
 )  # the rest take complex params (test_complex.py)
 
 

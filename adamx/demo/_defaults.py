@@ -31,6 +31,7 @@ DEFAULT_LEARNING_RATES: dict[str, float] = {
     "ademamix": 1e-2,
     "adopt": 2e-2,
     "amsgrad": 1e-2,
+    "dadapt_adamw": 1.0,
     "lamb": 5e-3,
     "lars": 2.0,
     "lazy_adam": 1e-2,
@@ -40,6 +41,7 @@ DEFAULT_LEARNING_RATES: dict[str, float] = {
     "nadamw": 1e-3,
     "novograd": 3e-2,
     "optimistic_adam": 1e-2,
+    "prodigy": 1.0,
     "radam": 1e-2,
     "rmsprop": 1e-3,
     "schedule_free_adamw": 1e-2,
@@ -81,6 +83,8 @@ minimum) rather than the fastest one on either.
   signSGD oscillates on the MLP above that); LARS 2.0 (its step is
   ``lr * 0.001 * ||p||`` per tensor; zero-initialised weights take one plain SGD step of
   ``lr`` first, which limits it: from 5 the MLP stalls).
+* Issue 16's fourth batch: Prodigy and D-Adaptation AdamW take 1.0, the rate their
+  authors advise: it multiplies the step size the optimizer estimates itself.
 """
 
 EXAMPLE_TITLES: dict[str, str] = {
