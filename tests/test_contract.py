@@ -110,10 +110,10 @@ OPTIMIZERS = {
     "sign_sgd": Row(adamx.sign_sgd, dict(learning_rate=1e-3), 10000),
     "signum": Row(adamx.signum, dict(learning_rate=1e-2)),
     # issue 16, fourth batch: the learning rate multiplies the estimated step size D, which
-    # starts at estim_lr0 (1e-3: float16 params hold its first steps, 1e-6 ones underflow)
-    "prodigy": Row(adamx.prodigy, dict(learning_rate=1.0, estim_lr0=1e-3, weight_decay=1e-2)),
+    # starts at estim_lr0 (0.1 here: float16 params hold its first steps, 1e-6 ones underflow)
+    "prodigy": Row(adamx.prodigy, dict(learning_rate=1.0, estim_lr0=0.1, weight_decay=1e-2)),
     "dadapt_adamw": Row(
-        adamx.dadapt_adamw, dict(learning_rate=1.0, estim_lr0=1e-3, weight_decay=1e-2)
+        adamx.dadapt_adamw, dict(learning_rate=1.0, estim_lr0=0.1, weight_decay=1e-2)
     ),
 }
 NAMES = sorted(OPTIMIZERS)

@@ -40,6 +40,8 @@ SHARED |= {name: getattr(optax, name) for name in "adamaxw lars novograd sign_sg
 SHARED["optimistic_adam"] = optax.optimistic_adam_v2  # optax's optimistic_adam is deprecated
 SHARED["schedule_free_adamw"] = optax.contrib.schedule_free_adamw
 SHARED["schedule_free_sgd"] = optax.contrib.schedule_free_sgd
+SHARED["prodigy"] = optax.contrib.prodigy
+SHARED["dadapt_adamw"] = optax.contrib.dadapt_adamw
 
 # Defaults that differ from optax's on purpose (README, "differences from optax"): PyTorch's
 # defaults, a default learning rate where optax has none, and ``None`` for an option that is

@@ -498,10 +498,6 @@ F16_STATE_SKIP = {
     "|y| ~ 1), far above a small step",
     "schedule_free_sgd": "y and z are float16: c * (z - y) carries their rounding (5e-4 of "
     "|y| ~ 1), far above a small step",
-    "prodigy": "m and s hold D g with D ~ 1e-3 here: D g ~ 1e-5 is subnormal in float16 (below "
-    "6e-5) and rounds by up to 25%, as optax's float16 state does",
-    "dadapt_adamw": "m and s hold h g with h = D lr c ~ 3e-4 here: subnormal in float16 (below "
-    "6e-5), rounded by up to 25%, as optax's float16 state does",
 }
 F16_RTOL = 1e-2
 F16_ULP = 2 * float(jnp.finfo(F16).smallest_subnormal)  # updates below 6e-5 are subnormal
