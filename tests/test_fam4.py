@@ -19,6 +19,7 @@ import numpy as np
 import optax
 import optax.contrib
 import pytest
+import reference_fam4 as ref
 
 import adamx
 
@@ -53,15 +54,26 @@ def theirs_run(make, dtype, steps):
         return run(make(), dtype, steps)
 
 
-def decay(k):  # a schedule written in one dtype (strict promotion)
-    return 1.0 / (1.0 + 0.05 * k.astype(jnp.float32))
+def decay(k):  # a step schedule: its values are exact in every dtype
+    return jnp.where(jnp.asarray(k) < 20, 1.0, 0.25)
 
 
+ALL_PRODIGY = dict(betas=(0.8, 0.99), beta3=0.9, eps=1e-6, estim_lr0=1e-5, estim_lr_coef=0.5)
+ALL_DADAPT = dict(betas=(0.8, 0.99), eps=1e-6, estim_lr0=1e-5)
+# (id, call of a module (adamx or optax.contrib), the NumPy reference)
 CASES = [
-    ("prodigy", lambda m: m.prodigy()),
-    ("prodigy-all", lambda m: m.prodigy(decay, (0.8, 0.99), 0.9, 1e-6, 1e-5, 0.5, 0.1, True)),
-    ("dadapt_adamw", lambda m: m.dadapt_adamw()),
-    ("dadapt_adamw-all", lambda m: m.dadapt_adamw(decay, (0.8, 0.99), 1e-6, 1e-5, 0.1)),
+    ("prodigy", lambda m: m.prodigy(), lambda s: ref.Prodigy(s)),
+    (
+        "prodigy-all",
+        lambda m: m.prodigy(decay, **ALL_PRODIGY, weight_decay=0.1, safeguard_warmup=True),
+        lambda s: ref.Prodigy(s, decay, **ALL_PRODIGY, wd=0.1, safeguard_warmup=True),
+    ),
+    ("dadapt_adamw", lambda m: m.dadapt_adamw(), lambda s: ref.DAdaptAdamW(s)),
+    (
+        "dadapt_adamw-all",
+        lambda m: m.dadapt_adamw(decay, **ALL_DADAPT, weight_decay=0.1),
+        lambda s: ref.DAdaptAdamW(s, decay, **ALL_DADAPT, wd=0.1),
+    ),
 ]
 IDS = [c[0] for c in CASES]
 
@@ -74,15 +86,34 @@ def assert_runs_close(ours, theirs, rtol):
         np.testing.assert_allclose(a, b, rtol=rtol, atol=rtol * np.max(np.abs(b)), err_msg=name)
 
 
-@pytest.mark.parametrize(("case", "make"), CASES, ids=IDS)
-def test_float64_trajectory_matches_optax(case, make, x64):
+def reference_run(make_ref, steps):
+    """The NumPy float64 reference on the same problem (the gradient in NumPy)."""
+    params, target = problem(jnp.float64)
+    names = sorted(SHAPES)
+    x = [np.asarray(params[n]) for n in names]
+    c = [np.asarray(target[n]) for n in names]
+    opt = make_ref([p.shape for p in x])
+    out, ds = {n: [] for n in names}, []
+    for _ in range(steps):
+        g = [(p - t) * (1 + 0.3 * np.cos(3 * p)) for p, t in zip(x, c)]
+        x = opt.step(x, g)
+        for n, p in zip(names, x):
+            out[n].append(p)
+        ds.append(opt.d)
+    return {n: np.stack(v) for n, v in out.items()}, np.asarray(ds)
+
+
+@pytest.mark.parametrize(("case", "make", "make_ref"), CASES, ids=IDS)
+def test_float64_trajectory_matches_optax_and_the_reference(case, make, make_ref, x64):
     ours = run(make(adamx), jnp.float64, 60)
     assert_runs_close(ours, theirs_run(lambda: make(optax.contrib), jnp.float64, 60), 1e-10)
+    assert_runs_close(ours, reference_run(make_ref, 60), 1e-10)
     assert float(ours[1][-1]) > 3 * float(ours[1][0])  # D grows: the estimate is tested
 
 
-@pytest.mark.parametrize(("case", "make"), CASES[::2], ids=IDS[::2])
-def test_float32_first_steps_match_optax(case, make):
+@pytest.mark.parametrize(("case", "make", "make_ref"), CASES[::2], ids=IDS[::2])
+def test_float32_first_steps_match_optax(case, make, make_ref):
+    del make_ref
     ours = run(make(adamx), jnp.float32, 8)
     assert_runs_close(ours, theirs_run(lambda: make(optax.contrib), jnp.float32, 8), 5e-5)
 
