@@ -78,12 +78,10 @@ from adamx.optimizers._adopt import (
     normalize_by_previous_rms,
     read_momentum,
 )
-from adamx.optimizers._dadapt import (
+from adamx.optimizers._dadapt import dadapt_adamw, distance_estimate, prodigy
+from adamx.optimizers._dadapt_blocks import (
     DAdaptAdamWState,
     ProdigyState,
-    dadapt_adamw,
-    distance_estimate,
-    prodigy,
     scale_by_dadapt_adamw,
     scale_by_prodigy,
 )

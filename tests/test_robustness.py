@@ -29,10 +29,10 @@ import numpy as np
 import optax
 import pytest
 import reference_adam_variants as rav
+import reference_fam4 as rf4
 import reference_mixtures as rmix
 import reference_other_family as rof
 import reference_sgd_family as rsgd
-import reference_fam4 as rf4
 import reference_sign_free as rsf
 from test_contract import OPTIMIZERS
 from test_properties import DECAY, ZERO, ZERO_UPDATES
