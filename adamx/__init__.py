@@ -117,6 +117,13 @@ from adamx.optimizers._schedule_free import (
 )
 from adamx.optimizers._sgd import MomentumState, sgd, trace_momentum
 from adamx.optimizers._sign import scale_by_sign, sign_sgd, signum
+from adamx.optimizers._sophia import (
+    HutchinsonState,
+    SophiaState,
+    hutchinson_diagonal,
+    normalize_by_hessian,
+    sophia,
+)
 from adamx.optimizers._variants import adamax, adamaxw, amsgrad, nadam, nadamw
 from adamx.optimizers._variants_nu import adabelief, radam, yogi
 from adamx.storage._with_storage import (
@@ -174,6 +181,7 @@ __all__ = [
     "schedule_free_sgd",
     "sgd",
     "sign_sgd",
+    "sophia",
     "signum",
     "simplified_ademamix",
     "yogi",
@@ -194,6 +202,7 @@ __all__ = [
     "Diagnostics",
     "FactoredRmsState",
     "FusedKernelWarning",
+    "HutchinsonState",
     "KernelInfo",
     "LayerwiseMomentState",
     "LionMomentsState",
@@ -211,6 +220,7 @@ __all__ = [
     "ScheduleState",
     "SkipNonfiniteState",
     "SlowMomentumState",
+    "SophiaState",
     "SecondMomentRule",
     "UpdateRmsState",
     "add_decayed_weights",
@@ -225,12 +235,14 @@ __all__ = [
     "ema_of_belief",
     "ema_of_squares",
     "infinity_norm",
+    "hutchinson_diagonal",
     "inspect",
     "keep_max_nu",
     "mix_accumulated_momentum",
     "mix_slow_momentum",
     "negate",
     "normalize",
+    "normalize_by_hessian",
     "normalize_by_previous_rms",
     "normalize_inf",
     "normalize_rectified",

@@ -98,3 +98,33 @@ class DAdaptAdamW:
             p - m / (np.sqrt(v) + self.eps) - self.wd * h * p
             for p, m, v in zip(params, self.m, self.v)
         ]
+
+
+class Sophia:
+    """Liu et al. 2023 (Algorithm 1) in optax's form: ``m = b1 m + (1 - b1) g``,
+    ``u = clip(m / (1 - b1**t) / max(gamma h, eps), +-clip)`` with the ``h`` from before this
+    step, ``x -= lr (u + wd x)``; then, when ``(t - 1) % interval == 0``,
+    ``h = b2 h + (1 - b2) e`` for the estimate ``e`` passed to ``step``."""
+
+    def __init__(
+        self, shapes, lr, b1=0.965, b2=0.99, eps=1e-8, wd=1e-4, gamma=0.01, clip_threshold=1.0,
+        update_interval=10,
+    ):  # fmt: skip
+        self.lr, self.b1, self.b2, self.eps, self.wd = lr, b1, b2, eps, wd
+        self.gamma, self.clip, self.interval = gamma, clip_threshold, update_interval
+        self.m = [np.zeros(s) for s in shapes]
+        self.h = [np.zeros(s) for s in shapes]
+        self.t = 0
+
+    def step(self, params, grads, estimate):
+        self.t += 1
+        out = []
+        for i, (p, g) in enumerate(zip(params, grads)):
+            self.m[i] = self.b1 * self.m[i] + (1 - self.b1) * g
+            u = self.m[i] / (1 - self.b1**self.t) / np.maximum(self.gamma * self.h[i], self.eps)
+            if self.clip is not None:
+                u = np.clip(u, -self.clip, self.clip)
+            out.append(p - self.lr * (u + self.wd * p))
+        if (self.t - 1) % self.interval == 0:
+            self.h = [self.b2 * h + (1 - self.b2) * e for h, e in zip(self.h, estimate)]
+        return out

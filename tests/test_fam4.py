@@ -111,7 +111,7 @@ def test_float64_trajectory_matches_optax_and_the_reference(case, make, make_ref
     assert float(ours[1][-1]) > 3 * float(ours[1][0])  # D grows: the estimate is tested
 
 
-@pytest.mark.parametrize(("case", "make", "make_ref"), CASES[::2], ids=IDS[::2])
+@pytest.mark.parametrize(("case", "make", "make_ref"), CASES[:1], ids=IDS[:1])
 def test_float32_first_steps_match_optax(case, make, make_ref):
     del make_ref
     ours = run(make(adamx), jnp.float32, 8)
@@ -151,3 +151,105 @@ def test_bad_values_raise_at_construction_naming_the_argument(make, arg, shown):
         make()
     assert f"`{arg}`" in str(info.value)
     assert shown in str(info.value)
+
+
+# ----------------------------------------------------------------------------- sophia
+# A quadratic whose Hessian is diagonal (2a) plus a small sine: Hutchinson's z * (H z) is
+# then the exact diagonal for every Rademacher z, so the estimate is deterministic and both
+# libraries' runs differ only in their arithmetic (they also draw the same z for one key).
+def sophia_problem(dtype):
+    rng = np.random.default_rng(1)
+    a = {n: jnp.asarray(rng.uniform(0.5, 2.0, size=s), dtype) for n, s in SHAPES.items()}
+    c = {n: jnp.asarray(rng.normal(size=s), dtype) for n, s in SHAPES.items()}
+    return a, c
+
+
+def sophia_run(opt, dtype, steps, promotion="strict"):
+    a, c = sophia_problem(dtype)
+
+    def loss(p):
+        return sum(jnp.sum(a[k] * (p[k] - c[k]) ** 2 + 0.1 * jnp.sin(p[k])) for k in p)
+
+    def body(carry, _):
+        p, s = carry
+        u, s = opt.update(jax.grad(loss)(p), s, p, obj_fn=loss)
+        p = optax.apply_updates(p, u)
+        return (p, s), p
+
+    with jax.numpy_dtype_promotion(promotion):
+        carry = (jax.tree.map(jnp.zeros_like, a), opt.init(jax.tree.map(jnp.zeros_like, a)))
+        return jax.jit(lambda c: jax.lax.scan(body, c, None, length=steps)[1])(carry)
+
+
+SOPHIA_ALL = dict(b1=0.9, b2=0.95, eps=1e-6, weight_decay=0.01, gamma=0.5, clip_threshold=0.5,
+                  update_interval=3)  # fmt: skip
+
+
+# float64 at the defaults (clipped, sign-like steps: an element whose m is near 0 near the
+# optimum is a rounding away from the other sign of a tiny step, hence the atol), float32
+# with every option
+SOPHIA_CASES = [({}, "float64", 1e-10), (SOPHIA_ALL, "float32", 1e-5)]
+
+
+@pytest.mark.parametrize(("kw", "dtype", "tol"), SOPHIA_CASES, ids=["defaults-f64", "all-f32"])
+def test_sophia_trajectory_matches_optax(kw, dtype, tol):
+    with jax.enable_x64(dtype == "float64"):
+        ours = sophia_run(adamx.sophia(0.05, **kw), dtype, 40)
+        theirs = sophia_run(optax.contrib.sophia(0.05, **kw), dtype, 40, "standard")
+    for name in SHAPES:
+        np.testing.assert_allclose(ours[name], theirs[name], rtol=tol, atol=tol)
+
+
+class GivenDiagonal(optax.GradientTransformation):
+    """A Hessian-diagonal estimator that returns what the caller passes as ``diag=``."""
+
+    def __new__(cls):
+        def update(updates, state, params=None, *, diag, **extra):
+            return diag, state
+
+        return optax.GradientTransformationExtraArgs(lambda p: optax.EmptyState(), update)
+
+
+def test_sophia_hands_extra_arguments_to_its_estimator_and_follows_the_reference():
+    """Any estimator and its own keyword arguments, through the guard, the chain and
+    lax.cond; against the NumPy reference, every option, 12 steps (4 refreshes)."""
+    kw = dict(SOPHIA_ALL, eps=1e-3)
+    opt = optax.chain(
+        optax.identity(), adamx.sophia(0.05, **kw, hessian_diagonal_fn=GivenDiagonal())
+    )
+    rng = np.random.default_rng(2)
+    names = sorted(SHAPES)
+    params = {n: jnp.asarray(rng.normal(size=SHAPES[n])) for n in names}
+    rename = {"weight_decay": "wd"}
+    reference = ref.Sophia(
+        [SHAPES[n] for n in names], 0.05, **{rename.get(k, k): v for k, v in kw.items()}
+    )
+    step = jax.jit(opt.update)
+    state, x = opt.init(params), [np.asarray(params[n], np.float64) for n in names]
+    for _ in range(12):
+        g = {n: jnp.asarray(rng.normal(size=SHAPES[n])) for n in names}
+        e = {n: jnp.asarray(rng.uniform(0.1, 4.0, size=SHAPES[n])) for n in names}
+        u, state = step(g, state, params, diag=e)
+        params = optax.apply_updates(params, u)
+        x = reference.step(x, [np.asarray(g[n], np.float64) for n in names],
+                           [np.asarray(e[n], np.float64) for n in names])  # fmt: skip
+        for n, want in zip(names, x):
+            np.testing.assert_allclose(
+                np.asarray(params[n], np.float64), want, rtol=2e-6, atol=1e-6
+            )
+
+
+def test_sophia_says_what_update_needs():
+    opt = adamx.sophia(0.1)
+    params = {"w": jnp.ones(2)}
+    with pytest.raises(ValueError, match="obj_fn=lambda p: loss"):
+        opt.update({"w": jnp.ones(2)}, opt.init(params), params)
+    for make, arg in [
+        (lambda: adamx.sophia(0.1, update_interval=0), "update_interval"),
+        (lambda: adamx.sophia(0.1, update_interval=2.5), "update_interval"),
+        (lambda: adamx.sophia(0.1, gamma=-1.0), "gamma"),
+        (lambda: adamx.sophia(0.1, clip_threshold=-1.0), "clip_threshold"),
+        (lambda: adamx.sophia(0.1, b2=1.0), "b2"),
+    ]:
+        with pytest.raises(ValueError, match=f"`{arg}`"):
+            make()

@@ -28,6 +28,8 @@ REAL_ONLY = {
     "complex numbers do not have (optax's adopt raises on complex params too)",
     "sign_sgd": "its direction is sign(g), which has no complex reading adamx takes",
     "signum": "its direction is sign(m), which has no complex reading adamx takes",
+    "sophia": "its step clips m / max(gamma h, eps) to [-clip_threshold, clip_threshold], "
+    "which orders the values (optax's sophia is written for real params too)",
     "prodigy": "its distance estimate sums <g, x_0 - x> and |s| over the params, a real "
     "inner product and norm (optax's prodigy is written for real params too)",
     "dadapt_adamw": "its distance estimate sums <g, s / (sqrt(v) + eps)> and |s| over the "
