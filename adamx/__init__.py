@@ -86,6 +86,7 @@ from adamx.optimizers._dadapt_blocks import (
     scale_by_prodigy,
 )
 from adamx.optimizers._from_torch import from_torch
+from adamx.optimizers._galore import GaLoreState, galore, scale_by_galore
 from adamx.optimizers._lamb_lion import (
     LionMomentsState,
     lamb,
@@ -144,7 +145,8 @@ __version__ = "0.2.0"
 # The names of the optimizers (recipes); everything else in __all__ is a building block.
 OPTIMIZERS = (
     "adabelief", "adadelta", "adafactor", "adagrad", "adam", "adamax", "adamaxw", "adamw",
-    "adan", "ademamix", "adopt", "amsgrad", "dadapt_adamw", "lamb", "lars", "lazy_adam",
+    "adan", "ademamix", "adopt", "amsgrad", "dadapt_adamw", "galore", "lamb", "lars",
+    "lazy_adam",
     "lion", "muon", "nadam", "nadamw", "novograd", "optimistic_adam", "prodigy", "radam",
     "rmsprop", "schedule_free_adamw", "schedule_free_sgd", "sgd", "sign_sgd", "signum",
     "simplified_ademamix", "yogi",
@@ -165,6 +167,7 @@ __all__ = [
     "adopt",
     "amsgrad",
     "dadapt_adamw",
+    "galore",
     "lamb",
     "lars",
     "lazy_adam",
@@ -202,6 +205,7 @@ __all__ = [
     "Diagnostics",
     "FactoredRmsState",
     "FusedKernelWarning",
+    "GaLoreState",
     "HutchinsonState",
     "KernelInfo",
     "LayerwiseMomentState",
@@ -253,6 +257,7 @@ __all__ = [
     "scale_by_adan_moments",
     "scale_by_dadapt_adamw",
     "scale_by_factored_rms",
+    "scale_by_galore",
     "scale_by_layerwise_moment",
     "scale_by_lazy_moments",
     "scale_by_learning_rate",

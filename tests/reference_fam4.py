@@ -128,3 +128,55 @@ class Sophia:
         if (self.t - 1) % self.interval == 0:
             self.h = [self.b2 * h + (1 - self.b2) * e for h, e in zip(self.h, estimate)]
         return out
+
+
+class GaLore:
+    """Zhao et al. 2024 (Algorithm 2) with optax's Adam as the base: for an ``m x n``
+    matrix, every ``update_proj_gap`` updates ``P`` = the first ``r`` left (``m >= n``) or
+    right singular vectors of ``G``; ``R = P^T G`` (or ``G P``); Adam on ``R`` (``b1`` 0.9,
+    ``b2`` 0.999, eps 1e-8 outside the root of the corrected ``v``); ``x -= lr (scale P D``
+    (or ``D P^T``) ``+ wd x)``. Other leaves: ``x -= lr (Adam(g) + wd x)``. The singular
+    vectors' signs do not matter: ``P`` and ``Adam(R)`` flip together."""
+
+    def __init__(self, shapes, lr=1e-3, rank=128, update_proj_gap=200, scale=1.0, wd=0.0):
+        self.lr, self.rank, self.gap, self.scale, self.wd = lr, rank, update_proj_gap, scale, wd
+        self.shapes = shapes
+        self.p = [None] * len(shapes)
+        self.m, self.v = [None] * len(shapes), [None] * len(shapes)
+        self.t = 0
+
+    def _low_shape(self, shape):
+        if len(shape) != 2:
+            return shape
+        m, n = shape
+        r = min(self.rank, m, n)
+        return (r, n) if m >= n else (m, r)
+
+    def step(self, params, grads):
+        k = self.t
+        self.t += 1
+        t = self.t
+        out = []
+        for i, (x, g) in enumerate(zip(params, grads)):
+            shape = self.shapes[i]
+            if self.m[i] is None:
+                self.m[i] = np.zeros(self._low_shape(shape))
+                self.v[i] = np.zeros(self._low_shape(shape))
+                if len(shape) == 2:
+                    m, n = shape
+                    r = min(self.rank, m, n)
+                    self.p[i] = np.zeros((m, r) if m >= n else (n, r))
+            matrix = len(shape) == 2
+            left = matrix and shape[0] >= shape[1]
+            if matrix and k % self.gap == 0:
+                u, _, vt = np.linalg.svd(g, full_matrices=False)
+                r = self.p[i].shape[1]
+                self.p[i] = u[:, :r] if left else vt[:r, :].T
+            low = (self.p[i].T @ g if left else g @ self.p[i]) if matrix else g
+            self.m[i] = 0.9 * self.m[i] + 0.1 * low
+            self.v[i] = 0.999 * self.v[i] + 0.001 * low * low
+            d = self.m[i] / (1 - 0.9**t) / (np.sqrt(self.v[i] / (1 - 0.999**t)) + 1e-8)
+            if matrix:
+                d = self.scale * (self.p[i] @ d if left else d @ self.p[i].T)
+            out.append(x - self.lr * (d + self.wd * x))
+        return out

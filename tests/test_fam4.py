@@ -1,5 +1,6 @@
 """Issue 16's fourth batch against optax.contrib 0.2.8 step for step: prodigy and
-dadapt_adamw (the distance estimate D and the params along 60 steps, every option).
+dadapt_adamw (the distance estimate D and the params along 60 steps, every option), sophia
+(through its extra arguments) and galore (projected Adam, refreshed projectors).
 
 The gradient of a quadratic + cosine loss is computed inside one ``lax.scan`` from the
 current params, the same function for both optimizers, so the runs differ only in the
@@ -251,5 +252,63 @@ def test_sophia_says_what_update_needs():
         (lambda: adamx.sophia(0.1, clip_threshold=-1.0), "clip_threshold"),
         (lambda: adamx.sophia(0.1, b2=1.0), "b2"),
     ]:
+        with pytest.raises(ValueError, match=f"`{arg}`"):
+            make()
+
+
+# ----------------------------------------------------------------------------- galore
+GALORE_SHAPES = {"b": (4,), "v": (3, 7), "w": (8, 5)}  # a tall and a wide matrix: P left, right
+GALORE_ALL = dict(rank=2, update_proj_gap=7, scale=0.5, weight_decay=0.1)
+
+
+def galore_run(opt, dtype, steps, promotion="strict"):
+    rng = np.random.default_rng(3)
+    p0 = {n: jnp.asarray(rng.normal(size=s), dtype) for n, s in GALORE_SHAPES.items()}
+    target = {n: jnp.asarray(rng.normal(size=s), dtype) for n, s in GALORE_SHAPES.items()}
+
+    def body(carry, _):
+        p, s = carry
+        g = jax.tree.map(lambda x, c: (x - c) * (1 + 0.3 * jnp.cos(3 * x)), p, target)
+        u, s = opt.update(g, s, p)
+        p = optax.apply_updates(p, u)
+        return (p, s), p
+
+    with jax.numpy_dtype_promotion(promotion):
+        run = jax.jit(lambda c: jax.lax.scan(body, c, None, length=steps)[1])
+        return run((p0, opt.init(p0))), p0, target
+
+
+def test_galore_float32_matches_optax_float64_the_reference():
+    """30 steps, projectors refreshed at steps 1, 8, 15, 22, 29. float32: optax's rule, to
+    Adam's bias-correction rounding (optax forms 1 - b**t in float32). float64: the NumPy
+    reference (optax decomposes even float64 gradients in float32, adamx in float64)."""
+    ours, _, _ = galore_run(adamx.galore(0.05, **GALORE_ALL), "float32", 30)
+    theirs, _, _ = galore_run(optax.contrib.galore(0.05, **GALORE_ALL), "float32", 30, "standard")
+    for name in GALORE_SHAPES:
+        np.testing.assert_allclose(ours[name], theirs[name], rtol=2e-5, atol=2e-5)
+    with jax.enable_x64(True):
+        ours, p0, target = galore_run(adamx.galore(0.05, **GALORE_ALL), "float64", 30)
+    names = sorted(GALORE_SHAPES)
+    kw = {("wd" if k == "weight_decay" else k): v for k, v in GALORE_ALL.items()}
+    reference = ref.GaLore([GALORE_SHAPES[n] for n in names], 0.05, **kw)
+    x = [np.asarray(p0[n], np.float64) for n in names]
+    c = [np.asarray(target[n], np.float64) for n in names]
+    for k in range(30):
+        x = reference.step(x, [(p - t) * (1 + 0.3 * np.cos(3 * p)) for p, t in zip(x, c)])
+        for n, want in zip(names, x):
+            np.testing.assert_allclose(ours[n][k], want, rtol=1e-9, atol=1e-9, err_msg=f"{n} {k}")
+
+
+def test_galore_keeps_low_rank_state_and_refuses_what_it_lacks():
+    params = {"w": jnp.ones((64, 16)), "b": jnp.ones(16)}
+    state = adamx.galore(rank=4).init(params)
+    shapes = {jnp.shape(x) for x in jax.tree.leaves(state)}
+    assert (64, 4) in shapes and (4, 16) in shapes and (64, 16) not in shapes
+    for make, arg in [
+        (lambda: adamx.galore(rank=0), "rank"),
+        (lambda: adamx.galore(update_proj_gap=2.5), "update_proj_gap"),
+        (lambda: adamx.galore(weight_dimension_numbers=optax.contrib.GaLoreDimensionNumbers()),
+         "weight_dimension_numbers"),
+    ]:  # fmt: skip
         with pytest.raises(ValueError, match=f"`{arg}`"):
             make()
