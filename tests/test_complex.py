@@ -198,7 +198,8 @@ def test_state_dtype_of_other_kind_than_params_follows_optax_and_keeps_updates(
 
 
 REAL_ONLY = (
-    "lion", "adadelta", "adopt", "muon", "sign_sgd", "signum", "prodigy", "dadapt_adamw"
+    "lion", "adadelta", "adopt", "muon", "sign_sgd", "signum", "prodigy", "dadapt_adamw",
+    "galore",
 )  # fmt: skip
 COMPLEX_ALIASES = [n for n in adamx.OPTIMIZERS if n not in REAL_ONLY]
 

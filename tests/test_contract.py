@@ -115,6 +115,9 @@ OPTIMIZERS = {
     "dadapt_adamw": Row(
         adamx.dadapt_adamw, dict(learning_rate=1.0, estim_lr0=0.1, weight_decay=1e-2)
     ),
+    # rank and update_proj_gap set shapes and are left at their defaults (ints would be
+    # traced by inject_hyperparams): the contract's small matrices are projected at full rank
+    "galore": Row(adamx.galore, dict(learning_rate=1e-2, weight_decay=1e-2)),
 }
 NAMES = sorted(OPTIMIZERS)
 # The structural contracts (pytrees, dtypes, jit and donation, cond / scan, optax wrappers)

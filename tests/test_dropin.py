@@ -67,6 +67,7 @@ TRANSFORMATIONS = {
     "hutchinson_diagonal": (lambda: _with_objective(adamx.hutchinson_diagonal()), "grads"),
     "normalize_by_hessian": (lambda: _with_objective(adamx.normalize_by_hessian()), "moments"),
     "scale_by_prodigy": (adamx.scale_by_prodigy, "grads"),
+    "scale_by_galore": (lambda: adamx.scale_by_galore(rank=1), "grads"),
     "scale_by_dadapt_adamw": (adamx.scale_by_dadapt_adamw, "grads"),
     "shrink_proximal": (lambda: adamx.shrink_proximal(0.1, 0.1), "grads"),
     "trace_momentum": (lambda: adamx.trace_momentum(momentum=0.9), "grads"),

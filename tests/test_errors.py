@@ -192,6 +192,7 @@ REAL_ONLY = (
     "signum",
     "prodigy",
     "dadapt_adamw",
+    "galore",
 )  # the rest take complex params (test_complex.py)
 
 

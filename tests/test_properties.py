@@ -230,6 +230,7 @@ ZERO_UPDATES = {
     "signum": (ZERO, "m = 0, sign(0) = 0"),
     "prodigy": (DECAY, "m = v = 0 over D*eps > 0, plus -lr*D*c*wd*p; D stays (sum|s| = 0)"),
     "dadapt_adamw": (DECAY, "m = v = 0 over eps > 0, plus -D*lr*c*wd*p; D stays (sum|s| = 0)"),
+    "galore": (DECAY, "P^T 0 = 0: Adam's 0 / eps, projected back, plus -lr*wd*p"),
 }
 
 
@@ -323,6 +324,11 @@ SCALING = {
         {},
         "eps sets the unit of s / (sqrt(v) + eps) in D's numerator; with eps = 0 the first "
         "is 0/0 (s = v = 0), as in optax",
+    ),
+    "galore": (
+        NEITHER,
+        {},
+        "the base Adam's eps (1e-8, not an option of galore) sets the units of m / sqrt(v)",
     ),
 }
 # Tolerance of the float32 comparison, relative to the leaf's largest update. Observed over

@@ -32,6 +32,7 @@ DEFAULT_LEARNING_RATES: dict[str, float] = {
     "adopt": 2e-2,
     "amsgrad": 1e-2,
     "dadapt_adamw": 1.0,
+    "galore": 1e-2,
     "lamb": 5e-3,
     "lars": 2.0,
     "lazy_adam": 1e-2,
@@ -84,7 +85,8 @@ minimum) rather than the fastest one on either.
   ``lr * 0.001 * ||p||`` per tensor; zero-initialised weights take one plain SGD step of
   ``lr`` first, which limits it: from 5 the MLP stalls).
 * Issue 16's fourth batch: Prodigy and D-Adaptation AdamW take 1.0, the rate their
-  authors advise: it multiplies the step size the optimizer estimates itself.
+  authors advise: it multiplies the step size the optimizer estimates itself. GaLore takes
+  Adam's 1e-2 (the demo's matrices are projected at its default rank 128, i.e. whole).
 """
 
 EXAMPLE_TITLES: dict[str, str] = {

@@ -14,8 +14,9 @@ from adamx.blocks._base import (
     ScalarOrSchedule,
     abstract_or_array,
     check_learning_rate,
-    check_range,
     compute_dtype,
+    concrete_value,
+    is_real_number,
     map_unzip,
     safe_increment,
     transformation,
@@ -36,7 +37,7 @@ class GaLoreState(NamedTuple):
       base_optimizer_state: the base optimizer's state, shaped for the projected gradients
         (``r x n`` or ``m x r`` for an ``m x n`` matrix; other leaves at full size).
       projector: ``P`` per matrix, ``m x r`` (``m >= n``) or ``n x r``, in the param's dtype;
-        a ``0 x 0`` placeholder for the leaves that are not matrices.
+        an ``optax.MaskedNode()`` (no array) for the leaves that are not matrices.
     """
 
     count: jax.Array  # type: ignore[assignment]
@@ -44,17 +45,23 @@ class GaLoreState(NamedTuple):
     projector: PyTree
 
 
-def _plan(shape, rank) -> tuple[bool, int] | None:
-    """``(left, r)`` for a matrix (``left``: ``m >= n``, project the rows), else None."""
-    if len(shape) != 2:
-        return None
-    m, n = shape
-    return m >= n, min(rank, m, n)
-
-
 def _check_int(name: str, value) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+    """A positive int, or a concrete integer array (``optax.inject_hyperparams`` passes
+    ints as arrays); a traced one passes (it must then be static where it sets shapes)."""
+    ok = is_real_number(value) and jnp.issubdtype(jnp.result_type(value), jnp.integer)
+    v = concrete_value(value) if ok else None
+    if not ok or (v is not None and v < 1):
         raise ValueError(f"`{name}` must be a positive int, got {name}={value!r}.")
+
+
+def _static_rank(rank) -> int:
+    v = concrete_value(rank)
+    if v is None:
+        raise ValueError(
+            "`rank` sets the shapes of GaLore's state and must be concrete: under "
+            'optax.inject_hyperparams, pass static_args=("rank",).'
+        )
+    return int(v)
 
 
 def scale_by_galore(
@@ -90,7 +97,8 @@ def scale_by_galore(
     """
     _check_int("rank", rank)
     _check_int("update_proj_gap", update_proj_gap)
-    check_range("scale", scale, low=-float("inf"))
+    if not is_real_number(scale):
+        raise ValueError(f"`scale` must be a number, got scale={scale!r}.")
     base = base_optimizer
     if base is None:
         base = optax.chain(
@@ -101,11 +109,10 @@ def scale_by_galore(
     def init(params):
         def leaf(p):
             p = abstract_or_array(p)
-            plan = _plan(p.shape, rank)
-            if plan is None:
-                return jnp.zeros((0, 0), p.dtype), jnp.zeros_like(p)
-            left, r = plan
+            if p.ndim != 2:
+                return optax.MaskedNode(), jnp.zeros_like(p)
             m, n = p.shape
+            left, r = m >= n, min(_static_rank(rank), m, n)
             proxy = (r, n) if left else (m, r)
             return jnp.zeros((m if left else n, r), p.dtype), jnp.zeros(proxy, p.dtype)
 
@@ -120,12 +127,11 @@ def scale_by_galore(
         del params
         refresh = state.count % update_proj_gap == 0
 
-        def project(g, p):
+        def project(g, p):  # r is the projector's width (rank is not read: it may be traced)
             g = jnp.asarray(g)
-            plan = _plan(g.shape, rank)
-            if plan is None:
+            if g.ndim != 2:
                 return g, p
-            left, r = plan
+            left, r = g.shape[0] >= g.shape[1], p.shape[1]
 
             def fresh():
                 u, _, vt = jnp.linalg.svd(g.astype(compute_dtype(g.dtype)), full_matrices=False)
@@ -140,11 +146,10 @@ def scale_by_galore(
 
         def back(g, d, p):
             g = jnp.asarray(g)
-            plan = _plan(g.shape, rank)
-            if plan is None:
+            if g.ndim != 2:
                 return d
             dtype = compute_dtype(g.dtype)
-            full = p @ d if plan[0] else d @ p.T
+            full = p @ d if g.shape[0] >= g.shape[1] else d @ p.T
             return (jnp.asarray(scale, dtype) * full.astype(dtype)).astype(g.dtype)
 
         updates = jax.tree.map(back, grads, low_updates, projector)
@@ -160,7 +165,7 @@ def galore(
     update_proj_gap: int = 200,
     scale: float = 1.0,
     base_optimizer: optax.GradientTransformation | None = None,
-    weight_decay: float | None = 0.0,
+    weight_decay: float | None = None,
     mask: Any | Callable[[PyTree], Any] | None = None,
     weight_dimension_numbers: None = None,
 ) -> optax.GradientTransformation:
@@ -189,8 +194,8 @@ def galore(
       scale: multiplies the projected-back step of the matrices. Default 1.0.
       base_optimizer: a transformation that does not read params, run on the projected
         gradients; None for Adam's direction (b1 0.9, b2 0.999, eps 1e-8). Default None.
-      weight_decay: decoupled decay ``>= 0`` on the full params, or None. Default 0.0
-        (optax's; no work is done for it).
+      weight_decay: decoupled decay ``>= 0`` on the full params; None (default; optax's 0.0
+        adds nothing) or 0 leave it out.
       mask: the leaves to decay (a tree of bools or a function of the params).
       weight_dimension_numbers: only None (2-D leaves are the matrices): optax's reshaping
         of higher-rank leaves into matrices is not implemented.
