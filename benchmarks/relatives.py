@@ -48,6 +48,10 @@ def contenders() -> dict[str, optax.GradientTransformation]:
         "prodigy: optax": optax.contrib.prodigy(),
         "dadapt_adamw: adamx": adamx.dadapt_adamw(),
         "dadapt_adamw: optax": optax.contrib.dadapt_adamw(),
+        "galore: adamx (rank 128)": adamx.galore(lr),
+        "galore: optax (rank 128)": optax.contrib.galore(lr),
+        "galore: adamx (rank 32)": adamx.galore(lr, rank=32),
+        "galore: optax (rank 32)": optax.contrib.galore(lr, rank=32),
     }
 
 
