@@ -80,7 +80,15 @@ from adamx.optimizers._adopt import (
     read_momentum,
 )
 from adamx.optimizers._cautious import cautious
+from adamx.optimizers._dadapt import dadapt_adamw, distance_estimate, prodigy
+from adamx.optimizers._dadapt_blocks import (
+    DAdaptAdamWState,
+    ProdigyState,
+    scale_by_dadapt_adamw,
+    scale_by_prodigy,
+)
 from adamx.optimizers._from_torch import from_torch
+from adamx.optimizers._galore import GaLoreState, galore, scale_by_galore
 from adamx.optimizers._lamb_lion import (
     LionMomentsState,
     lamb,
@@ -116,6 +124,13 @@ from adamx.optimizers._schedule_free import (
 from adamx.optimizers._sgd import MomentumState, sgd, trace_momentum
 from adamx.optimizers._sign import scale_by_sign, sign_sgd, signum
 from adamx.optimizers._soap import SoapState, soap
+from adamx.optimizers._sophia import (
+    HutchinsonState,
+    SophiaState,
+    hutchinson_diagonal,
+    normalize_by_hessian,
+    sophia,
+)
 from adamx.optimizers._variants import adamax, adamaxw, amsgrad, nadam, nadamw
 from adamx.optimizers._variants_nu import adabelief, radam, yogi
 from adamx.storage._with_storage import (
@@ -136,10 +151,10 @@ __version__ = "0.2.0"
 # The names of the optimizers (recipes); everything else in __all__ is a building block.
 OPTIMIZERS = (
     "adabelief", "adadelta", "adafactor", "adagrad", "adam", "adam_mini", "adamax", "adamaxw",
-    "adamw", "adan", "ademamix", "adopt", "amsgrad", "lamb", "laprop", "lars", "lazy_adam",
-    "lion", "mars", "muon", "nadam", "nadamw", "novograd", "optimistic_adam", "radam", "rmsprop",
-    "schedule_free_adamw", "schedule_free_sgd", "sgd", "sign_sgd", "signum",
-    "simplified_ademamix", "soap", "yogi",
+    "adamw", "adan", "ademamix", "adopt", "amsgrad", "dadapt_adamw", "galore", "lamb", "laprop",
+    "lars", "lazy_adam", "lion", "mars", "muon", "nadam", "nadamw", "novograd",
+    "optimistic_adam", "prodigy", "radam", "rmsprop", "schedule_free_adamw",
+    "schedule_free_sgd", "sgd", "sign_sgd", "signum", "simplified_ademamix", "soap", "yogi",
 )  # fmt: skip
 
 __all__ = [
@@ -157,6 +172,8 @@ __all__ = [
     "ademamix",
     "adopt",
     "amsgrad",
+    "dadapt_adamw",
+    "galore",
     "lamb",
     "laprop",
     "lars",
@@ -169,12 +186,14 @@ __all__ = [
     "novograd",
     "optimistic_adam",
     "optimistic_adam_v2",
+    "prodigy",
     "radam",
     "rmsprop",
     "schedule_free_adamw",
     "schedule_free_sgd",
     "sgd",
     "sign_sgd",
+    "sophia",
     "signum",
     "simplified_ademamix",
     "soap",
@@ -193,9 +212,12 @@ __all__ = [
     "storage_error",
     "kernel_info",
     "AdanState",
+    "DAdaptAdamWState",
     "Diagnostics",
     "FactoredRmsState",
     "FusedKernelWarning",
+    "GaLoreState",
+    "HutchinsonState",
     "KernelInfo",
     "LayerwiseMomentState",
     "LionMomentsState",
@@ -207,6 +229,7 @@ __all__ = [
     "NesterovState",
     "OptimisticState",
     "PreviousRmsState",
+    "ProdigyState",
     "ProximalState",
     "RmsState",
     "RelativeStepState",
@@ -215,6 +238,7 @@ __all__ = [
     "SkipNonfiniteState",
     "SlowMomentumState",
     "SoapState",
+    "SophiaState",
     "SecondMomentRule",
     "UpdateRmsState",
     "adam_mini_partition",
@@ -226,15 +250,18 @@ __all__ = [
     "clip_by_block_rms",
     "correct_bias",
     "correct_bias_nesterov",
+    "distance_estimate",
     "ema_of_belief",
     "ema_of_squares",
     "infinity_norm",
+    "hutchinson_diagonal",
     "inspect",
     "keep_max_nu",
     "mix_accumulated_momentum",
     "mix_slow_momentum",
     "negate",
     "normalize",
+    "normalize_by_hessian",
     "normalize_by_previous_rms",
     "normalize_by_rms",
     "normalize_inf",
@@ -245,7 +272,9 @@ __all__ = [
     "restore_state",
     "scale_by_adan_moments",
     "scale_by_block_moments",
+    "scale_by_dadapt_adamw",
     "scale_by_factored_rms",
+    "scale_by_galore",
     "scale_by_layerwise_moment",
     "scale_by_lazy_moments",
     "scale_by_learning_rate",
@@ -254,6 +283,7 @@ __all__ = [
     "scale_by_moments",
     "scale_by_optimistic_gradient",
     "scale_by_param_block_rms",
+    "scale_by_prodigy",
     "scale_by_relative_step",
     "scale_by_schedule_free",
     "scale_by_shape",

@@ -55,6 +55,16 @@ def contenders() -> dict[str, optax.GradientTransformation]:
         # issue 18, second part: no optax twin; AdamW (adamx's and optax's) as the yardstick
         "adam_mini: adamx": adamx.adam_mini(lr),
         "soap: adamx": adamx.soap(lr),
+        # issue 16, fourth batch (lr multiplies the estimated step size D); AdamW as the base
+        "adamw (base of the next four): optax": optax.adamw(lr),
+        "prodigy: adamx": adamx.prodigy(),
+        "prodigy: optax": optax.contrib.prodigy(),
+        "dadapt_adamw: adamx": adamx.dadapt_adamw(),
+        "dadapt_adamw: optax": optax.contrib.dadapt_adamw(),
+        "galore: adamx (rank 128)": adamx.galore(lr),
+        "galore: optax (rank 128)": optax.contrib.galore(lr),
+        "galore: adamx (rank 32)": adamx.galore(lr, rank=32),
+        "galore: optax (rank 32)": optax.contrib.galore(lr, rank=32),
     }
 
 
@@ -83,7 +93,9 @@ def main() -> None:
         if only and not name.startswith(only):
             continue
         params = tree(shapes, 0)
-        state = opt.init(params)
+        # a copy: optax.contrib.prodigy's init keeps the params themselves as x_0, and one
+        # buffer cannot be donated twice
+        state = jax.tree.map(lambda x: jnp.array(x, copy=True), opt.init(params))
         bytes_per_param = adamx.state_bytes_per_param(state, params)
 
         def step(p, s, g, opt=opt):

@@ -197,7 +197,10 @@ def test_state_dtype_of_other_kind_than_params_follows_optax_and_keeps_updates(
     chex.assert_trees_all_close(params, p_theirs, rtol=1e-12, atol=1e-13)
 
 
-REAL_ONLY = ("lion", "adadelta", "adopt", "sign_sgd", "signum", "soap")
+REAL_ONLY = (
+    "lion", "adadelta", "adopt", "sign_sgd", "signum", "soap", "prodigy", "dadapt_adamw",
+    "galore",
+)  # fmt: skip
 COMPLEX_ALIASES = [n for n in adamx.OPTIMIZERS if n not in REAL_ONLY]
 
 

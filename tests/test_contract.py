@@ -122,6 +122,15 @@ OPTIMIZERS = {
         dict(learning_rate=1e-2, weight_decay=1e-2, precondition_frequency=2),
         warmup=1,
     ),
+    # issue 16, fourth batch: the learning rate multiplies the estimated step size D, which
+    # starts at estim_lr0 (0.1 here: float16 params hold its first steps, 1e-6 ones underflow)
+    "prodigy": Row(adamx.prodigy, dict(learning_rate=1.0, estim_lr0=0.1, weight_decay=1e-2)),
+    "dadapt_adamw": Row(
+        adamx.dadapt_adamw, dict(learning_rate=1.0, estim_lr0=0.1, weight_decay=1e-2)
+    ),
+    # rank and update_proj_gap set shapes and are left at their defaults (ints would be
+    # traced by inject_hyperparams): the contract's small matrices are projected at full rank
+    "galore": Row(adamx.galore, dict(learning_rate=1e-2, weight_decay=1e-2)),
 }
 NAMES = sorted(OPTIMIZERS)
 # The structural contracts (pytrees, dtypes, jit and donation, cond / scan, optax wrappers)
@@ -338,6 +347,7 @@ MOVES_AT_LR_ZERO = {
     "lars": "the buffer holds lr-scaled steps and keeps moving p",
     "schedule_free_adamw": "z stays, but y = b1 x + (1 - b1) z moves towards the average x",
     "schedule_free_sgd": "z stays, but y = b1 x + (1 - b1) z moves towards the average x",
+    "dadapt_adamw": "m holds the past steps with their rates (as optax's) and keeps moving p",
 }
 
 

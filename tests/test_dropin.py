@@ -30,6 +30,17 @@ def _moments_record():
     return record
 
 
+def _with_objective(tx):
+    """``tx`` with Sophia's ``obj_fn`` supplied (a fixed quadratic of the params), so that the
+    table's plain ``update(updates, state, params)`` calls drive it; other extras go on."""
+
+    def update(updates, state, params=None, **extra):
+        objective = lambda q: sum(jnp.sum(x * x) for x in jax.tree.leaves(q))  # noqa: E731
+        return tx.update(updates, state, params, obj_fn=objective, **extra)
+
+    return optax.GradientTransformationExtraArgs(tx.init, update)
+
+
 MESH = Mesh(np.array(jax.devices()[:1]), ("data",))
 
 # Every public factory of a transformation (adamx.__all__), and what its update reads:
@@ -54,6 +65,12 @@ TRANSFORMATIONS = {
     "scale_by_lazy_moments": (adamx.scale_by_lazy_moments, "grads"),
     "scale_by_adan_moments": (adamx.scale_by_adan_moments, "grads"),
     "scale_by_block_moments": (adamx.scale_by_block_moments, "grads"),
+    "sophia": (lambda: _with_objective(adamx.sophia(0.1, update_interval=1)), "grads"),
+    "hutchinson_diagonal": (lambda: _with_objective(adamx.hutchinson_diagonal()), "grads"),
+    "normalize_by_hessian": (lambda: _with_objective(adamx.normalize_by_hessian()), "moments"),
+    "scale_by_prodigy": (adamx.scale_by_prodigy, "grads"),
+    "scale_by_galore": (lambda: adamx.scale_by_galore(rank=1), "grads"),
+    "scale_by_dadapt_adamw": (adamx.scale_by_dadapt_adamw, "grads"),
     "shrink_proximal": (lambda: adamx.shrink_proximal(0.1, 0.1), "grads"),
     "trace_momentum": (lambda: adamx.trace_momentum(momentum=0.9), "grads"),
     "scale_by_factored_rms": (adamx.scale_by_factored_rms, "grads"),

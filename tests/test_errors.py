@@ -190,6 +190,9 @@ REAL_ONLY = (
     "sign_sgd",
     "signum",
     "soap",
+    "prodigy",
+    "dadapt_adamw",
+    "galore",
 )  # the rest take complex params (test_complex.py)
 
 

@@ -40,6 +40,9 @@ SHARED |= {name: getattr(optax, name) for name in "adamaxw lars novograd sign_sg
 SHARED["optimistic_adam"] = optax.optimistic_adam_v2  # optax's optimistic_adam is deprecated
 SHARED["schedule_free_adamw"] = optax.contrib.schedule_free_adamw
 SHARED["schedule_free_sgd"] = optax.contrib.schedule_free_sgd
+SHARED["prodigy"] = optax.contrib.prodigy
+SHARED["dadapt_adamw"] = optax.contrib.dadapt_adamw
+SHARED["galore"] = optax.contrib.galore
 
 # Defaults that differ from optax's on purpose (README, "differences from optax"): PyTorch's
 # defaults, a default learning rate where optax has none, and ``None`` for an option that is
@@ -84,6 +87,8 @@ DEFAULTS_DIFFER = {
     ("simplified_ademamix", "weight_decay"): (None, 0.0),
     ("adamaxw", "learning_rate"): (2e-3, EMPTY),
     ("lars", "learning_rate"): (0.1, EMPTY),
+    ("galore", "learning_rate"): (1e-3, EMPTY),
+    ("galore", "weight_decay"): (None, 0.0),
     ("lars", "weight_decay"): (None, 0.0),
     ("novograd", "learning_rate"): (1e-2, EMPTY),
     ("novograd", "weight_decay"): (None, 0.0),
@@ -362,8 +367,10 @@ def test_tree_get_finds_one_count(name):
         assert otu.tree_get_all_with_path(state, "count") == []
         return
     # muon and soap are partitions of two chains (Newton-Schulz or the eigenbasis, and
-    # AdamW), each with its own count, as optax.contrib.muon's state is
-    two = name in ("muon", "soap")
+    # AdamW), each with its own count, as optax.contrib.muon's state is; galore counts its
+    # projector refreshes and holds its base optimizer's state with that one's count, as
+    # optax.contrib.galore's state does
+    two = name in ("muon", "soap", "galore")
     assert len(otu.tree_get_all_with_path(state, "count")) == (2 if two else 1)
     assert all(int(c) == 0 for _, c in otu.tree_get_all_with_path(state, "count"))
     assert otu.tree_get_all_with_path(adamx.sgd(0.1).init(problem()[0]), "count") == []

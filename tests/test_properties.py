@@ -234,6 +234,9 @@ ZERO_UPDATES = {
     "mars": (DECAY, "c = 0 (g = g_prev = 0): 0 over eps; plus the decoupled -lr*wd*p"),
     "adam_mini": (DECAY, "m = 0 over sqrt(v_B^) + eps, plus -lr*wd*p"),
     "soap": (DECAY, "L = R = 0: the identity basis, m = 0 over sqrt(0) + eps, plus -lr*wd*p"),
+    "prodigy": (DECAY, "m = v = 0 over D*eps > 0, plus -lr*D*c*wd*p; D stays (sum|s| = 0)"),
+    "dadapt_adamw": (DECAY, "m = v = 0 over eps > 0, plus -D*lr*c*wd*p; D stays (sum|s| = 0)"),
+    "galore": (DECAY, "P^T 0 = 0: Adam's 0 / eps, projected back, plus -lr*wd*p"),
 }
 
 
@@ -321,6 +324,22 @@ SCALING = {
     "mars": (INVARIANT, {"eps": 0.0, "max_norm": None}, "c ~ c g unclipped; then AdamW's"),
     "adam_mini": (INVARIANT, {"eps": 0.0}, "v_B = mean(g**2) ~ c**2 per block"),
     "soap": (INVARIANT, {"eps": 0.0}, "L, R ~ c**2 keep their eigenvectors; V ~ c**2"),
+    "prodigy": (
+        INVARIANT,
+        {"eps": 0.0, "weight_decay": 0.0},
+        "m ~ c, v ~ c**2; params held fixed: <g, x_0 - x> = 0 and D stays",
+    ),
+    "dadapt_adamw": (
+        NEITHER,
+        {},
+        "eps sets the unit of s / (sqrt(v) + eps) in D's numerator; with eps = 0 the first "
+        "is 0/0 (s = v = 0), as in optax",
+    ),
+    "galore": (
+        NEITHER,
+        {},
+        "the base Adam's eps (1e-8, not an option of galore) sets the units of m / sqrt(v)",
+    ),
 }
 # Tolerance of the float32 comparison, relative to the leaf's largest update. Observed over
 # 24 draws per row: <= 1.2e-6, and 8.8e-6 for RAdam with decoupled decay (d and wd*p cancel).

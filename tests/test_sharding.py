@@ -27,7 +27,11 @@ HERE = Path(__file__).resolve().parent
 # and the rotations Q_L^T G Q_R take whole matrices: a sharded matrix is gathered (10
 # all-gathers, an all-to-all and a collective-permute for one row-sharded 64 x 32 matrix
 # on 8 devices; its params and moments keep their sharding).
-GATHERS = {"soap": "its preconditioner and eigenbasis are whole-matrix objects"}
+GATHERS = {
+    "soap": "its preconditioner and eigenbasis are whole-matrix objects",
+    "galore": "the SVD of a sharded gradient gathers it at each projector refresh (as "
+    "optax.contrib.galore's does), and its projectors are made unsharded",
+}
 # The module fixture runs one 8-device subprocess, once per run: the suite hands whole
 # files to its pytest-xdist workers (``--dist loadfile`` in pyproject.toml).
 
@@ -55,7 +59,7 @@ grads_host = [{k: rng.normal(size=v.shape).astype(np.float32) for k, v in host.i
 params = jax.device_put(host, SH)
 grads = [jax.device_put(g, SH) for g in grads_host]
 opts = {name: ROWS[name].factory(**ROWS[name].kwargs) for name in adamx.OPTIMIZERS
-        if name != "soap"}  # GATHERS
+        if name not in ("soap", "galore")}  # GATHERS
 
 def param_shaped(state, p):
     # (path, leaf) for every state leaf shaped like p
@@ -203,6 +207,9 @@ def _report():
     assert proc.returncode == 0, proc.stderr[-4000:]
     line = [ln for ln in proc.stdout.splitlines() if ln.startswith("JSON")][-1]
     return json.loads(line[4:])
+
+
+# Optimizers left out of the 8-device run, and why.
 
 
 def _all_leaves_sharded(checks: dict) -> None:

@@ -32,6 +32,8 @@ DEFAULT_LEARNING_RATES: dict[str, float] = {
     "ademamix": 1e-2,
     "adopt": 2e-2,
     "amsgrad": 1e-2,
+    "dadapt_adamw": 1.0,
+    "galore": 1e-2,
     "lamb": 5e-3,
     "laprop": 1e-2,
     "lars": 2.0,
@@ -43,6 +45,7 @@ DEFAULT_LEARNING_RATES: dict[str, float] = {
     "nadamw": 1e-3,
     "novograd": 3e-2,
     "optimistic_adam": 1e-2,
+    "prodigy": 1.0,
     "radam": 1e-2,
     "rmsprop": 1e-3,
     "schedule_free_adamw": 1e-2,
@@ -92,6 +95,9 @@ minimum) rather than the fastest one on either.
   (the digits models' leaves have no Transformer names: one block per leaf; 1000 steps:
   softmax 95.8%, MLP 97.2%); SOAP 1e-2 (3e-3 leaves softmax regression at 0.33 after 1000
   steps, 1e-2 at 0.027; the MLP trains at every rate swept).
+* Issue 16's fourth batch: Prodigy and D-Adaptation AdamW take 1.0, the rate their
+  authors advise: it multiplies the step size the optimizer estimates itself. GaLore takes
+  Adam's 1e-2 (the demo's matrices are projected at its default rank 128, i.e. whole).
 """
 
 EXAMPLE_TITLES: dict[str, str] = {

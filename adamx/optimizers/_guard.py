@@ -27,6 +27,15 @@ REAL_ONLY = {
     "sign_sgd": "its direction is sign(g), which has no complex reading adamx takes",
     "signum": "its direction is sign(m), which has no complex reading adamx takes",
     "soap": "its eigenbasis (eigh, QR) is written for real matrices, as in the paper",
+    "sophia": "its step clips m / max(gamma h, eps) to [-clip_threshold, clip_threshold], "
+    "which orders the values (optax's sophia is written for real params too)",
+    "galore": "its projector comes from a real SVD and projects with P^T (optax's galore "
+    "is written for real params too)",
+    "prodigy": "its distance estimate sums <g, x_0 - x> and |s| over the params, a real "
+    "inner product and norm (optax's prodigy is written for real params too)",
+    "dadapt_adamw": "its distance estimate sums <g, s / (sqrt(v) + eps)> and |s| over the "
+    "params, a real inner product and norm (optax's dadapt_adamw is written for real params "
+    "too)",
 }
 
 
