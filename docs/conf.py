@@ -65,6 +65,9 @@ autodoc_member_order = "bysource"
 # the types are in each docstring's Args; optax.ScalarOrSchedule would print as a long union
 autodoc_typehints = "none"
 autodoc_preserve_defaults = True
+# a member without a docstring shows none, not its base's (`Storage.stochastic = False` is a
+# bool: its inherited "docstring" would be bool's)
+autodoc_inherit_docstrings = False
 napoleon_google_docstring = True
 napoleon_numpy_docstring = False
 napoleon_use_ivar = True  # NamedTuple fields are documented once, by autodoc
@@ -74,3 +77,15 @@ napoleon_custom_sections = [("References", "notes_style"), ("Example", "examples
 html_theme = "furo"
 html_title = f"adamx {release}"
 html_theme_options = {"navigation_with_keys": True}
+
+
+def _skip_namedtuple_fields(app, what, name, obj, skip, options):
+    """A NamedTuple's fields are listed by its docstring; their own docstrings only say
+    "Alias for field number N"."""
+    if (getattr(obj, "__doc__", None) or "").startswith("Alias for field number"):
+        return True
+    return None
+
+
+def setup(app):
+    app.connect("autodoc-skip-member", _skip_namedtuple_fields)

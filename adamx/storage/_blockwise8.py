@@ -244,6 +244,7 @@ class Blockwise8(_Policy):
 
     @property
     def stochastic(self) -> bool:  # type: ignore[override]
+        """Whether :meth:`encode` needs a key: ``stochastic_rounding``."""
         return self.stochastic_rounding
 
     def check(self, moment: str) -> None:

@@ -48,6 +48,7 @@ class Cast(_Policy):
 
     @property
     def stochastic(self) -> bool:  # type: ignore[override]
+        """Whether :meth:`encode` needs a key: ``stochastic_rounding``."""
         return self.stochastic_rounding
 
     def encode(self, x: jax.Array, key: jax.Array | None) -> jax.Array:
