@@ -77,6 +77,8 @@ napoleon_custom_sections = [("References", "notes_style"), ("Example", "examples
 html_theme = "furo"
 html_title = f"adamx {release}"
 html_theme_options = {"navigation_with_keys": True}
+html_static_path = ["_static"]
+html_css_files = ["tables.css"]
 
 
 def _skip_namedtuple_fields(app, what, name, obj, skip, options):
