@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-CHECKED = ["adamx", "tests", "benchmarks", "examples"]
+CHECKED = ["adamx", "tests", "benchmarks", "examples", "docs", "tools"]
 
 
 def run(*command: str) -> subprocess.CompletedProcess:

@@ -114,7 +114,7 @@ class SecondMomentRule(NamedTuple):
 def ema_of_squares() -> SecondMomentRule:
     """Adam's second moment: ``v = b2 * v + (1 - b2) * g**2``, starting at 0.
 
-    Computed as :func:`ema_square` (PyTorch's order, ``b2 * v + ((1 - b2) * g) * g``):
+    Computed as ``ema_square`` (PyTorch's order, ``b2 * v + ((1 - b2) * g) * g``):
     correct while ``(1 - b2) * g**2`` and ``v`` fit the dtype, ``inf`` (never NaN) beyond.
     """
 

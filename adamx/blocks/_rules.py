@@ -376,7 +376,7 @@ def normalize_rectified(
     ``eps`` is added to the root of the raw ``v`` (PyTorch); ``eps_root`` inside the root
     of the bias-corrected ``v^ = v / bc2`` (optax's ``eps_root``):
     ``sqrt(v + eps_root * bc2) / sqrt(bc2) = sqrt(v^ + eps_root)``. The scalars are formed in
-    float32 (float64 under ``jax_enable_x64``), ``rho_t`` by :func:`sma_length` without
+    float32 (float64 under ``jax_enable_x64``), ``rho_t`` by ``sma_length`` without
     cancellation. Both branches are computed and ``jnp.where`` picks one, so a traced
     ``b2`` or ``threshold`` works.
 

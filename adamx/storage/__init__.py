@@ -12,8 +12,8 @@ Policies (see :func:`resolve` for the names):
 - :func:`factored`: row and column means of the second moment (Shazeer & Stern 2018);
 - :func:`flat`: the moment's leaves in one 1-D buffer per dtype (:class:`FlatMoments`).
 
-:func:`state_bytes` measures what a state really occupies. :func:`with_storage` wraps an
-optimizer so that its moments are kept through these policies (also ``adamx.with_storage``).
+:func:`state_bytes` measures what a state really occupies. :func:`adamx.with_storage` wraps an
+optimizer so that its moments are kept through these policies.
 """
 
 from adamx.storage._blockwise8 import Blockwise8, Quantized, blockwise8, dynamic_code, row_blocks

@@ -244,6 +244,7 @@ class Blockwise8(_Policy):
 
     @property
     def stochastic(self) -> bool:  # type: ignore[override]
+        """Whether :meth:`encode` needs a key: ``stochastic_rounding``."""
         return self.stochastic_rounding
 
     def check(self, moment: str) -> None:
@@ -369,7 +370,7 @@ def blockwise8(
     rounded to nearest end 20-30% above float32 on a teacher-student regression, rounded
     stochastically within 1%). The codes themselves mean the same in both modes; a table
     value (0, a block's absmax) is kept exactly in both. Both searches read one entry of a
-    small bucket table per element (:func:`search_buckets`), no binary search.
+    small bucket table per element (``search_buckets``), no binary search.
 
     A NaN or inf in a block makes its whole block decode to non-finite values. Smaller
     leaves are stored in float32 as they are (they are few bytes, and often biases and

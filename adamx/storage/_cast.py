@@ -48,10 +48,11 @@ class Cast(_Policy):
 
     @property
     def stochastic(self) -> bool:  # type: ignore[override]
+        """Whether :meth:`encode` needs a key: ``stochastic_rounding``."""
         return self.stochastic_rounding
 
     def encode(self, x: jax.Array, key: jax.Array | None) -> jax.Array:
-        """``x`` in :attr:`dtype`, rounded to nearest or stochastically; then ``key`` is a
+        """``x`` in ``dtype``, rounded to nearest or stochastically; then ``key`` is a
         PRNG key or a ``uint32`` scalar seed (the one ``jax.random.bits(key, (), uint32)``
         would draw; :func:`adamx.with_storage` draws all its leaves' seeds at once)."""
         if not self.stochastic_rounding:
