@@ -43,8 +43,6 @@ CASES = {name: Case(functools.partial(make, name)) for name in STRUCTURAL}
 CASES["sign_sgd"] = Case(
     lambda: adamx.sign_sgd(lambda count: 1e-3 / (1 + count.astype(jnp.float32) / 10))
 )
-# issue 16's fourth batch (new chains, not yet in test_contract's STRUCTURAL)
-CASES.update({name: Case(functools.partial(make, name)) for name in ("prodigy", "dadapt_adamw")})
 # galore at rank 2 < min(3, 4): at full rank the state of the 3 x 4 kernel has the shapes of
 # its transpose's, and the transposed variant below could not be told apart
 CASES["galore"] = Case(lambda: adamx.galore(1e-2, rank=2, weight_decay=1e-2))
