@@ -72,6 +72,7 @@ from adamx.optimizers._ademamix import (
     mix_slow_momentum,
     simplified_ademamix,
 )
+from adamx.optimizers._asgd import AverageState, asgd, asgd_eval_params, average_params
 from adamx.optimizers._adopt import (
     PreviousRmsState,
     adopt,
@@ -101,6 +102,7 @@ from adamx.optimizers._optimistic import (
     scale_by_optimistic_gradient,
 )
 from adamx.optimizers._rmsprop import center_second_moment, rmsprop
+from adamx.optimizers._rprop import RpropState, rprop, scale_by_rprop
 from adamx.optimizers._schedule_free import (
     ScheduleFreeState,
     scale_by_schedule_free,
@@ -130,8 +132,8 @@ __version__ = "0.2.0"
 # The names of the optimizers (recipes); everything else in __all__ is a building block.
 OPTIMIZERS = (
     "adabelief", "adadelta", "adafactor", "adagrad", "adam", "adamax", "adamaxw", "adamw",
-    "adan", "ademamix", "adopt", "amsgrad", "lamb", "lars", "lazy_adam", "lion", "muon",
-    "nadam", "nadamw", "novograd", "optimistic_adam", "radam", "rmsprop",
+    "adan", "ademamix", "adopt", "amsgrad", "asgd", "lamb", "lars", "lazy_adam", "lion",
+    "muon", "nadam", "nadamw", "novograd", "optimistic_adam", "radam", "rmsprop", "rprop",
     "schedule_free_adamw", "schedule_free_sgd", "sgd", "sign_sgd", "signum",
     "simplified_ademamix", "yogi",
 )  # fmt: skip
@@ -150,6 +152,7 @@ __all__ = [
     "ademamix",
     "adopt",
     "amsgrad",
+    "asgd",
     "lamb",
     "lars",
     "lazy_adam",
@@ -161,6 +164,7 @@ __all__ = [
     "optimistic_adam",
     "radam",
     "rmsprop",
+    "rprop",
     "schedule_free_adamw",
     "schedule_free_sgd",
     "sgd",
@@ -181,6 +185,7 @@ __all__ = [
     "storage_error",
     "kernel_info",
     "AdanState",
+    "AverageState",
     "Diagnostics",
     "FactoredRmsState",
     "FusedKernelWarning",
@@ -196,6 +201,7 @@ __all__ = [
     "PreviousRmsState",
     "ProximalState",
     "RelativeStepState",
+    "RpropState",
     "ScheduleFreeState",
     "ScheduleState",
     "SkipNonfiniteState",
@@ -204,6 +210,8 @@ __all__ = [
     "UpdateRmsState",
     "add_decayed_weights",
     "ademamix_schedules",
+    "asgd_eval_params",
+    "average_params",
     "average_of_squares",
     "bias_correction",
     "center_second_moment",
@@ -236,6 +244,7 @@ __all__ = [
     "scale_by_optimistic_gradient",
     "scale_by_param_block_rms",
     "scale_by_relative_step",
+    "scale_by_rprop",
     "scale_by_schedule_free",
     "scale_by_shape",
     "scale_by_sign",

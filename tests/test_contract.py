@@ -109,6 +109,10 @@ OPTIMIZERS = {
     ),
     "sign_sgd": Row(adamx.sign_sgd, dict(learning_rate=1e-3), 10000),
     "signum": Row(adamx.signum, dict(learning_rate=1e-2)),
+    # issue 16, third batch. Rprop's learning_rate is the initial step size (no schedule);
+    # ASGD is plain SGD without momentum (a constant rate, more steps), averaging from 100.
+    "rprop": Row(adamx.rprop, dict(learning_rate=1e-2), 2000, False),
+    "asgd": Row(adamx.asgd, dict(learning_rate=2e-3, t0=100.0, weight_decay=1e-2), 5000, False),
 }
 NAMES = sorted(OPTIMIZERS)
 # The structural contracts (pytrees, dtypes, jit and donation, cond / scan, optax wrappers)
