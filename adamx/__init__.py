@@ -112,6 +112,7 @@ from adamx.optimizers._schedule_free import (
 )
 from adamx.optimizers._sgd import MomentumState, sgd, trace_momentum
 from adamx.optimizers._sign import scale_by_sign, sign_sgd, signum
+from adamx.optimizers._sm3 import CoverMaximaState, normalize_by_cover_maxima, sm3
 from adamx.optimizers._variants import adamax, adamaxw, amsgrad, nadam, nadamw
 from adamx.optimizers._variants_nu import adabelief, radam, yogi
 from adamx.storage._with_storage import (
@@ -135,7 +136,7 @@ OPTIMIZERS = (
     "adan", "ademamix", "adopt", "amsgrad", "asgd", "lamb", "lars", "lazy_adam", "lion",
     "muon", "nadam", "nadamw", "novograd", "optimistic_adam", "radam", "rmsprop", "rprop",
     "schedule_free_adamw", "schedule_free_sgd", "sgd", "sign_sgd", "signum",
-    "simplified_ademamix", "yogi",
+    "simplified_ademamix", "sm3", "yogi",
 )  # fmt: skip
 
 __all__ = [
@@ -171,6 +172,7 @@ __all__ = [
     "sign_sgd",
     "signum",
     "simplified_ademamix",
+    "sm3",
     "yogi",
     "step",
     "from_torch",
@@ -186,6 +188,7 @@ __all__ = [
     "kernel_info",
     "AdanState",
     "AverageState",
+    "CoverMaximaState",
     "Diagnostics",
     "FactoredRmsState",
     "FusedKernelWarning",
@@ -227,6 +230,7 @@ __all__ = [
     "mix_slow_momentum",
     "negate",
     "normalize",
+    "normalize_by_cover_maxima",
     "normalize_by_previous_rms",
     "normalize_inf",
     "normalize_rectified",

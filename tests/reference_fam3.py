@@ -75,3 +75,40 @@ class ASGD:
                 self.ax[i] = self.ax[i] + (new - self.ax[i]) / (k - self.t0)
             out.append(new)
         return out
+
+
+class SM3:
+    """Anil et al. 2019, SM3-II with momentum, as optax.sm3 writes it. Per leaf with one
+    accumulator per index of every axis (a scalar: one): ``nu[j] = c g[j]**2 + b2 min over
+    the axes i of acc_i[j_i]`` (``c = 1`` for ``b2 = 1``, else ``1 - b2``), then
+    ``acc_i[k] = max of nu over the elements whose i-th index is k``,
+    ``d = g / sqrt(nu + eps)`` (0 where nu = 0), ``m = momentum m + (1 - momentum) d``,
+    ``p -= lr m``. Written with explicit loops over the elements."""
+
+    def __init__(self, shapes, lr=1e-2, momentum=0.9, b2=1.0, eps=1e-8):
+        self.lr, self.momentum, self.b2, self.eps = lr, momentum, b2, eps
+        self.acc = [[np.zeros(n) for n in s] if s else [np.zeros(1)] for s in shapes]
+        self.m = [np.zeros(s) for s in shapes]
+        self.t = 0
+
+    def step(self, params, grads):
+        self.t += 1
+        c = 1.0 if self.b2 == 1 else 1 - self.b2
+        out = []
+        for i, (p, g) in enumerate(zip(params, grads)):
+            g = np.asarray(g, np.float64)
+            acc = self.acc[i]
+            nu, d = np.zeros(g.shape), np.zeros(g.shape)
+            for j in np.ndindex(g.shape):
+                index = j if j else (0,)
+                smallest = min(a[k] for a, k in zip(acc, index))
+                nu[j] = c * g[j] ** 2 + self.b2 * smallest
+                d[j] = g[j] / np.sqrt(nu[j] + self.eps) if nu[j] > 0 else 0.0
+            new = [np.zeros(len(a)) for a in acc]
+            for j in np.ndindex(g.shape):
+                for axis, k in enumerate(j if j else (0,)):
+                    new[axis][k] = max(new[axis][k], nu[j]) if j else nu[j]
+            self.acc[i] = new
+            self.m[i] = self.momentum * self.m[i] + (1 - self.momentum) * d
+            out.append(p - self.lr * self.m[i])
+        return out

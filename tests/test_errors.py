@@ -190,6 +190,7 @@ REAL_ONLY = (
     "muon",
     "sign_sgd",
     "signum",
+    "sm3",
 )  # the rest take complex params (test_complex.py)
 
 

@@ -228,6 +228,9 @@ ZERO_UPDATES = {
     "schedule_free_sgd": (DECAY, "z moves by -lr*wd*y only, so does y"),
     "sign_sgd": (ZERO, "sign(0) = 0"),
     "signum": (ZERO, "m = 0, sign(0) = 0"),
+    "rprop": (ZERO, "sign(0) = 0: no step (g * prev = 0, the sizes hold)"),
+    "asgd": (DECAY, "coupled L2 and lambd: -eta*(wd + lambd)*p"),
+    "sm3": (ZERO, "nu = 0 gives d = 0 (not 0/0), and m stays 0"),
 }
 
 
@@ -311,6 +314,9 @@ SCALING = {
     "schedule_free_sgd": (NEITHER, {}, "params held fixed: y - z does not scale with g"),
     "sign_sgd": (INVARIANT, {}, "sign(c g) = sign(g)"),
     "signum": (INVARIANT, {}, "sign(c m) = sign(m)"),
+    "rprop": (INVARIANT, {}, "only the signs of g and of g * prev are read"),
+    "asgd": (LINEAR, {"weight_decay": 0.0, "lambd": 0.0}, "plain SGD steps -eta*g"),
+    "sm3": (INVARIANT, {"eps": 0.0}, "nu ~ c**2 (sums, mins and maxes of g**2): g / sqrt(nu)"),
 }
 # Tolerance of the float32 comparison, relative to the leaf's largest update. Observed over
 # 24 draws per row: <= 1.2e-6, and 8.8e-6 for RAdam with decoupled decay (d and wd*p cancel).

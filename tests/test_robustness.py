@@ -29,6 +29,7 @@ import numpy as np
 import optax
 import pytest
 import reference_adam_variants as rav
+import reference_fam3 as rf3
 import reference_mixtures as rmix
 import reference_other_family as rof
 import reference_sgd_family as rsgd
@@ -142,6 +143,9 @@ OTHER_FAMILY = {
     "schedule_free_sgd": rsf.ScheduleFree,
     "sign_sgd": rsf.SignSGD,
     "signum": rsf.Signum,
+    "rprop": rf3.Rprop,
+    "asgd": rf3.ASGD,
+    "sm3": rf3.SM3,
 }
 OTHER_NAMES = {"learning_rate": "lr", "weight_decay": "wd"}
 AVERAGED = {"schedule_free_adamw", "schedule_free_sgd"}  # x recomputed from y and z
@@ -243,7 +247,8 @@ def set_counts(state, value: int):
     )
 
 
-@pytest.mark.parametrize("name", [n for n in ROWS if alias(n) != "sign_sgd"])  # no state
+# signSGD keeps no state, Rprop no count (its sizes and last gradient are all it needs)
+@pytest.mark.parametrize("name", [n for n in ROWS if alias(n) not in ("sign_sgd", "rprop")])
 def test_counts_saturate_past_int32_max(name):
     rng = np.random.default_rng(0)
     params = random_tree(rng)
@@ -270,6 +275,8 @@ SLOW_DECAY = {
     "adamaxw": "b2", "novograd": "b2", "optimistic_adam": "b2", "schedule_free_adamw": "b2",
     "signum": "beta",
     "lars": None, "schedule_free_sgd": None, "sign_sgd": None,  # momentum or nothing
+    "rprop": None, "asgd": None,  # sign comparisons; a step-size decay and a plain average
+    "sm3": "b2",
 }  # fmt: skip
 NEAR_ONE = (0.99999, 1 - 1e-7)
 
@@ -423,6 +430,7 @@ OWN_OVERFLOW_AT_1E20 = {
     "simplified_ademamix": "v = (1 - b2)*g**2 = 5e38 with its default b2 = 0.95",
     "lars": "||u||**2 = 6e40: the ratio is c ||p|| / inf = 0 (as in optax)",
     "novograd": "n = ||g||**2 = 6e40: the step g / sqrt(n) is 0 (as in optax)",
+    "sm3": "nu = g**2 = 1e40 (a sum, b2 = 1): the step g / sqrt(nu) is 0 (as in optax)",
 }
 
 
@@ -560,6 +568,8 @@ NO_NAN_AT_EPS_ZERO = {
     "lars": ({"eps": 0.0, "weight_decay": 0.0}, 8, "||u|| = 0: the ratio is 1, no division"),
     "sign_sgd": ({}, 8, "no eps: sign(0) = 0"),
     "signum": ({}, 8, "no eps: m = 0 and sign(0) = 0"),
+    "rprop": ({}, 8, "no eps: sign(0) = 0, and g * prev = 0 leaves the sizes alone"),
+    "sm3": ({"eps": 0.0}, 8, "nu = 0 gives d = 0 (the rule's where, as optax's), no 0/0"),
 }
 
 
@@ -625,6 +635,7 @@ NAN_WITHOUT_TWIN = {
 NO_EPS_WITH_DECAY = {
     "sgd_dampening_l2": "no eps and no division; the coupled decay moves p",
     "schedule_free_sgd": "no eps and no division; the coupled decay moves z, hence y",
+    "asgd": "no eps and no division; the coupled decay and lambd move p",
 }
 
 
@@ -668,8 +679,9 @@ def test_eps_zero_nan_is_the_rules_own_as_in_torch(name):
 # ----------------------------------------------------------------------------- float16 zero grads
 def default_kind(name) -> str:
     """ZERO or DECAY for an alias built with its defaults."""
-    default = inspect.signature(getattr(adamx, name)).parameters.get("weight_decay")
-    return DECAY if default is not None and default.default else ZERO
+    parameters = inspect.signature(getattr(adamx, name)).parameters
+    decays = [parameters.get(k) for k in ("weight_decay", "lambd")]  # lambd: ASGD's decay
+    return DECAY if any(d is not None and d.default for d in decays) else ZERO
 
 
 def zero_gradient_cases():

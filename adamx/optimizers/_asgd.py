@@ -32,13 +32,14 @@ class AverageState(NamedTuple):
     """State of :func:`average_params`.
 
     Attributes:
-      count: the number of updates taken so far, int32.
+      step: the number of updates taken so far, int32 (torch's ``state["step"]``; not
+        ``count``, which is the learning-rate block's in :func:`adamx.asgd`).
       ax: the running average of the params after each update, a tree like the params in
         their dtypes (the params themselves until the averaging starts); read it with
         :func:`adamx.asgd_eval_params`.
     """
 
-    count: jax.Array  # type: ignore[assignment]
+    step: jax.Array
     ax: PyTree
 
 
@@ -77,13 +78,13 @@ def average_params(t0: float = 1e6) -> optax.GradientTransformation:
                 return jnp.zeros_like(p)
             return jnp.array(p, copy=True)
 
-        return AverageState(count=jnp.zeros([], jnp.int32), ax=jax.tree.map(leaf, params))
+        return AverageState(step=jnp.zeros([], jnp.int32), ax=jax.tree.map(leaf, params))
 
     def update(updates, state, params=None):
         require_params(params, "adamx.average_params")
         check_trees_match(updates, state.ax, "the updates", "the optimizer state")
         sd = scalar_dtype()
-        k = state.count.astype(sd)
+        k = state.step.astype(sd)
         mu = 1 / jnp.maximum(jnp.ones([], sd), k - as_scalar(t0, sd))
 
         def leaf(p, ax, u):
@@ -95,7 +96,7 @@ def average_params(t0: float = 1e6) -> optax.GradientTransformation:
             return (jnp.where(mu == 1, n, mean).astype(ax.dtype),)
 
         (ax,) = map_unzip(leaf, 1, params, state.ax, updates)
-        return updates, AverageState(count=safe_increment(state.count), ax=ax)
+        return updates, AverageState(step=safe_increment(state.step), ax=ax)
 
     return transformation(init, update)
 
