@@ -72,13 +72,13 @@ from adamx.optimizers._ademamix import (
     mix_slow_momentum,
     simplified_ademamix,
 )
-from adamx.optimizers._asgd import AverageState, asgd, asgd_eval_params, average_params
 from adamx.optimizers._adopt import (
     PreviousRmsState,
     adopt,
     normalize_by_previous_rms,
     read_momentum,
 )
+from adamx.optimizers._asgd import AverageState, asgd, asgd_eval_params, average_params
 from adamx.optimizers._from_torch import from_torch
 from adamx.optimizers._lamb_lion import (
     LionMomentsState,

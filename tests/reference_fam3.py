@@ -49,12 +49,11 @@ class Rprop:
 
 class ASGD:
     """Averaged SGD as torch.optim.ASGD reads it: with ``k`` updates taken,
-    ``eta = lr(k) / (1 + lambd lr(k) k)**alpha`` (``lr`` a number or a function of ``k``), ``p = p (1 - lambd eta) - eta (g + wd p)``, and
-    the average ``ax`` of the iterates from update ``t0 + 2`` on (``ax = p`` before)."""
+    ``eta = lr(k) / (1 + lambd lr(k) k)**alpha`` (``lr`` a number or a function of ``k``),
+    ``p = p (1 - lambd eta) - eta (g + wd p)``, and the average ``ax`` of the iterates from
+    update ``t0 + 2`` on (``ax = p`` before)."""
 
-    def __init__(
-        self, shapes, lr=1e-2, lambd=1e-4, alpha=0.75, t0=1e6, wd=None, maximize=False
-    ):
+    def __init__(self, shapes, lr=1e-2, lambd=1e-4, alpha=0.75, t0=1e6, wd=None, maximize=False):
         self.lr, self.lambd, self.alpha, self.t0 = lr, lambd, alpha, t0
         self.wd, self.maximize = wd or 0.0, maximize
         self.ax = [np.zeros(s) for s in shapes]

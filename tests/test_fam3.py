@@ -27,10 +27,11 @@ def problem(seed=0, complex_leaf=False, without=()):
     rng = np.random.default_rng(seed)
     params = {n: rng.normal(size=s) for n, s in SHAPES.items()}
     sign = {n: rng.choice([-1.0, 1.0], size=s) for n, s in SHAPES.items()}
-    grads = [
-        {n: sign[n] * rng.uniform(-1.0, 3.0, size=s) * 10.0 ** rng.integers(-2, 2) for n, s in SHAPES.items()}
-        for _ in range(STEPS)
-    ]  # fmt: skip
+
+    def draw(n, s):  # persistent sign, flipped a quarter of the time, sizes 1e-2 .. 30
+        return sign[n] * rng.uniform(-1.0, 3.0, size=s) * 10.0 ** rng.integers(-2, 2)
+
+    grads = [{n: draw(n, s) for n, s in SHAPES.items()} for _ in range(STEPS)]
     if complex_leaf:
         params["z"] = rng.normal(size=3) + 1j * rng.normal(size=3)
         for g in grads:
@@ -126,7 +127,9 @@ def test_rprop_matches_torch_float64(case, x64, torch64):
 def test_rprop_matches_numpy_reference_float64(case, x64):
     kw = RPROP[case][0]
     got, sizes = run_adamx(adamx.rprop(**kw), read=lambda s: s[-2].step_size)
-    want, _ = run_reference(ref.Rprop, **{("lr" if k == "learning_rate" else k): v for k, v in kw.items()})
+    want, _ = run_reference(
+        ref.Rprop, **{("lr" if k == "learning_rate" else k): v for k, v in kw.items()}
+    )
     assert_trajectories(got, want, rtol=1e-13)
     # the gradients flip sign about one step in four; "all" reaches both clips
     w = np.stack([g["w"] for g in problem()[1]])
@@ -190,7 +193,9 @@ def test_asgd_matches_numpy_reference_with_a_schedule_float64(x64):
         return 0.05 * 0.97**k
 
     kw = dict(lambd=0.1, alpha=0.6, t0=10.0, weight_decay=0.05, maximize=True)
-    got, got_ax = run_adamx(adamx.asgd(lambda c: 0.05 * 0.97 ** c.astype(jnp.float64), **kw), read=ax_of)
+    got, got_ax = run_adamx(
+        adamx.asgd(lambda c: 0.05 * 0.97 ** c.astype(jnp.float64), **kw), read=ax_of
+    )
     want, opt = run_reference(ref.ASGD, lr=lr, wd=kw.pop("weight_decay"), **kw)
     assert_trajectories(got, want, rtol=1e-12)
     for n, a in zip(sorted(SHAPES), opt.ax):

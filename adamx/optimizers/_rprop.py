@@ -225,7 +225,7 @@ def rprop(
       ...     u, state = opt.update({"w": jnp.asarray(g)}, state, params)
       ...     print([round(float(x), 4) for x in u["w"]])
       [-0.1, -0.1]
-      [-0.12, 0.0]
+      [-0.12, -0.0]
       [-0.144, -0.05]
 
     .. warning::

@@ -184,7 +184,7 @@ def sm3(
       >>> g = {"w": jnp.asarray([[3.0, 0.0], [0.0, 4.0]])}
       >>> u, state = opt.update(g, opt.init(params))
       >>> [round(float(x), 4) for x in u["w"].ravel()]   # -lr * sign(g) on the first step
-      [-0.1, 0.0, 0.0, -0.1]
+      [-0.1, -0.0, -0.0, -0.1]
       >>> [float(a) for a in state[0].acc["w"]]   # row maxima of g**2, then column maxima
       [9.0, 16.0, 9.0, 16.0]
 
