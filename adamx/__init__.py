@@ -95,6 +95,7 @@ from adamx.optimizers._layerwise import (
     scale_by_layerwise_moment,
 )
 from adamx.optimizers._lazy import lazy_adam, scale_by_lazy_moments
+from adamx.optimizers._madgrad import MadgradState, madgrad, scale_by_madgrad
 from adamx.optimizers._muon import muon, orthogonalize, scale_by_shape
 from adamx.optimizers._optimistic import (
     OptimisticState,
@@ -134,8 +135,8 @@ __version__ = "0.2.0"
 OPTIMIZERS = (
     "adabelief", "adadelta", "adafactor", "adagrad", "adam", "adamax", "adamaxw", "adamw",
     "adan", "ademamix", "adopt", "amsgrad", "asgd", "lamb", "lars", "lazy_adam", "lion",
-    "muon", "nadam", "nadamw", "novograd", "optimistic_adam", "radam", "rmsprop", "rprop",
-    "schedule_free_adamw", "schedule_free_sgd", "sgd", "sign_sgd", "signum",
+    "madgrad", "muon", "nadam", "nadamw", "novograd", "optimistic_adam", "radam", "rmsprop",
+    "rprop", "schedule_free_adamw", "schedule_free_sgd", "sgd", "sign_sgd", "signum",
     "simplified_ademamix", "sm3", "yogi",
 )  # fmt: skip
 
@@ -158,6 +159,7 @@ __all__ = [
     "lars",
     "lazy_adam",
     "lion",
+    "madgrad",
     "muon",
     "nadam",
     "nadamw",
@@ -195,6 +197,7 @@ __all__ = [
     "KernelInfo",
     "LayerwiseMomentState",
     "LionMomentsState",
+    "MadgradState",
     "MaxNuState",
     "MomentumState",
     "Moments",
@@ -244,6 +247,7 @@ __all__ = [
     "scale_by_lazy_moments",
     "scale_by_learning_rate",
     "scale_by_lion_moments",
+    "scale_by_madgrad",
     "scale_by_moments",
     "scale_by_optimistic_gradient",
     "scale_by_param_block_rms",

@@ -1,13 +1,15 @@
-"""Step time and state size of adamx's Adan, AdEMAMix, Simplified AdEMAMix and Muon next to
-optax's same rules (issue 16), on workload (a)'s transformer-like pytree.
+"""Step time and state size of adamx's Adan, AdEMAMix, Simplified AdEMAMix, Muon, Rprop, ASGD
+and SM3 next to optax's same rules (issue 16; Adam's as the reference for state size), on
+workload (a)'s transformer-like pytree.
 
-    python benchmarks/relatives.py [--quick] [--rounds 5] [--steps 5]
+    python benchmarks/relatives.py [--quick] [--rounds 5] [--steps 5] [--only rprop,sm3]
 
 Each contender is one jitted ``update + apply_updates`` with params and state donated, run on
 float32 params and one fixed float32 gradient tree. Contenders are timed in turns (every
 round each times ``--steps`` steps, the order rotating), so machine noise hits all alike;
-the table gives the median step, the compile time and the state's bytes per parameter
-(``adamx.state_bytes_per_param``: every array of the state over the parameter count). The
+the table gives the median step (wall and CPU time of the process, all threads), the compile
+time and the state's bytes per parameter (``adamx.state_bytes_per_param``: every array of
+the state over the parameter count). ``--only`` keeps the named optimizers' rows. The
 ``--quick`` tree (2.8M parameters) is the one recorded: Muon's Newton-Schulz on the full
 tree's 16384 x 576 embedding alone is tens of GFLOP per step.
 """
@@ -42,6 +44,15 @@ def contenders() -> dict[str, optax.GradientTransformation]:
         "muon: adamx (torch reading, float32 NS)": adamx.muon(lr, ns_dtype=jnp.float32),
         "muon: adamx (optax reading)": adamx.muon(lr, reading="optax", weight_decay=None),
         "muon: optax": optax.contrib.muon(lr),
+        "adam: adamx": adamx.adam(lr),
+        "adam: optax": optax.adam(lr),
+        "rprop: adamx": adamx.rprop(lr),
+        "rprop: adamx (optax reading)": adamx.rprop(lr, reading="optax"),
+        "rprop: optax": optax.rprop(lr),
+        "asgd: adamx": adamx.asgd(lr, t0=0.0),  # averaging from the start, as it will be
+        "sgd: adamx (no momentum, for asgd)": adamx.sgd(lr),
+        "sm3: adamx": adamx.sm3(lr),
+        "sm3: optax": optax.sm3(lr),
     }
 
 
@@ -59,12 +70,16 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="the 2.8M-parameter tree")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--only", default="", help="comma-separated optimizer names")
     args = parser.parse_args()
+    only = set(filter(None, args.only.split(",")))
     shapes = workloads.workload_shapes("a", args.quick)
     n_leaves, n_params = workloads.count_params("a", args.quick)
     grads = tree(shapes, 1)
     runs = {}
     for name, opt in contenders().items():
+        if only and name.split(":")[0] not in only:
+            continue
         params = tree(shapes, 0)
         state = opt.init(params)
         bytes_per_param = adamx.state_bytes_per_param(state, params)
@@ -79,24 +94,28 @@ def main() -> None:
             compiled = jitted.lower(params, state, grads).compile()
         compile_s = time.perf_counter() - start
         params, state = jax.block_until_ready(compiled(params, state, grads))
-        runs[name] = dict(fn=compiled, carry=(params, state), times=[], compile=compile_s,
-                          bytes=bytes_per_param)  # fmt: skip
+        runs[name] = dict(fn=compiled, carry=(params, state), times=[], cpu=[],
+                          compile=compile_s, bytes=bytes_per_param)  # fmt: skip
     names = list(runs)
     for r in range(args.rounds):
         for name in names[r % len(names) :] + names[: r % len(names)]:
             run = runs[name]
             for _ in range(args.steps):
-                start = time.perf_counter()
+                start, cpu = time.perf_counter(), time.process_time()
                 run["carry"] = jax.block_until_ready(run["fn"](*run["carry"], grads))
                 run["times"].append(time.perf_counter() - start)
+                run["cpu"].append(time.process_time() - cpu)
     print(f"workload (a), {n_leaves} leaves, {n_params / 1e6:.2f}M params, float32")
     print()
-    print("| optimizer | step (ms, median) | fastest (ms) | compile (s) | state B/param |")
-    print("| --- | --- | --- | --- | --- |")
+    print("| optimizer | step (ms, median) | fastest (ms) | CPU (ms, median) | compile (s) |"
+          " state B/param |")  # fmt: skip
+    print("| --- | --- | --- | --- | --- | --- |")
     for name in names:
         run = runs[name]
         med, low = statistics.median(run["times"]) * 1e3, min(run["times"]) * 1e3
-        print(f"| {name} | {med:.1f} | {low:.1f} | {run['compile']:.1f} | {run['bytes']:.2f} |")
+        cpu = statistics.median(run["cpu"]) * 1e3
+        print(f"| {name} | {med:.1f} | {low:.1f} | {cpu:.1f} | {run['compile']:.1f} |"
+              f" {run['bytes']:.2f} |")  # fmt: skip
     assert all(math.isfinite(t) for r in runs.values() for t in r["times"])
 
 

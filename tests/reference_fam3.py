@@ -111,3 +111,31 @@ class SM3:
             self.m[i] = self.momentum * self.m[i] + (1 - self.momentum) * d
             out.append(p - self.lr * self.m[i])
         return out
+
+
+class Madgrad:
+    """Defazio & Jelassi 2022 as optax.contrib.madgrad writes it: with ``k`` updates taken,
+    ``lam = (lr(k) + eps) sqrt(k + 1)``, ``s += lam (g + wd p)``, ``v += lam (g + wd p)**2``,
+    ``z = x0 - s / (cbrt(v) + eps)``, ``p = momentum p + (1 - momentum) z``."""
+
+    def __init__(self, shapes, lr=1e-2, momentum=0.9, wd=None, eps=1e-6):
+        self.lr, self.momentum, self.wd, self.eps = lr, momentum, wd or 0.0, eps
+        self.s = [np.zeros(s) for s in shapes]
+        self.v = [np.zeros(s) for s in shapes]
+        self.x0 = None
+        self.t = 0
+
+    def step(self, params, grads):
+        if self.x0 is None:
+            self.x0 = [np.array(p, np.float64) for p in params]
+        lr = self.lr(self.t) if callable(self.lr) else self.lr
+        lam = (lr + self.eps) * np.sqrt(self.t + 1)
+        self.t += 1
+        out = []
+        for i, (p, g) in enumerate(zip(params, grads)):
+            g = g + self.wd * p
+            self.s[i] = self.s[i] + lam * g
+            self.v[i] = self.v[i] + lam * g * g
+            z = self.x0[i] - self.s[i] / (np.cbrt(self.v[i]) + self.eps)
+            out.append(self.momentum * p + (1 - self.momentum) * z)
+        return out

@@ -47,6 +47,7 @@ CASES["sign_sgd"] = Case(
 CASES["rprop"] = Case(functools.partial(make, "rprop"))
 CASES["asgd"] = Case(functools.partial(make, "asgd"))
 CASES["sm3"] = Case(functools.partial(make, "sm3"))
+CASES["madgrad"] = Case(functools.partial(make, "madgrad"))
 CASES.update(
     {
         "chain_clip_adamw": Case(

@@ -197,7 +197,7 @@ def test_state_dtype_of_other_kind_than_params_follows_optax_and_keeps_updates(
     chex.assert_trees_all_close(params, p_theirs, rtol=1e-12, atol=1e-13)
 
 
-REAL_ONLY = ("lion", "adadelta", "adopt", "muon", "sign_sgd", "signum", "sm3")
+REAL_ONLY = ("lion", "adadelta", "adopt", "muon", "sign_sgd", "signum", "sm3", "madgrad")
 COMPLEX_ALIASES = [n for n in adamx.OPTIMIZERS if n not in REAL_ONLY]
 
 

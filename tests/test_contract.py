@@ -114,6 +114,7 @@ OPTIMIZERS = {
     "rprop": Row(adamx.rprop, dict(learning_rate=1e-2), 2000, False),
     "asgd": Row(adamx.asgd, dict(learning_rate=2e-3, t0=100.0, weight_decay=1e-2), 5000, False),
     "sm3": Row(adamx.sm3, dict(learning_rate=0.3)),
+    "madgrad": Row(adamx.madgrad, dict(learning_rate=1e-2, weight_decay=1e-2)),
 }
 NAMES = sorted(OPTIMIZERS)
 # The structural contracts (pytrees, dtypes, jit and donation, cond / scan, optax wrappers)

@@ -191,6 +191,7 @@ REAL_ONLY = (
     "sign_sgd",
     "signum",
     "sm3",
+    "madgrad",
 )  # the rest take complex params (test_complex.py)
 
 

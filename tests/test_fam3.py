@@ -1,6 +1,7 @@
 """Issue 16's third batch: rprop and asgd against torch.optim in float64 (when torch is
-installed), against optax 0.2.8 step for step (rprop's optax reading) and against
-independent NumPy float64 references (tests/reference_fam3.py), which run without torch.
+installed); rprop's optax reading, sm3 and madgrad against optax 0.2.8 step for step; all
+against independent NumPy float64 references (tests/reference_fam3.py), which run without
+torch.
 
 Every trajectory is 64 updates with a fixed gradient sequence (independent of the params,
 so the runs differ only in the optimizers' arithmetic) whose signs persist most of the time
@@ -237,6 +238,25 @@ def test_sm3_state_is_one_number_per_row_and_column():
     assert acc["w"].shape == (300 + 200,) and acc["b"].shape == (200,)  # AdaGrad: 300 * 200
 
 
+# ----------------------------------------------------------------------------- madgrad
+def test_madgrad_equals_optax_madgrad_float32():
+    kw = dict(learning_rate=0.05, momentum=0.5, weight_decay=0.1, eps=1e-4)
+    with jax.numpy_dtype_promotion("standard"):
+        want, _ = run_adamx(optax.contrib.madgrad(**kw), jnp.float32)
+    got, _ = run_adamx(adamx.madgrad(**kw), jnp.float32)
+    # optax forms the update as x_new - p, which cancels to p's rounding; both are within
+    # 3e-7 of the float64 reference relative to the largest |p|
+    assert_trajectories(got, want, rtol=1e-5, atol=2e-6)
+
+
+def test_madgrad_matches_numpy_reference_with_a_schedule_float64(x64):
+    """optax computes sqrt(k + 1) in float32 even under x64 (the count is int32): 1e-8
+    from the float64 rule, so the float64 check is against the NumPy reference."""
+    got, _ = run_adamx(adamx.madgrad(lambda c: 0.05 * 0.97 ** c.astype(jnp.float64)))
+    want, _ = run_reference(ref.Madgrad, lr=lambda k: 0.05 * 0.97**k)
+    assert_trajectories(got, want, rtol=1e-11, atol=1e-13)
+
+
 # ----------------------------------------------------------------------------- errors
 @pytest.mark.parametrize(
     "factory, kw, match",
@@ -248,6 +268,7 @@ def test_sm3_state_is_one_number_per_row_and_column():
         (adamx.rprop, dict(reading="keras"), "`reading` must be one of"),
         (adamx.asgd, dict(lambd=-1.0), r"`lambd` must lie in \[0.0, inf\)"),
         (adamx.asgd, dict(t0="10"), "`t0` must be a number"),
+        (adamx.madgrad, dict(momentum=1.0), r"`momentum` must lie in \[0.0, 1.0\)"),
         (adamx.sm3, dict(b2=1.5), r"`b2` must lie in \[0.0, 1.0\]"),
         (adamx.sm3, dict(momentum=1.0), r"`momentum` must lie in \[0.0, 1.0\)"),
     ],

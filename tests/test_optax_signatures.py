@@ -42,6 +42,7 @@ SHARED["schedule_free_adamw"] = optax.contrib.schedule_free_adamw
 SHARED["schedule_free_sgd"] = optax.contrib.schedule_free_sgd
 SHARED["rprop"] = optax.rprop
 SHARED["sm3"] = optax.sm3
+SHARED["madgrad"] = optax.contrib.madgrad
 
 # Defaults that differ from optax's on purpose (README, "differences from optax"): PyTorch's
 # defaults, a default learning rate where optax has none, and ``None`` for an option that is
@@ -95,6 +96,8 @@ DEFAULTS_DIFFER = {
     ("signum", "learning_rate"): (1e-3, EMPTY),
     ("rprop", "learning_rate"): (1e-2, EMPTY),  # torch's; the initial step size
     ("sm3", "learning_rate"): (1e-2, EMPTY),
+    ("madgrad", "learning_rate"): (1e-2, EMPTY),
+    ("madgrad", "weight_decay"): (None, 0.0),
 }
 
 

@@ -231,6 +231,7 @@ ZERO_UPDATES = {
     "rprop": (ZERO, "sign(0) = 0: no step (g * prev = 0, the sizes hold)"),
     "asgd": (DECAY, "coupled L2 and lambd: -eta*(wd + lambd)*p"),
     "sm3": (ZERO, "nu = 0 gives d = 0 (not 0/0), and m stays 0"),
+    "madgrad": (DECAY, "coupled L2: the sums follow wd*p; z = x0 - s / (cbrt(v) + eps)"),
 }
 
 
@@ -317,6 +318,7 @@ SCALING = {
     "rprop": (INVARIANT, {}, "only the signs of g and of g * prev are read"),
     "asgd": (LINEAR, {"weight_decay": 0.0, "lambd": 0.0}, "plain SGD steps -eta*g"),
     "sm3": (INVARIANT, {"eps": 0.0}, "nu ~ c**2 (sums, mins and maxes of g**2): g / sqrt(nu)"),
+    "madgrad": (NEITHER, {}, "s / cbrt(v) ~ c**(1/3)"),
 }
 # Tolerance of the float32 comparison, relative to the leaf's largest update. Observed over
 # 24 draws per row: <= 1.2e-6, and 8.8e-6 for RAdam with decoupled decay (d and wd*p cancel).

@@ -146,6 +146,7 @@ OTHER_FAMILY = {
     "rprop": rf3.Rprop,
     "asgd": rf3.ASGD,
     "sm3": rf3.SM3,
+    "madgrad": rf3.Madgrad,
 }
 OTHER_NAMES = {"learning_rate": "lr", "weight_decay": "wd"}
 AVERAGED = {"schedule_free_adamw", "schedule_free_sgd"}  # x recomputed from y and z
@@ -276,7 +277,7 @@ SLOW_DECAY = {
     "signum": "beta",
     "lars": None, "schedule_free_sgd": None, "sign_sgd": None,  # momentum or nothing
     "rprop": None, "asgd": None,  # sign comparisons; a step-size decay and a plain average
-    "sm3": "b2",
+    "sm3": "b2", "madgrad": None,  # SM3's b2 (1, a sum, by default); MADGRAD sums
 }  # fmt: skip
 NEAR_ONE = (0.99999, 1 - 1e-7)
 
@@ -431,6 +432,7 @@ OWN_OVERFLOW_AT_1E20 = {
     "lars": "||u||**2 = 6e40: the ratio is c ||p|| / inf = 0 (as in optax)",
     "novograd": "n = ||g||**2 = 6e40: the step g / sqrt(n) is 0 (as in optax)",
     "sm3": "nu = g**2 = 1e40 (a sum, b2 = 1): the step g / sqrt(nu) is 0 (as in optax)",
+    "madgrad": "v = lam * g**2, g**2 = 1e40: s / cbrt(inf) = 0, so z = x0 (as in optax)",
 }
 
 
@@ -636,6 +638,7 @@ NO_EPS_WITH_DECAY = {
     "sgd_dampening_l2": "no eps and no division; the coupled decay moves p",
     "schedule_free_sgd": "no eps and no division; the coupled decay moves z, hence y",
     "asgd": "no eps and no division; the coupled decay and lambd move p",
+    "madgrad": "the coupled decay makes g = wd*p non-zero, so v > 0: no 0/0 where p != 0",
 }
 
 

@@ -36,6 +36,7 @@ DEFAULT_LEARNING_RATES: dict[str, float] = {
     "lars": 2.0,
     "lazy_adam": 1e-2,
     "lion": 1e-3,
+    "madgrad": 1e-2,
     "muon": 2e-2,
     "nadam": 1e-3,
     "nadamw": 1e-3,
@@ -89,7 +90,8 @@ minimum) rather than the fastest one on either.
   within 0.01 of each other on softmax, 1e-3 best on the MLP); ASGD 0.3 as SGD (it is
   SGD with a slowly decaying step: at 0.1 the MLP is below 50% accuracy after 50 steps,
   at 1.0 it diverges); SM3 0.1 as AdaGrad (its accumulators are AdaGrad's sums, kept per
-  row and column; at 1.0 the MLP diverges).
+  row and column; at 1.0 the MLP diverges); MADGRAD 1e-2, its default (3e-3 to 3e-2 all
+  train both examples; 1e-2 is within 1% of the best accuracy on each).
 """
 
 EXAMPLE_TITLES: dict[str, str] = {

@@ -28,6 +28,8 @@ REAL_ONLY = {
     "complex numbers do not have (optax's adopt raises on complex params too)",
     "sign_sgd": "its direction is sign(g), which has no complex reading adamx takes",
     "signum": "its direction is sign(m), which has no complex reading adamx takes",
+    "madgrad": "its cube root of the summed squares has no complex reading in optax's "
+    "madgrad, which adamx follows",
     "sm3": "its accumulators take the maximum and minimum of squared gradients over rows and "
     "columns (optax's sm3 refuses complex params too)",
 }
