@@ -37,6 +37,7 @@ from adamx.blocks._rules import (
 from adamx.blocks._schedule import ScheduleState, scale_by_learning_rate
 from adamx.kernels._build import FusedKernelWarning, KernelInfo, kernel_info
 from adamx.kernels._step import step
+from adamx.optimizers._acprop import acprop, normalize_by_previous_belief
 from adamx.optimizers._adafactor import adafactor
 from adamx.optimizers._adafactor_blocks import (
     FactoredRmsState,
@@ -133,7 +134,7 @@ __version__ = "0.2.0"
 
 # The names of the optimizers (recipes); everything else in __all__ is a building block.
 OPTIMIZERS = (
-    "adabelief", "adadelta", "adafactor", "adagrad", "adam", "adamax", "adamaxw", "adamw",
+    "acprop", "adabelief", "adadelta", "adafactor", "adagrad", "adam", "adamax", "adamaxw", "adamw",
     "adan", "ademamix", "adopt", "amsgrad", "asgd", "lamb", "lars", "lazy_adam", "lion",
     "madgrad", "muon", "nadam", "nadamw", "novograd", "optimistic_adam", "radam", "rmsprop",
     "rprop", "schedule_free_adamw", "schedule_free_sgd", "sgd", "sign_sgd", "signum",
@@ -142,6 +143,7 @@ OPTIMIZERS = (
 
 __all__ = [
     "OPTIMIZERS",
+    "acprop",
     "adabelief",
     "adadelta",
     "adafactor",
@@ -234,6 +236,7 @@ __all__ = [
     "negate",
     "normalize",
     "normalize_by_cover_maxima",
+    "normalize_by_previous_belief",
     "normalize_by_previous_rms",
     "normalize_inf",
     "normalize_rectified",

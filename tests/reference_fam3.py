@@ -139,3 +139,35 @@ class Madgrad:
             z = self.x0[i] - self.s[i] / (np.cbrt(self.v[i]) + self.eps)
             out.append(self.momentum * p + (1 - self.momentum) * z)
         return out
+
+
+class ACProp:
+    """Zhuang et al. 2021 as optax.contrib.acprop writes it: with ``t`` the step number,
+    ``u = g / (sqrt(s / (1 - b2**(t-1))) + eps)`` (``g / (1 + eps)`` at ``t = 1``), then
+    ``s = b2 s + (1 - b2) (g - m)**2 + eps_root`` with the old ``m``,
+    ``m = b1 m + (1 - b1) g``, ``p -= lr (u + wd p)``."""
+
+    def __init__(
+        self, shapes, lr=1e-3, b1=0.9, b2=0.999, eps=1e-16, eps_root=1e-16, wd=None, mask=None
+    ):
+        assert mask is None
+        self.lr, self.b1, self.b2, self.eps, self.eps_root = lr, b1, b2, eps, eps_root
+        self.wd = wd or 0.0
+        self.m = [np.zeros(s) for s in shapes]
+        self.s = [np.zeros(s) for s in shapes]
+        self.t = 0
+
+    def step(self, params, grads):
+        self.t += 1
+        lr = self.lr(self.t - 1) if callable(self.lr) else self.lr
+        out = []
+        for i, (p, g) in enumerate(zip(params, grads)):
+            if self.t == 1:
+                root = 1.0
+            else:
+                root = np.sqrt(self.s[i] / (1 - self.b2 ** (self.t - 1)))
+            u = g / (root + self.eps)
+            self.s[i] = self.b2 * self.s[i] + (1 - self.b2) * (g - self.m[i]) ** 2 + self.eps_root
+            self.m[i] = self.b1 * self.m[i] + (1 - self.b1) * g
+            out.append(p - lr * (u + self.wd * p))
+        return out

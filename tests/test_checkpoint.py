@@ -48,6 +48,7 @@ CASES["rprop"] = Case(functools.partial(make, "rprop"))
 CASES["asgd"] = Case(functools.partial(make, "asgd"))
 CASES["sm3"] = Case(functools.partial(make, "sm3"))
 CASES["madgrad"] = Case(functools.partial(make, "madgrad"))
+CASES["acprop"] = Case(functools.partial(make, "acprop"))
 CASES.update(
     {
         "chain_clip_adamw": Case(

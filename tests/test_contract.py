@@ -115,6 +115,13 @@ OPTIMIZERS = {
     "asgd": Row(adamx.asgd, dict(learning_rate=2e-3, t0=100.0, weight_decay=1e-2), 5000, False),
     "sm3": Row(adamx.sm3, dict(learning_rate=0.3)),
     "madgrad": Row(adamx.madgrad, dict(learning_rate=1e-2, weight_decay=1e-2)),
+    # ACProp divides g by the spread of g around its average, which vanishes on these
+    # deterministic problems: with its eps of 1e-16 it blows up on Rosenbrock (as optax's)
+    "acprop": Row(
+        adamx.acprop,
+        dict(learning_rate=3e-3, eps=1e-4, eps_root=1e-4, weight_decay=1e-2),
+        5000,
+    ),
 }
 NAMES = sorted(OPTIMIZERS)
 # The structural contracts (pytrees, dtypes, jit and donation, cond / scan, optax wrappers)

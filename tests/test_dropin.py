@@ -67,6 +67,7 @@ TRANSFORMATIONS = {
     "average_params": (adamx.average_params, "grads"),
     "normalize_by_cover_maxima": (adamx.normalize_by_cover_maxima, "grads"),
     "scale_by_madgrad": (adamx.scale_by_madgrad, "grads"),
+    "normalize_by_previous_belief": (adamx.normalize_by_previous_belief, "grads"),
     "normalize_by_previous_rms": (adamx.normalize_by_previous_rms, "grads"),
     "shrink_weights": (lambda: adamx.shrink_weights(0.1, 0.1)[0], "grads"),
     "correct_bias": (adamx.correct_bias, "moments"),

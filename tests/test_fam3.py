@@ -257,6 +257,35 @@ def test_madgrad_matches_numpy_reference_with_a_schedule_float64(x64):
     assert_trajectories(got, want, rtol=1e-11, atol=1e-13)
 
 
+# ----------------------------------------------------------------------------- acprop
+ACPROP_ALL = dict(learning_rate=0.01, b1=0.8, b2=0.99, eps=1e-8, eps_root=1e-10,
+                  weight_decay=0.1)  # fmt: skip
+MASK = {"b": False, "s": True, "w": True}
+
+
+@pytest.mark.parametrize("dtype, rtol", [(jnp.float32, 2e-5), (jnp.float64, 1e-12)])
+def test_acprop_equals_optax_acprop(dtype, rtol, request):
+    """float32: s is corrected inside the root here, sqrt(s) / sqrt(1 - b2**t), where optax
+    divides first; the moving averages are lerps. float64: the same rule to 1e-12."""
+    if dtype == jnp.float64:
+        request.getfixturevalue("x64")
+    kw = dict(ACPROP_ALL, mask=MASK)
+    with jax.numpy_dtype_promotion("standard"):
+        want, _ = run_adamx(optax.contrib.acprop(**kw), dtype)
+    got, _ = run_adamx(adamx.acprop(**kw), dtype)
+    assert_trajectories(got, want, rtol=rtol, atol=rtol)
+
+
+def test_acprop_matches_numpy_reference_with_a_schedule_float64(x64):
+    kw = dict(ACPROP_ALL)
+    del kw["learning_rate"]
+    got, _ = run_adamx(adamx.acprop(lambda c: 0.01 * 0.97 ** c.astype(jnp.float64), **kw))
+    want, _ = run_reference(
+        ref.ACProp, lr=lambda k: 0.01 * 0.97**k, wd=kw.pop("weight_decay"), **kw
+    )
+    assert_trajectories(got, want, rtol=1e-12, atol=1e-14)
+
+
 # ----------------------------------------------------------------------------- errors
 @pytest.mark.parametrize(
     "factory, kw, match",
@@ -268,6 +297,7 @@ def test_madgrad_matches_numpy_reference_with_a_schedule_float64(x64):
         (adamx.rprop, dict(reading="keras"), "`reading` must be one of"),
         (adamx.asgd, dict(lambd=-1.0), r"`lambd` must lie in \[0.0, inf\)"),
         (adamx.asgd, dict(t0="10"), "`t0` must be a number"),
+        (adamx.acprop, dict(eps_root=-1.0), r"`eps_root` must lie in \[0.0, inf\)"),
         (adamx.madgrad, dict(momentum=1.0), r"`momentum` must lie in \[0.0, 1.0\)"),
         (adamx.sm3, dict(b2=1.5), r"`b2` must lie in \[0.0, 1.0\]"),
         (adamx.sm3, dict(momentum=1.0), r"`momentum` must lie in \[0.0, 1.0\)"),

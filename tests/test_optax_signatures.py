@@ -43,6 +43,7 @@ SHARED["schedule_free_sgd"] = optax.contrib.schedule_free_sgd
 SHARED["rprop"] = optax.rprop
 SHARED["sm3"] = optax.sm3
 SHARED["madgrad"] = optax.contrib.madgrad
+SHARED["acprop"] = optax.contrib.acprop
 
 # Defaults that differ from optax's on purpose (README, "differences from optax"): PyTorch's
 # defaults, a default learning rate where optax has none, and ``None`` for an option that is
@@ -98,6 +99,8 @@ DEFAULTS_DIFFER = {
     ("sm3", "learning_rate"): (1e-2, EMPTY),
     ("madgrad", "learning_rate"): (1e-2, EMPTY),
     ("madgrad", "weight_decay"): (None, 0.0),
+    ("acprop", "learning_rate"): (1e-3, EMPTY),
+    ("acprop", "weight_decay"): (None, 0.0),
 }
 
 

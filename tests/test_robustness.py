@@ -147,6 +147,7 @@ OTHER_FAMILY = {
     "asgd": rf3.ASGD,
     "sm3": rf3.SM3,
     "madgrad": rf3.Madgrad,
+    "acprop": rf3.ACProp,
 }
 OTHER_NAMES = {"learning_rate": "lr", "weight_decay": "wd"}
 AVERAGED = {"schedule_free_adamw", "schedule_free_sgd"}  # x recomputed from y and z
@@ -277,7 +278,7 @@ SLOW_DECAY = {
     "signum": "beta",
     "lars": None, "schedule_free_sgd": None, "sign_sgd": None,  # momentum or nothing
     "rprop": None, "asgd": None,  # sign comparisons; a step-size decay and a plain average
-    "sm3": "b2", "madgrad": None,  # SM3's b2 (1, a sum, by default); MADGRAD sums
+    "acprop": "b2", "sm3": "b2", "madgrad": None,  # SM3's b2 (1, a sum, by default); MADGRAD sums
 }  # fmt: skip
 NEAR_ONE = (0.99999, 1 - 1e-7)
 
@@ -572,6 +573,11 @@ NO_NAN_AT_EPS_ZERO = {
     "signum": ({}, 8, "no eps: m = 0 and sign(0) = 0"),
     "rprop": ({}, 8, "no eps: sign(0) = 0, and g * prev = 0 leaves the sizes alone"),
     "sm3": ({"eps": 0.0}, 8, "nu = 0 gives d = 0 (the rule's where, as optax's), no 0/0"),
+    "acprop": (
+        {"eps": 0.0, "weight_decay": 0.0},
+        8,
+        "the first step divides by 1; s then grows by eps_root > 0 at every update",
+    ),
 }
 
 
