@@ -1,6 +1,6 @@
-"""Step time and state size of adamx's Adan, AdEMAMix, Simplified AdEMAMix, Muon, Rprop, ASGD
-and SM3 next to optax's same rules (issue 16; Adam's as the reference for state size), on
-workload (a)'s transformer-like pytree.
+"""Step time and state size of adamx's Adan, AdEMAMix, Simplified AdEMAMix, Muon, Rprop, ASGD,
+SM3, MADGRAD and ACProp next to optax's same rules (issue 16; Adam's as the reference for
+state size), on workload (a)'s transformer-like pytree.
 
     python benchmarks/relatives.py [--quick] [--rounds 5] [--steps 5] [--only rprop,sm3]
 
@@ -53,6 +53,10 @@ def contenders() -> dict[str, optax.GradientTransformation]:
         "sgd: adamx (no momentum, for asgd)": adamx.sgd(lr),
         "sm3: adamx": adamx.sm3(lr),
         "sm3: optax": optax.sm3(lr),
+        "madgrad: adamx": adamx.madgrad(lr),
+        "madgrad: optax": optax.contrib.madgrad(lr),
+        "acprop: adamx": adamx.acprop(lr),
+        "acprop: optax": optax.contrib.acprop(lr),
     }
 
 
@@ -81,7 +85,9 @@ def main() -> None:
         if only and name.split(":")[0] not in only:
             continue
         params = tree(shapes, 0)
-        state = opt.init(params)
+        # copied: optax.contrib.madgrad's state holds the params' own arrays (x0), which
+        # cannot be donated twice
+        state = jax.tree.map(jnp.copy, opt.init(params))
         bytes_per_param = adamx.state_bytes_per_param(state, params)
 
         def step(p, s, g, opt=opt):
