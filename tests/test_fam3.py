@@ -220,7 +220,8 @@ def test_sm3_matches_numpy_reference_float64(x64):
 def test_sm3_state_is_one_number_per_row_and_column():
     params = {"w": jnp.zeros((300, 200)), "b": jnp.zeros(200)}
     acc = adamx.sm3().init(params)[0].acc
-    assert acc["w"].shape == (300 + 200,) and acc["b"].shape == (200,)  # AdaGrad: 300 * 200
+    assert [a.shape for a in acc["w"]] == [(300, 1), (1, 200)]  # AdaGrad keeps 300 * 200
+    assert [a.shape for a in acc["b"]] == [(200,)]
 
 
 # ----------------------------------------------------------------------------- madgrad

@@ -4,7 +4,8 @@
 yogi), ``_sgd``, ``_adagrad`` (adagrad, adadelta), ``_rmsprop``, ``_lamb_lion``,
 ``_adafactor`` (its blocks in ``_adafactor_blocks``), ``_adopt``, ``_lazy``, ``_layerwise``
 (lars, novograd), ``_optimistic``, ``_schedule_free``, ``_sign`` (sign_sgd, signum),
-``_adan``, ``_ademamix`` (ademamix, simplified_ademamix), ``_muon``; ``_guard`` holds the
+``_adan``, ``_ademamix`` (ademamix, simplified_ademamix), ``_muon``, ``_rprop``, ``_asgd``
+(asgd, asgd_eval_params), ``_sm3``, ``_madgrad``, ``_acprop``; ``_guard`` holds the
 input checks every recipe runs and ``_adam_rule`` what a recipe tells the execution layer
 about itself. Blocks used by one family only live in that family's module. Public names are
 exported from ``adamx``.

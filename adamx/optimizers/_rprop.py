@@ -127,7 +127,7 @@ def scale_by_rprop(
             lr = as_scalar(learning_rate, p.dtype)
             if is_complex(p.dtype):  # one size for each part
                 lr = lr + 1j * lr
-            return jnp.full(p.shape, lr, p.dtype)
+            return jnp.full_like(p, lr)  # sharded like a NamedSharding param
 
         return RpropState(
             step_size=jax.tree.map(leaf, params),

@@ -8,6 +8,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import optax
+from jax.sharding import NamedSharding, PartitionSpec
 
 from adamx.blocks._base import (
     PyTree,
@@ -22,6 +23,8 @@ from adamx.blocks._base import (
     compute_dtype,
     map_unzip,
     one_minus,
+    padded_spec,
+    param_named_sharding,
     transformation,
 )
 from adamx.blocks._moments import scale_by_moments, second_moment_dtype
@@ -34,30 +37,53 @@ class CoverMaximaState(NamedTuple):
     """State of :func:`normalize_by_cover_maxima`.
 
     Attributes:
-      acc: a tree like the params whose leaves are vectors: a leaf of shape
-        ``(n_1, ..., n_k)`` keeps its axes' accumulators one after the other
-        (``n_1 + ... + n_k`` numbers, the first ``n_1`` for axis 0, ...), a scalar one.
-        Stored in the :func:`adamx.second_moment_dtype` of the leaf's dtype.
+      acc: per leaf of shape ``(n_1, ..., n_k)``, a tuple of ``k`` accumulators, the
+        ``i``-th of shape ``(1, .., n_i, .., 1)`` (a vector keeps one of its own shape, a
+        scalar one 0-d array). Each is sharded like its param along its axis, and stored in
+        the :func:`adamx.second_moment_dtype` of the leaf's dtype.
     """
 
     acc: PyTree
 
 
-def _length(shape: tuple[int, ...]) -> int:
-    return sum(shape) if shape else 1
+def _axis_shape(shape: tuple[int, ...], axis: int) -> tuple[int, ...]:
+    return tuple(n if i == axis else 1 for i, n in enumerate(shape))
 
 
-def _check_lengths(updates: PyTree, acc: PyTree) -> None:
+def _axis_zeros(p, axis: int, dtype) -> jax.Array:
+    """Zeros of shape ``(1, .., n_axis, .., 1)``, sharded like ``p`` along ``axis`` (and
+    unsharded along the others) when ``p`` carries a ``NamedSharding``."""
+    shape = _axis_shape(p.shape, axis)
+    sharding = param_named_sharding(p)
+    if sharding is None:
+        return jnp.zeros(shape, dtype)
+    spec = tuple(e if i == axis else None for i, e in enumerate(padded_spec(sharding, p.ndim)))
+    if isinstance(p, jax.core.Tracer) and not any(spec):
+        return jnp.zeros(shape, dtype)  # explicit mode, nothing sharded: the default is right
+    out = NamedSharding(sharding.mesh, PartitionSpec(*spec))
+    if isinstance(p, jax.core.Tracer):  # explicit mode: a sharded type
+        return jnp.zeros(shape, dtype, out_sharding=out)
+    return jnp.zeros(shape, dtype, device=out)
+
+
+def _check_shapes(updates: PyTree, acc: PyTree) -> None:
     """The updates' tree and shapes against the accumulators they were made for."""
-    check_trees_match(updates, acc, "the updates", "the optimizer state", shapes=False)
-    for (path, g), a in zip(jax.tree_util.tree_flatten_with_path(updates)[0], jax.tree.leaves(acc)):
-        if _length(jnp.shape(g)) != a.shape[0]:
-            raise ValueError(
-                f"the updates{jax.tree_util.keystr(path)} has shape {jnp.shape(g)}, whose axes "
-                f"sum to {_length(jnp.shape(g))}, but the optimizer state keeps {a.shape[0]} "
-                f"accumulators there: pass updates shaped like the params the optimizer was "
-                f"initialised with."
-            )
+    treedef = jax.tree.structure(updates)
+    try:
+        per_leaf = treedef.flatten_up_to(acc)  # type: ignore[attr-defined]
+    except (ValueError, TypeError) as error:
+        raise ValueError(
+            f"`the updates` do not match the optimizer state, whose accumulators were made "
+            f"for another tree of params ({error}). Pass updates shaped like the params the "
+            f"optimizer was initialised with."
+        ) from error
+    shapes = [
+        jax.ShapeDtypeStruct(tuple(a.shape[i] for i, a in enumerate(covers)), covers[0].dtype)
+        if covers[0].ndim
+        else jax.ShapeDtypeStruct((), covers[0].dtype)
+        for covers in per_leaf
+    ]
+    check_trees_match(updates, jax.tree.unflatten(treedef, shapes), "the updates", "the state")
 
 
 def normalize_by_cover_maxima(b2: float = 1.0, eps: float = 1e-8) -> optax.GradientTransformation:
@@ -93,42 +119,36 @@ def normalize_by_cover_maxima(b2: float = 1.0, eps: float = 1e-8) -> optax.Gradi
     def init(params):
         def leaf(p):
             p = abstract_or_array(p)
-            return jnp.zeros((_length(p.shape),), second_moment_dtype(p.dtype))
+            dtype = second_moment_dtype(p.dtype)
+            if p.ndim == 0:
+                return (jnp.zeros([], dtype),)
+            return tuple(_axis_zeros(p, i, dtype) for i in range(p.ndim))
 
         return CoverMaximaState(acc=jax.tree.map(leaf, params))
 
     def leaf(g, acc):
         g = jnp.asarray(g)
         dtype = compute_dtype(g.dtype)
-        gc, a = g.astype(dtype), acc.astype(dtype)
-        ndim, shape = g.ndim, g.shape
-        if ndim == 0:
-            smallest = a[0]
-        else:
-            starts = [sum(shape[:i]) for i in range(ndim)]
-            covers = [
-                a[s : s + n].reshape((1,) * i + (n,) + (1,) * (ndim - i - 1))
-                for i, (s, n) in enumerate(zip(starts, shape))
-            ]
-            smallest = functools.reduce(jnp.minimum, covers)
+        gc = g.astype(dtype)
+        ndim = g.ndim
+        smallest = functools.reduce(jnp.minimum, [a.astype(dtype) for a in acc])
         c = new_weight
         if not isinstance(c, float):
             c = jnp.where(jnp.asarray(b2) == 1, 1.0, c)
         nu = as_scalar(c, dtype) * gc**2 + as_scalar(b2, dtype) * smallest
         d = jnp.where(nu > 0, gc * jax.lax.rsqrt(nu + as_scalar(eps, dtype)), 0.0)
-        if ndim == 0:
-            new = nu.reshape(1)
-        elif nu.size == 0:
-            new = jnp.zeros_like(a)
+        if ndim == 0 or nu.size == 0:
+            new = (nu,) if ndim == 0 else tuple(jnp.zeros_like(a) for a in acc)
         else:
-            new = jnp.concatenate(
-                [jnp.max(nu, axis=tuple(j for j in range(ndim) if j != i)) for i in range(ndim)]
+            new = tuple(
+                jnp.max(nu, axis=tuple(j for j in range(ndim) if j != i), keepdims=True)
+                for i in range(ndim)
             )
-        return d.astype(g.dtype), new.astype(acc.dtype)
+        return d.astype(g.dtype), tuple(n.astype(a.dtype) for n, a in zip(new, acc))
 
     def update(updates, state, params=None):
         del params
-        _check_lengths(updates, state.acc)
+        _check_shapes(updates, state.acc)
         d, acc = map_unzip(leaf, 2, updates, state.acc)
         return d, CoverMaximaState(acc=acc)
 
@@ -185,8 +205,8 @@ def sm3(
       >>> u, state = opt.update(g, opt.init(params))
       >>> [round(float(x), 4) for x in u["w"].ravel()]   # -lr * sign(g) on the first step
       [-0.1, -0.0, -0.0, -0.1]
-      >>> [float(a) for a in state[0].acc["w"]]   # row maxima of g**2, then column maxima
-      [9.0, 16.0, 9.0, 16.0]
+      >>> [a.ravel().tolist() for a in state[0].acc["w"]]   # row and column maxima of g**2
+      [[9.0, 16.0], [9.0, 16.0]]
 
     .. warning::
        Real params only (optax's refuses complex ones too). optax's ``sm3`` fails on a
