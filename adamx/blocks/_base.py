@@ -305,17 +305,11 @@ def _listed(keys: list[str], tree: str, most: int = 3) -> str:
 
 
 def check_trees_match(
-    tree: PyTree,
-    reference: PyTree,
-    name: str,
-    reference_name: str,
-    *,
-    dtypes: bool = False,
-    shapes: bool = True,
+    tree: PyTree, reference: PyTree, name: str, reference_name: str, *, dtypes: bool = False
 ) -> None:
     """Raise ``ValueError`` naming the first path where ``tree`` and ``reference`` differ in
-    structure or leaf shape (and dtype, with ``dtypes=True``; the structure alone with
-    ``shapes=False``). Runs at trace time: it costs nothing inside a jitted step."""
+    structure or leaf shape (and dtype, with ``dtypes=True``). Runs at trace time: it costs
+    nothing inside a jitted step."""
 
     def expects(path) -> str:  # "params['w'] has" or "the optimizer state expects"
         if reference_name.isidentifier():
@@ -355,7 +349,7 @@ def check_trees_match(
         )
     for (path, leaf), (_, ref_leaf) in zip(leaves, ref_leaves):
         shape, ref_shape = jnp.shape(leaf), jnp.shape(ref_leaf)
-        if shapes and shape != ref_shape:
+        if shape != ref_shape:
             raise ValueError(
                 f"{name}{jax.tree_util.keystr(path)} has shape {shape} but "
                 f"{expects(path)} {ref_shape}."
