@@ -37,6 +37,7 @@ from adamx.blocks._rules import (
 from adamx.blocks._schedule import ScheduleState, scale_by_learning_rate
 from adamx.kernels._build import FusedKernelWarning, KernelInfo, kernel_info
 from adamx.kernels._step import step
+from adamx.optimizers._acprop import acprop, normalize_by_previous_belief
 from adamx.optimizers._adafactor import adafactor
 from adamx.optimizers._adafactor_blocks import (
     FactoredRmsState,
@@ -79,6 +80,7 @@ from adamx.optimizers._adopt import (
     normalize_by_previous_rms,
     read_momentum,
 )
+from adamx.optimizers._asgd import AverageState, asgd, asgd_eval_params, average_params
 from adamx.optimizers._cautious import cautious
 from adamx.optimizers._dadapt import dadapt_adamw, distance_estimate, prodigy
 from adamx.optimizers._dadapt_blocks import (
@@ -105,6 +107,7 @@ from adamx.optimizers._layerwise import (
     scale_by_layerwise_moment,
 )
 from adamx.optimizers._lazy import lazy_adam, scale_by_lazy_moments
+from adamx.optimizers._madgrad import MadgradState, madgrad, scale_by_madgrad
 from adamx.optimizers._mars import MarsState, mars, scale_by_mars_correction
 from adamx.optimizers._muon import muon, orthogonalize, scale_by_shape
 from adamx.optimizers._optimistic import (
@@ -114,6 +117,7 @@ from adamx.optimizers._optimistic import (
     scale_by_optimistic_gradient,
 )
 from adamx.optimizers._rmsprop import center_second_moment, rmsprop
+from adamx.optimizers._rprop import RpropState, rprop, scale_by_rprop
 from adamx.optimizers._schedule_free import (
     ScheduleFreeState,
     scale_by_schedule_free,
@@ -123,6 +127,7 @@ from adamx.optimizers._schedule_free import (
 )
 from adamx.optimizers._sgd import MomentumState, sgd, trace_momentum
 from adamx.optimizers._sign import scale_by_sign, sign_sgd, signum
+from adamx.optimizers._sm3 import CoverMaximaState, normalize_by_cover_maxima, sm3
 from adamx.optimizers._soap import SoapState, soap
 from adamx.optimizers._sophia import (
     HutchinsonState,
@@ -150,15 +155,17 @@ __version__ = "0.2.0"
 
 # The names of the optimizers (recipes); everything else in __all__ is a building block.
 OPTIMIZERS = (
-    "adabelief", "adadelta", "adafactor", "adagrad", "adam", "adam_mini", "adamax", "adamaxw",
-    "adamw", "adan", "ademamix", "adopt", "amsgrad", "dadapt_adamw", "galore", "lamb", "laprop",
-    "lars", "lazy_adam", "lion", "mars", "muon", "nadam", "nadamw", "novograd",
-    "optimistic_adam", "prodigy", "radam", "rmsprop", "schedule_free_adamw",
-    "schedule_free_sgd", "sgd", "sign_sgd", "signum", "simplified_ademamix", "soap", "yogi",
+    "acprop", "adabelief", "adadelta", "adafactor", "adagrad", "adam", "adam_mini", "adamax",
+    "adamaxw", "adamw", "adan", "ademamix", "adopt", "amsgrad", "asgd", "dadapt_adamw",
+    "galore", "lamb", "laprop", "lars", "lazy_adam", "lion", "madgrad", "mars", "muon", "nadam",
+    "nadamw", "novograd", "optimistic_adam", "prodigy", "radam", "rmsprop", "rprop",
+    "schedule_free_adamw", "schedule_free_sgd", "sgd", "sign_sgd", "signum",
+    "simplified_ademamix", "sm3", "soap", "yogi",
 )  # fmt: skip
 
 __all__ = [
     "OPTIMIZERS",
+    "acprop",
     "adabelief",
     "adadelta",
     "adafactor",
@@ -174,12 +181,14 @@ __all__ = [
     "amsgrad",
     "dadapt_adamw",
     "galore",
+    "asgd",
     "lamb",
     "laprop",
     "lars",
     "lazy_adam",
     "lion",
     "mars",
+    "madgrad",
     "muon",
     "nadam",
     "nadamw",
@@ -189,6 +198,7 @@ __all__ = [
     "prodigy",
     "radam",
     "rmsprop",
+    "rprop",
     "schedule_free_adamw",
     "schedule_free_sgd",
     "sgd",
@@ -197,6 +207,7 @@ __all__ = [
     "signum",
     "simplified_ademamix",
     "soap",
+    "sm3",
     "yogi",
     "cautious",
     "step",
@@ -213,6 +224,8 @@ __all__ = [
     "kernel_info",
     "AdanState",
     "DAdaptAdamWState",
+    "AverageState",
+    "CoverMaximaState",
     "Diagnostics",
     "FactoredRmsState",
     "FusedKernelWarning",
@@ -222,6 +235,7 @@ __all__ = [
     "LayerwiseMomentState",
     "LionMomentsState",
     "MarsState",
+    "MadgradState",
     "MaxNuState",
     "MomentumState",
     "Moments",
@@ -233,6 +247,7 @@ __all__ = [
     "ProximalState",
     "RmsState",
     "RelativeStepState",
+    "RpropState",
     "ScheduleFreeState",
     "ScheduleState",
     "SkipNonfiniteState",
@@ -244,6 +259,8 @@ __all__ = [
     "adam_mini_partition",
     "add_decayed_weights",
     "ademamix_schedules",
+    "asgd_eval_params",
+    "average_params",
     "average_of_squares",
     "bias_correction",
     "center_second_moment",
@@ -262,6 +279,8 @@ __all__ = [
     "negate",
     "normalize",
     "normalize_by_hessian",
+    "normalize_by_cover_maxima",
+    "normalize_by_previous_belief",
     "normalize_by_previous_rms",
     "normalize_by_rms",
     "normalize_inf",
@@ -280,11 +299,13 @@ __all__ = [
     "scale_by_learning_rate",
     "scale_by_lion_moments",
     "scale_by_mars_correction",
+    "scale_by_madgrad",
     "scale_by_moments",
     "scale_by_optimistic_gradient",
     "scale_by_param_block_rms",
     "scale_by_prodigy",
     "scale_by_relative_step",
+    "scale_by_rprop",
     "scale_by_schedule_free",
     "scale_by_shape",
     "scale_by_sign",

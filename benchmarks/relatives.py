@@ -1,14 +1,16 @@
-"""Step time and state size of adamx's Adan, AdEMAMix, Simplified AdEMAMix and Muon next to
-optax's same rules (issue 16), and of Adam-mini and SOAP next to AdamW (issue 18), on
-workload (a)'s transformer-like pytree.
+"""Step time and state size of adamx's Adan, AdEMAMix, Simplified AdEMAMix, Muon, Rprop, ASGD,
+SM3, MADGRAD, ACProp, Prodigy, D-Adaptation AdamW and GaLore next to optax's same rules
+(issue 16), and of LaProp, MARS, Cautious, Adam-mini and SOAP next to AdamW / Lion (issue
+18), on workload (a)'s transformer-like pytree.
 
-    python benchmarks/relatives.py [--quick] [--rounds 5] [--steps 5] [--only adam_mini,soap]
+    python benchmarks/relatives.py [--quick] [--rounds 5] [--steps 5] [--only rprop,soap]
 
 Each contender is one jitted ``update + apply_updates`` with params and state donated, run on
 float32 params and one fixed float32 gradient tree. Contenders are timed in turns (every
 round each times ``--steps`` steps, the order rotating), so machine noise hits all alike;
-the table gives the median step, the compile time and the state's bytes per parameter
-(``adamx.state_bytes_per_param``: every array of the state over the parameter count). The
+the table gives the median step (wall and CPU time of the process, all threads), the compile
+time and the state's bytes per parameter (``adamx.state_bytes_per_param``: every array of
+the state over the parameter count). ``--only`` keeps the named optimizers' rows. The
 ``--quick`` tree (2.8M parameters) is the one recorded: Muon's Newton-Schulz on the full
 tree's 16384 x 576 embedding alone is tens of GFLOP per step.
 """
@@ -65,6 +67,19 @@ def contenders() -> dict[str, optax.GradientTransformation]:
         "galore: optax (rank 128)": optax.contrib.galore(lr),
         "galore: adamx (rank 32)": adamx.galore(lr, rank=32),
         "galore: optax (rank 32)": optax.contrib.galore(lr, rank=32),
+        "adam: adamx": adamx.adam(lr),
+        "adam: optax": optax.adam(lr),
+        "rprop: adamx": adamx.rprop(lr),
+        "rprop: adamx (optax reading)": adamx.rprop(lr, reading="optax"),
+        "rprop: optax": optax.rprop(lr),
+        "asgd: adamx": adamx.asgd(lr, t0=0.0),  # averaging from the start, as it will be
+        "sgd: adamx (no momentum, for asgd)": adamx.sgd(lr),
+        "sm3: adamx": adamx.sm3(lr),
+        "sm3: optax": optax.sm3(lr),
+        "madgrad: adamx": adamx.madgrad(lr),
+        "madgrad: optax": optax.contrib.madgrad(lr),
+        "acprop: adamx": adamx.acprop(lr),
+        "acprop: optax": optax.contrib.acprop(lr),
     }
 
 

@@ -199,7 +199,7 @@ def test_state_dtype_of_other_kind_than_params_follows_optax_and_keeps_updates(
 
 REAL_ONLY = (
     "lion", "adadelta", "adopt", "sign_sgd", "signum", "soap", "prodigy", "dadapt_adamw",
-    "galore",
+    "galore", "sm3", "madgrad",
 )  # fmt: skip
 COMPLEX_ALIASES = [n for n in adamx.OPTIMIZERS if n not in REAL_ONLY]
 

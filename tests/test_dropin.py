@@ -82,6 +82,11 @@ TRANSFORMATIONS = {
     "scale_by_layerwise_moment": (adamx.scale_by_layerwise_moment, "grads"),
     "scale_by_optimistic_gradient": (adamx.scale_by_optimistic_gradient, "grads"),
     "scale_by_schedule_free": (lambda: adamx.scale_by_schedule_free(0.1), "grads"),
+    "scale_by_rprop": (adamx.scale_by_rprop, "grads"),
+    "average_params": (adamx.average_params, "grads"),
+    "normalize_by_cover_maxima": (adamx.normalize_by_cover_maxima, "grads"),
+    "scale_by_madgrad": (adamx.scale_by_madgrad, "grads"),
+    "normalize_by_previous_belief": (adamx.normalize_by_previous_belief, "grads"),
     "normalize_by_previous_rms": (adamx.normalize_by_previous_rms, "grads"),
     "normalize_by_rms": (adamx.normalize_by_rms, "grads"),
     "scale_by_mars_correction": (adamx.scale_by_mars_correction, "grads"),
@@ -293,5 +298,7 @@ def test_learning_rate_annotation_is_optax_scalar_or_schedule(name):
     allowed = [optax.ScalarOrSchedule, optax.Schedule]
     if name in ("adadelta", "adafactor"):  # optax's own: learning_rate=None is "no scaling"
         allowed.append(optax.ScalarOrSchedule | None)
+    if name == "rprop":  # the initial step size, a number (optax.rprop's is ArrayLike)
+        allowed = [float]
     assert annotation in allowed
     assert typing.get_type_hints(getattr(adamx, name))["learning_rate"] == annotation

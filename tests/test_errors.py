@@ -193,6 +193,8 @@ REAL_ONLY = (
     "prodigy",
     "dadapt_adamw",
     "galore",
+    "sm3",
+    "madgrad",
 )  # the rest take complex params (test_complex.py)
 
 

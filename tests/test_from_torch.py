@@ -278,6 +278,8 @@ OWN_CONFIGS = [
     # SparseAdam's eps on the raw root: a large eps shows the reading from the first step
     ("SparseAdam", dict(lr=0.02, betas=(0.8, 0.99), eps=1e-2)),
     ("SparseAdam", dict(lr=0.02, betas=(0.5, 0.9), eps=1e-1, maximize=True)),
+    ("Rprop", dict(lr=0.05, etas=(0.3, 1.5), step_sizes=(1e-3, 0.2), maximize=True)),
+    ("ASGD", dict(lr=0.05, lambd=0.1, alpha=0.6, t0=5.0, weight_decay=0.05, maximize=True)),
 ]
 
 
@@ -379,6 +381,8 @@ MAPPING = [  # from_torch(name, **torch kwargs) == the adamx call the docstring'
     ("RAdam", dict(betas=(0.8, 0.9)), lambda: adamx.radam(1e-3, 0.8, 0.9)),
     ("Adafactor", dict(d=2.0), lambda: adamx.adafactor(1e-2, d=2.0)),
     ("SparseAdam", {}, lambda: adamx.lazy_adam(1e-3, eps_hat=True)),
+    ("Rprop", dict(etas=(0.4, 1.3)), lambda: adamx.rprop(1e-2, 0.4, 1.3)),
+    ("ASGD", dict(t0=10.0), lambda: adamx.asgd(1e-2, t0=10.0)),
 ]
 
 
@@ -408,7 +412,7 @@ def test_from_torch_does_not_import_torch():
 @pytest.mark.parametrize(
     ("args", "kwargs", "match"),
     [
-        (("Rprop",), {}, "no torch.optim class 'Rprop'.*It reproduces SGD, Adagrad"),
+        (("LBFGS",), {}, "no torch.optim class 'LBFGS'.*It reproduces SGD, Adagrad"),
         (("adamw",), {}, "Did you mean 'AdamW'"),
         (("mylib.Adam",), {}, "is not a torch.optim class name"),
         (("Adam",), dict(learning_rate=0.1), "no argument 'learning_rate'.*takes lr, betas"),

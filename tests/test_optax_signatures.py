@@ -43,6 +43,10 @@ SHARED["schedule_free_sgd"] = optax.contrib.schedule_free_sgd
 SHARED["prodigy"] = optax.contrib.prodigy
 SHARED["dadapt_adamw"] = optax.contrib.dadapt_adamw
 SHARED["galore"] = optax.contrib.galore
+SHARED["rprop"] = optax.rprop
+SHARED["sm3"] = optax.sm3
+SHARED["madgrad"] = optax.contrib.madgrad
+SHARED["acprop"] = optax.contrib.acprop
 
 # Defaults that differ from optax's on purpose (README, "differences from optax"): PyTorch's
 # defaults, a default learning rate where optax has none, and ``None`` for an option that is
@@ -96,6 +100,12 @@ DEFAULTS_DIFFER = {
     ("schedule_free_adamw", "weight_decay"): (None, 0.0),
     ("sign_sgd", "learning_rate"): (1e-3, EMPTY),
     ("signum", "learning_rate"): (1e-3, EMPTY),
+    ("rprop", "learning_rate"): (1e-2, EMPTY),  # torch's; the initial step size
+    ("sm3", "learning_rate"): (1e-2, EMPTY),
+    ("madgrad", "learning_rate"): (1e-2, EMPTY),
+    ("madgrad", "weight_decay"): (None, 0.0),
+    ("acprop", "learning_rate"): (1e-3, EMPTY),
+    ("acprop", "weight_decay"): (None, 0.0),
 }
 
 
@@ -363,7 +373,8 @@ def test_inject_hyperparams_updates_without_params_where_plain_does(name):
 def test_tree_get_finds_one_count(name):
     kw = {"momentum": 0.9} if name == "sgd" else {}  # plain SGD keeps no state at all
     state = getattr(adamx, name)(learning_rate=0.1, **kw).init(problem()[0])
-    if name in ("sign_sgd", "schedule_free_sgd"):  # no count, as optax's (step_count)
+    # no count, as optax's (step_count; rprop's sizes and last gradient are all it keeps)
+    if name in ("sign_sgd", "schedule_free_sgd", "rprop"):
         assert otu.tree_get_all_with_path(state, "count") == []
         return
     # muon and soap are partitions of two chains (Newton-Schulz or the eigenbasis, and

@@ -237,6 +237,11 @@ ZERO_UPDATES = {
     "prodigy": (DECAY, "m = v = 0 over D*eps > 0, plus -lr*D*c*wd*p; D stays (sum|s| = 0)"),
     "dadapt_adamw": (DECAY, "m = v = 0 over eps > 0, plus -D*lr*c*wd*p; D stays (sum|s| = 0)"),
     "galore": (DECAY, "P^T 0 = 0: Adam's 0 / eps, projected back, plus -lr*wd*p"),
+    "rprop": (ZERO, "sign(0) = 0: no step (g * prev = 0, the sizes hold)"),
+    "asgd": (DECAY, "coupled L2 and lambd: -eta*(wd + lambd)*p"),
+    "sm3": (ZERO, "nu = 0 gives d = 0 (not 0/0), and m stays 0"),
+    "madgrad": (DECAY, "coupled L2: the sums follow wd*p; z = x0 - s / (cbrt(v) + eps)"),
+    "acprop": (DECAY, "0 / (1 + eps), then 0 / (sqrt(s^) + eps) with s >= eps_root; -lr*wd*p"),
 }
 
 
@@ -340,6 +345,11 @@ SCALING = {
         {},
         "the base Adam's eps (1e-8, not an option of galore) sets the units of m / sqrt(v)",
     ),
+    "rprop": (INVARIANT, {}, "only the signs of g and of g * prev are read"),
+    "asgd": (LINEAR, {"weight_decay": 0.0, "lambd": 0.0}, "plain SGD steps -eta*g"),
+    "sm3": (INVARIANT, {"eps": 0.0}, "nu ~ c**2 (sums, mins and maxes of g**2): g / sqrt(nu)"),
+    "madgrad": (NEITHER, {}, "s / cbrt(v) ~ c**(1/3)"),
+    "acprop": (NEITHER, {}, "the first step g / (1 + eps) is linear in c, the later ones not"),
 }
 # Tolerance of the float32 comparison, relative to the leaf's largest update. Observed over
 # 24 draws per row: <= 1.2e-6, and 8.8e-6 for RAdam with decoupled decay (d and wd*p cancel).

@@ -29,6 +29,7 @@ import numpy as np
 import optax
 import pytest
 import reference_adam_variants as rav
+import reference_fam3 as rf3
 import reference_fam4 as rf4
 import reference_mixtures as rmix
 import reference_other_family as rof
@@ -152,6 +153,11 @@ OTHER_FAMILY = {
     "prodigy": rf4.Prodigy,
     "dadapt_adamw": rf4.DAdaptAdamW,
     "galore": rf4.GaLore,
+    "rprop": rf3.Rprop,
+    "asgd": rf3.ASGD,
+    "sm3": rf3.SM3,
+    "madgrad": rf3.Madgrad,
+    "acprop": rf3.ACProp,
 }
 OTHER_NAMES = {"learning_rate": "lr", "weight_decay": "wd"}
 AVERAGED = {"schedule_free_adamw", "schedule_free_sgd"}  # x recomputed from y and z
@@ -253,7 +259,8 @@ def set_counts(state, value: int):
     )
 
 
-@pytest.mark.parametrize("name", [n for n in ROWS if alias(n) != "sign_sgd"])  # no state
+# signSGD keeps no state, Rprop no count (its sizes and last gradient are all it needs)
+@pytest.mark.parametrize("name", [n for n in ROWS if alias(n) not in ("sign_sgd", "rprop")])
 def test_counts_saturate_past_int32_max(name):
     rng = np.random.default_rng(0)
     params = random_tree(rng)
@@ -284,6 +291,8 @@ SLOW_DECAY = {
     "adam_mini": "b2", "soap": "b2",  # soap: shampoo_beta follows b2
     "prodigy": None, "dadapt_adamw": None,  # b2 is inside the pair `betas`
     "galore": None,  # b2 is the base optimizer's
+    "rprop": None, "asgd": None,  # sign comparisons; a step-size decay and a plain average
+    "acprop": "b2", "sm3": "b2", "madgrad": None,  # SM3's b2 (1, a sum, by default); MADGRAD sums
 }  # fmt: skip
 NEAR_ONE = (0.99999, 1 - 1e-7)
 
@@ -453,6 +462,8 @@ OWN_OVERFLOW_AT_1E20 = {
     "lars": "||u||**2 = 6e40: the ratio is c ||p|| / inf = 0 (as in optax)",
     "novograd": "n = ||g||**2 = 6e40: the step g / sqrt(n) is 0 (as in optax)",
     "soap": "L = (1 - sb) G G^T = 5e38 per term: the matrices keep the identity basis",
+    "sm3": "nu = g**2 = 1e40 (a sum, b2 = 1): the step g / sqrt(nu) is 0 (as in optax)",
+    "madgrad": "v = lam * g**2, g**2 = 1e40: s / cbrt(inf) = 0, so z = x0 (as in optax)",
 }
 
 
@@ -591,6 +602,13 @@ NO_NAN_AT_EPS_ZERO = {
     "sign_sgd": ({}, 8, "no eps: sign(0) = 0"),
     "signum": ({}, 8, "no eps: m = 0 and sign(0) = 0"),
     "galore": ({"weight_decay": 0.0}, 8, "no eps of its own: the base Adam's 1e-8 stays"),
+    "rprop": ({}, 8, "no eps: sign(0) = 0, and g * prev = 0 leaves the sizes alone"),
+    "sm3": ({"eps": 0.0}, 8, "nu = 0 gives d = 0 (the rule's where, as optax's), no 0/0"),
+    "acprop": (
+        {"eps": 0.0, "weight_decay": 0.0},
+        8,
+        "the first step divides by 1; s then grows by eps_root > 0 at every update",
+    ),
 }
 
 
@@ -663,6 +681,8 @@ NAN_WITHOUT_TWIN = {
 NO_EPS_WITH_DECAY = {
     "sgd_dampening_l2": "no eps and no division; the coupled decay moves p",
     "schedule_free_sgd": "no eps and no division; the coupled decay moves z, hence y",
+    "asgd": "no eps and no division; the coupled decay and lambd move p",
+    "madgrad": "the coupled decay makes g = wd*p non-zero, so v > 0: no 0/0 where p != 0",
 }
 
 
@@ -709,8 +729,9 @@ def test_eps_zero_nan_is_the_rules_own_as_in_torch(name):
 # ----------------------------------------------------------------------------- float16 zero grads
 def default_kind(name) -> str:
     """ZERO or DECAY for an alias built with its defaults."""
-    default = inspect.signature(getattr(adamx, name)).parameters.get("weight_decay")
-    return DECAY if default is not None and default.default else ZERO
+    parameters = inspect.signature(getattr(adamx, name)).parameters
+    decays = [parameters.get(k) for k in ("weight_decay", "lambd")]  # lambd: ASGD's decay
+    return DECAY if any(d is not None and d.default for d in decays) else ZERO
 
 
 def zero_gradient_cases():

@@ -15,8 +15,10 @@ import optax
 from adamx.optimizers._adafactor import adafactor
 from adamx.optimizers._adagrad import adadelta, adagrad
 from adamx.optimizers._adam import adam, adamw
+from adamx.optimizers._asgd import asgd
 from adamx.optimizers._lazy import lazy_adam
 from adamx.optimizers._rmsprop import rmsprop
+from adamx.optimizers._rprop import rprop
 from adamx.optimizers._sgd import sgd
 from adamx.optimizers._torch_names import IMPLEMENTATION_SWITCHES, TORCH_DEFAULTS
 from adamx.optimizers._variants import adamax, nadam, nadamw
@@ -115,6 +117,22 @@ def _sparse_adam(kw: Kwargs) -> tuple[Recipe, Kwargs]:
     return lazy_adam, dict(**_adam_like(kw), eps_hat=True)
 
 
+def _rprop(kw: Kwargs) -> tuple[Recipe, Kwargs]:
+    eta_minus, eta_plus = _pair("etas", kw["etas"])
+    smallest, largest = _pair("step_sizes", kw["step_sizes"])
+    return rprop, dict(
+        learning_rate=kw["lr"], eta_minus=eta_minus, eta_plus=eta_plus,
+        min_step_size=smallest, max_step_size=largest, maximize=kw["maximize"],
+    )  # fmt: skip
+
+
+def _asgd(kw: Kwargs) -> tuple[Recipe, Kwargs]:
+    return asgd, dict(
+        learning_rate=kw["lr"], lambd=kw["lambd"], alpha=kw["alpha"], t0=kw["t0"],
+        weight_decay=kw["weight_decay"], maximize=kw["maximize"],
+    )  # fmt: skip
+
+
 TRANSLATIONS: Mapping[str, Callable[[Kwargs], tuple[Recipe, Kwargs]]] = {
     "SGD": _sgd,
     "Adagrad": _adagrad,
@@ -127,6 +145,8 @@ TRANSLATIONS: Mapping[str, Callable[[Kwargs], tuple[Recipe, Kwargs]]] = {
     "RAdam": _radam,
     "Adafactor": _adafactor,
     "SparseAdam": _sparse_adam,
+    "Rprop": _rprop,
+    "ASGD": _asgd,
 }
 SUPPORTED = tuple(TRANSLATIONS)
 
@@ -259,10 +279,13 @@ def from_torch(name_or_optimizer: Any, /, **torch_kwargs: Any) -> optax.Gradient
         RAdam       1e-3  radam(lr, b1, b2, eps, weight_decay=, decoupled_weight_decay=)
         Adafactor   1e-2  adafactor(lr, beta2_decay=, eps=(eps1, eps2), d=, weight_decay=)
         SparseAdam  1e-3  lazy_adam(lr, b1, b2, eps, eps_hat=True)
+        Rprop       1e-2  rprop(lr, eta_minus, eta_plus, min_step_size, max_step_size)
+        ASGD        1e-2  asgd(lr, lambd, alpha, t0, weight_decay=)
 
-    ``betas=(b1, b2)`` becomes ``b1, b2``; ``lr`` becomes ``learning_rate`` (a float, a
-    one-element tensor read with ``float``, or an optax schedule, adamx's extension:
-    torch's LR schedulers are not translated); ``maximize`` is passed on everywhere.
+    ``betas=(b1, b2)`` becomes ``b1, b2`` (Rprop's ``etas`` and ``step_sizes`` likewise);
+    ``lr`` becomes ``learning_rate`` (a float, a one-element tensor read with ``float``, or
+    an optax schedule, adamx's extension: torch's LR schedulers are not translated; Rprop
+    takes none, its ``lr`` is the initial step size); ``maximize`` is passed on everywhere.
     ``foreach``, ``fused``, ``capturable`` and ``differentiable`` choose torch's
     implementation, not the rule, and are ignored. Arguments left out take torch's
     defaults, also where adamx's differ (``NAdam(decoupled_weight_decay=True)`` decays by
@@ -282,9 +305,9 @@ def from_torch(name_or_optimizer: Any, /, **torch_kwargs: Any) -> optax.Gradient
       An ``optax.GradientTransformation``.
 
     Raises:
-      ValueError: for a class adamx does not reproduce (``ASGD``, ``LBFGS``, ``Rprop``,
-        ...), an argument the class does not take (the message lists those it does), a
-        value torch accepts but adamx cannot reproduce (naming the option, its value and
+      ValueError: for a class adamx does not reproduce (``LBFGS``, ``Muon``, ...), an
+        argument the class does not take (the message lists those it does), a value torch
+        accepts but adamx cannot reproduce (naming the option, its value and
         adamx's range), or an instance whose param groups differ.
       TypeError: when ``name_or_optimizer`` is none of the above.
 

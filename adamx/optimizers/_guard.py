@@ -36,6 +36,10 @@ REAL_ONLY = {
     "dadapt_adamw": "its distance estimate sums <g, s / (sqrt(v) + eps)> and |s| over the "
     "params, a real inner product and norm (optax's dadapt_adamw is written for real params "
     "too)",
+    "madgrad": "its cube root of the summed squares has no complex reading in optax's "
+    "madgrad, which adamx follows",
+    "sm3": "its accumulators take the maximum and minimum of squared gradients over rows and "
+    "columns (optax's sm3 refuses complex params too)",
 }
 
 

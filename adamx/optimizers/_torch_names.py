@@ -25,6 +25,8 @@ TORCH_TWIN: Mapping[str, str] = {
     "radam": "RAdam",
     "adafactor": "Adafactor",
     "lazy_adam": "SparseAdam",
+    "rprop": "Rprop",
+    "asgd": "ASGD",
 }
 
 # torch.optim's keyword arguments and their defaults (torch 2.13), per class adamx reproduces.
@@ -58,6 +60,10 @@ TORCH_DEFAULTS: Mapping[str, Mapping[str, object]] = {
     "Adafactor": dict(lr=1e-2, beta2_decay=-0.8, eps=(None, 1e-3), d=1.0, weight_decay=0.0,
                       foreach=None, maximize=False),
     "SparseAdam": dict(lr=1e-3, betas=_BETAS, eps=1e-8, maximize=False),
+    "Rprop": dict(lr=1e-2, etas=(0.5, 1.2), step_sizes=(1e-6, 50), foreach=None, maximize=False,
+                  differentiable=False, capturable=False),
+    "ASGD": dict(lr=1e-2, lambd=1e-4, alpha=0.75, t0=1e6, weight_decay=0, foreach=None,
+                 maximize=False, differentiable=False, capturable=False),
 }  # fmt: skip
 
 _IMPLEMENTATION = (
@@ -86,6 +92,8 @@ TORCH_SPELLINGS: Mapping[str, str] = {
     "dampening": "SGD's `dampening` is an argument of `adamx.sgd`",
     "momentum": "SGD's and RMSprop's `momentum` is an argument of `adamx.sgd` / `adamx.rmsprop`",
     "beta2_decay": "Adafactor's `beta2_decay` is an argument of `adamx.adafactor`",
+    "etas": "Rprop's `etas=(minus, plus)` is `eta_minus=, eta_plus=` in adamx.rprop",
+    "step_sizes": "Rprop's `step_sizes=(min, max)` is `min_step_size=, max_step_size=`",
     "foreach": _IMPLEMENTATION,
     "fused": _IMPLEMENTATION,
     "capturable": _IMPLEMENTATION,
