@@ -37,7 +37,7 @@ from adamx.optimizers._guard import recipe
 
 
 class SoapState(NamedTuple):
-    """State of :func:`scale_by_soap`.
+    """State of ``scale_by_soap`` (the block of ``soap``'s matrices).
 
     Attributes:
       count: int32 number of updates taken so far (saturates at the int32 maximum).
@@ -185,8 +185,8 @@ def scale_by_soap(
         for p in jax.tree.leaves(params):
             if len(jnp.shape(p)) != 2:
                 raise ValueError(
-                    f"adamx.scale_by_soap takes matrices, got an array of shape "
-                    f"{jnp.shape(p)}; give soap's other leaves to Adam."
+                    "scale_by_soap (adamx.soap's matrix block) takes matrices, got an array "
+                    f"of shape {jnp.shape(p)}; give soap's other leaves to Adam."
                 )
         rotated = jax.tree.map(
             lambda p: jax.ShapeDtypeStruct(jnp.shape(p), compute_dtype(jnp.result_type(p))), params
@@ -312,7 +312,7 @@ def soap(
     for every other leaf.
 
     Per matrix leaf ``(m, n)`` (both sides at most ``max_precond_dim``), with ``t`` the
-    step number (:func:`adamx.scale_by_soap` has the whole rule)::
+    step number (``scale_by_soap`` in ``adamx/optimizers/_soap.py`` has the whole rule)::
 
         L = sb L + (1 - sb) G G^T,   R = sb R + (1 - sb) G^T G      (sb = shampoo_beta)
         M = b1 M + (1 - b1) G,       V = b2 V + (1 - b2) (Q_L^T G Q_R)**2
