@@ -212,6 +212,10 @@ def train_step(opt):
     return step
 
 
+# Rows whose step leaves some components of a leaf where they are by design.
+MAY_HOLD = {"rprop": "a component whose gradient changed sign takes no step (torch, optax)"}
+
+
 def stack(trees):
     """A list of trees as one tree of stacked leaves: the xs of a ``lax.scan``."""
     return jax.tree.map(lambda *leaves: jnp.stack(leaves), *trees)
@@ -242,7 +246,7 @@ def test_any_pytree_under_jit_scan_cond_and_donation(name):
     chex.assert_tree_all_finite(updates)
     for u in jax.tree.leaves(updates):  # a non-zero gradient moves every non-empty leaf
         if u.size:
-            assert jnp.all(u != 0)
+            assert jnp.any(u != 0) if name in MAY_HOLD else jnp.all(u != 0)
 
     traces = []
 

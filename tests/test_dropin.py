@@ -135,11 +135,10 @@ def test_update_takes_and_ignores_extra_args(name):
     inputs = {"grads": GRADS, "matrices": {"w": GRADS["w"]}}  # muon's blocks: matrices only
     updates = inputs[kind] if kind in inputs else _moments_record()
     state = tx.init(PARAMS)
+    jitted = jax.jit(lambda u, s, p: tx.update(u, s, p, value=EXTRA["value"]))  # compiled once
     for _ in range(2):  # ADOPT's first update is zero; a second one reads its state
         plain, new_state = tx.update(updates, state, PARAMS)
-        extra, extra_state = jax.jit(lambda u, s, p: tx.update(u, s, p, value=EXTRA["value"]))(
-            updates, state, PARAMS
-        )
+        extra, extra_state = jitted(updates, state, PARAMS)
         also, _ = tx.update(updates, state, PARAMS, **EXTRA)
         chex.assert_trees_all_close(
             (extra, extra_state), (plain, new_state), rtol=1e-6, atol=ATOL.get(name, 0.0)

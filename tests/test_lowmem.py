@@ -278,8 +278,9 @@ def test_adamx_step_through_storage_matches_update_and_apply():
     opt = adamx.with_storage(adamx.adam(1e-2), mu="8bit", nu="8bit")
     s1 = s2 = opt.init(params)
     p1 = p2 = params
+    step = jax.jit(lambda p, s, g: adamx.step(opt, g, s, p))
     for t in range(3):
-        p1, s1 = jax.jit(lambda p, s, g: adamx.step(opt, g, s, p))(p1, s1, _grads(p1, t))
+        p1, s1 = step(p1, s1, _grads(p1, t))
         u, s2 = opt.update(_grads(p2, t), s2, p2)
         p2 = optax.apply_updates(p2, u)
     # one jitted program against op-by-op dispatch: XLA's fusion moves the last ulp

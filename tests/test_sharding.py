@@ -255,8 +255,13 @@ def test_step_keeps_state_sharding(report):
 def test_sharded_steps_equal_single_device(report):
     """3 steps on 8 devices equal the same steps on one, to 1e-6 of each leaf's largest
     magnitude (bitwise but for adafactor and lamb, whose norms are all-reduced)."""
-    bad = {n: d for n, d in report["max_rel_diff"].items() if not d <= 1e-6}
+    bad = {n: d for n, d in report["max_rel_diff"].items() if not d <= SHARDED_RTOL.get(n, 1e-6)}
     assert not bad, bad
+
+
+# D-Adaptation's step size D is a ratio of sums over every parameter (all-reduced across
+# the shards, in another order than on one device) whose terms cancel: its last bits move.
+SHARDED_RTOL = {"dadapt_adamw": 1e-5}
 
 
 # Where each param's shards lie in its stored moments: (sharded dim of the param, of the

@@ -44,10 +44,19 @@ def format_table(results: Sequence[TrainResult]) -> str:
 LINESTYLES = ("-", "--", ":", "-.")
 
 
+TAB10 = [f"C{k}" for k in range(10)]
+# matplotlib's tab20 colour map, its lighter shade of each tab10 colour
+TAB20_LIGHT = ["#aec7e8", "#ffbb78", "#98df8a", "#ff9896", "#c5b0d5",
+               "#c49c94", "#f7b6d2", "#c7c7c7", "#dbdb8d", "#9edae5"]  # fmt: skip
+
+
 def line_styles(n: int) -> list[tuple[str, str]]:
     """``n`` distinct (colour, line style) pairs: the ten ``tab10`` colours solid, then
-    dashed, dotted and dash-dotted (40 pairs; past that they repeat)."""
-    return [(f"C{i % 10}", LINESTYLES[(i // 10) % len(LINESTYLES)]) for i in range(n)]
+    dashed, dotted and dash-dotted, then the same with ``tab20``'s ten lighter shades (80
+    pairs; past that they repeat)."""
+    pairs = [(c, style) for shade in (TAB10, TAB20_LIGHT) for style in LINESTYLES
+             for c in shade]  # fmt: skip
+    return [pairs[i % len(pairs)] for i in range(n)]
 
 
 def plot_losses(results: Sequence[TrainResult], path: str | os.PathLike) -> None:
