@@ -382,10 +382,11 @@ def test_tiny_gradients_give_finite_bounded_updates(name):
 
     @jax.jit
     def run(params, grads):
-        state, out = opt.init(params), []
-        for _ in range(STEPS):
+        def body(state, _):
             updates, state = opt.update(grads, state, params)
-            out.append(updates)
+            return state, updates
+
+        state, out = jax.lax.scan(body, opt.init(params), None, length=STEPS)  # one body
         return out, state
 
     out, state = run(params, grads)
@@ -393,7 +394,8 @@ def test_tiny_gradients_give_finite_bounded_updates(name):
     # Adafactor scale by ||p|| or RMS(p); |p| <= 2 over 6 elements here).
     bound = 10 * row(name).kwargs["learning_rate"] * 2.0 * np.sqrt(6)
     assert all(np.all(np.isfinite(x)) for x in floats(state))
-    for step, updates in enumerate(out, start=1):
+    for step in range(1, STEPS + 1):
+        updates = jax.tree.map(lambda u, i=step - 1: u[i], out)
         for path, u in jax.tree_util.tree_leaves_with_path(updates):
             u = np.asarray(u, np.float32)
             where = f"{name} step {step}: updates{jax.tree_util.keystr(path)} = {u}"
