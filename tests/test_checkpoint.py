@@ -226,7 +226,9 @@ def test_state_round_trips_bitwise(name, backend, checkpoints):
     assert_bitwise_equal(restore_state(typed["opt_state"], template_state), middle["opt_state"])
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+# One backend: both round-trip the state bitwise (above), so resuming from the other's
+# restored state is the same computation from the same bits.
+@pytest.mark.parametrize("backend", ["msgpack"])
 @pytest.mark.parametrize("name", CASE_NAMES)
 def test_resume_at_step_50_is_bitwise_the_uninterrupted_run(name, backend, checkpoints):
     case = CASES[name]
@@ -240,10 +242,10 @@ def test_resume_at_step_50_is_bitwise_the_uninterrupted_run(name, backend, check
     params, state = train(step, params, state, start, STEPS, case.promotion)
     assert_bitwise_equal(params, final_params)
     assert_bitwise_equal(state, final_state)
-    if backend == "msgpack":  # control: without the restored state the run is another one
-        params = restore_state(raw["params"], template_params)
-        params, _ = train(step, params, template_state, start, STEPS, case.promotion)
-        assert not bitwise_equal(params, final_params)
+    # control: without the restored state the run is another one
+    params = restore_state(raw["params"], template_params)
+    params, _ = train(step, params, template_state, start, STEPS, case.promotion)
+    assert not bitwise_equal(params, final_params)
 
 
 def first_mismatch(saved, template) -> str:
