@@ -296,8 +296,44 @@ def test_galore_keeps_low_rank_state_and_refuses_what_it_lacks():
     for make, arg in [
         (lambda: adamx.galore(rank=0), "rank"),
         (lambda: adamx.galore(update_proj_gap=2.5), "update_proj_gap"),
-        (lambda: adamx.galore(weight_dimension_numbers=optax.contrib.GaLoreDimensionNumbers()),
-         "weight_dimension_numbers"),
+        (lambda: adamx.galore(weight_dimension_numbers={"w": 3}), "weight_dimension_numbers"),
+        (lambda: adamx.galore(weight_dimension_numbers=GDN(0, "a")),
+         "weight_dimension_numbers.output_axis"),
     ]:  # fmt: skip
         with pytest.raises(ValueError, match=f"`{arg}`"):
             make()
+
+
+GDN = optax.contrib.GaLoreDimensionNumbers
+
+
+def test_galore_reads_higher_rank_leaves_with_dimension_numbers_as_optax():
+    """float32, 4 steps, projectors refreshed at steps 1 and 3: a (6, 3, 4) leaf read as the
+    wide (4, 18) matrix (output axes (0, 1) after reduction axis 2: a transpose), a 2-D
+    leaf as its transpose (the spec (1, 0)) and a vector left whole, given as a function
+    of the params, against optax.contrib.galore (its bias correction's float32 rounding);
+    the default Adam's state has optax's ``mu`` and ``nu`` fields, shaped as optax's."""
+    rng = np.random.default_rng(5)
+    shapes = {"a": (6, 3, 4), "m": (5, 7), "b": (3,)}
+    p0 = {n: jnp.asarray(rng.normal(size=s), jnp.float32) for n, s in shapes.items()}
+    dims = lambda _: {"a": GDN(2, (0, 1)), "m": GDN(1, 0), "b": None}  # noqa: E731
+
+    def run(opt):
+        def body(carry, _):
+            p, s = carry
+            u, s = opt.update(jax.tree.map(lambda x: jnp.sin(3 * x) + x, p), s, p)
+            return (optax.apply_updates(p, u), s), None
+
+        return jax.jit(lambda c: jax.lax.scan(body, c, None, length=4)[0])((p0, opt.init(p0)))
+
+    kw = dict(rank=2, update_proj_gap=2, weight_dimension_numbers=dims)
+    ours, s_ours = run(adamx.galore(0.1, **kw))
+    with jax.numpy_dtype_promotion("standard"):  # optax mixes dtypes
+        theirs, s_theirs = run(optax.contrib.galore(0.1, **kw))
+    for n in shapes:
+        np.testing.assert_allclose(ours[n], theirs[n], rtol=2e-5, atol=2e-5, err_msg=n)
+    mine, optaxs = s_ours[0].base_optimizer_state, s_theirs[0].base_optimizer_state
+    shape = lambda t: jax.tree.map(jnp.shape, t)  # noqa: E731
+    assert shape((mine.mu, mine.nu)) == shape((optaxs.mu, optaxs.nu))
+    with pytest.raises(ValueError, match="leave axes"):  # every axis named, as optax's
+        adamx.galore(weight_dimension_numbers=GDN(0, 1)).init({"a": p0["a"]})
