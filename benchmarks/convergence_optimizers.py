@@ -18,9 +18,9 @@ jitted function, all the steps in one ``lax.scan``, the evaluation after it.
 Reported per optimizer and task: the chosen rate, the final training loss, the held-out
 loss at the final parameters, the steps to a target loss (the smoothed loss, a trailing
 mean over 10% of the steps, first at or below AdamW's smoothed loss at half the steps,
-AdamW at its own chosen rate), and the process CPU time per step of the chosen run
-(``time.process_time``, all threads, compilation excluded): the machine is shared, so
-wall time says little.
+AdamW at its own chosen rate), and the process CPU time per step (``time.process_time``,
+all threads, compilation excluded, of the call that ran the three rates side by side, over
+three times its steps): the machine is shared, so wall time says little.
 """
 
 from __future__ import annotations
@@ -260,14 +260,16 @@ def report(all_results: dict, args, seconds: float, loads, sizes: dict[str, int]
         f"`DEFAULT_LEARNING_RATES[name]` (Sophia: {SOPHIA_BASE:g}), by the lowest final "
         "training loss. *final train loss*: the mean training loss over the last 10% of the "
         "steps; *held-out loss*: at the final parameters (for the schedule-free optimizers "
-        "the parameters they train, not an averaged sequence); *steps to target*: the first "
+        "the parameters the gradients are taken at, not the average `x` of "
+        "`schedule_free_eval_params`); *steps to target*: the first "
         "step at which the loss, a trailing mean over 10% of the steps, is at or below the "
         f"target, {REFERENCE}'s (at its chosen rate) at half the steps; *CPU ms/step*: the "
-        "process CPU time (all threads) of the chosen run over its steps, compilation "
-        "excluded: the 2-core machine is shared with other jobs, so wall time is not "
-        "reported, and CPU time is noisy too (compare large ratios only). Rows sorted by "
-        "final training loss. One initialisation and one data order: small differences are "
-        "within the noise of a seed.",
+        "process CPU time (all threads, compilation excluded) of the call that trained the "
+        "three rates side by side under `vmap`, over three times its steps (rprop, soap, "
+        "galore: of the chosen rate's own call); the 2-core machine is shared with other "
+        "jobs, so wall time is not reported, and CPU time is noisy too (compare large "
+        "ratios only). Rows sorted by final training loss. One initialisation and one data "
+        "order: small differences are within the noise of a seed.",
     ]
     for task_name, results in all_results.items():
         steps = sizes[task_name]
