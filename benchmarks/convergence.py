@@ -6,6 +6,10 @@ same data in the same order, and writes a markdown report::
 
     python benchmarks/convergence.py [--quick] [--out benchmarks/CONVERGENCE.md]
 
+``--optimizers`` instead trains every optimizer of ``adamx.OPTIMIZERS`` (and Sophia) at a
+learning rate from a small sweep, on the demo's MLP and a small char LM, and writes
+``benchmarks/CONVERGENCE_OPTIMIZERS.md`` (:mod:`convergence_optimizers`).
+
 The models:
 
 * **mlp**: the demo's two-layer MLP (64-64-10, tanh, mean squared error) on the UCI
@@ -413,6 +417,11 @@ def report(all_results: dict, demo_noise, args, seconds: float, loads) -> str:
 
 
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if "--optimizers" in argv:  # every optimizer at a tuned rate: its own script and report
+        import convergence_optimizers
+
+        return convergence_optimizers.main([a for a in argv if a != "--optimizers"])
     parser = argparse.ArgumentParser(
         description="Train the demo MLP and the char LM with float32 Adam and each storage "
         "policy; report final losses, state bytes per parameter and step times."
