@@ -176,6 +176,19 @@ def concrete_value(x) -> float | None:
         return None
 
 
+def cond(pred, true_fn: Callable, false_fn: Callable, *operands):
+    """``jax.lax.cond``, except that a concrete ``pred`` (eager code) runs its branch directly.
+
+    An eager ``lax.cond`` whose branches are closures traces and compiles them at every call
+    (a new function object each time misses JAX's caches): ~35 ms per call on CPU, seconds
+    per step for a recipe with a cond per leaf. Under ``jit``, ``vmap`` or ``grad`` the
+    predicate is a tracer and this is ``lax.cond``, both branches type-checked alike.
+    """
+    if isinstance(pred, jax.core.Tracer):
+        return jax.lax.cond(pred, true_fn, false_fn, *operands)
+    return true_fn(*operands) if bool(pred) else false_fn(*operands)
+
+
 def is_real_number(value) -> bool:
     """Whether ``value`` is a real number a hyperparameter may be: a Python ``int`` or
     ``float`` (not ``bool``), a NumPy integer or float scalar, or a NumPy / JAX array of an

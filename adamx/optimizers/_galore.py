@@ -18,6 +18,7 @@ from adamx.blocks._base import (
     check_learning_rate,
     compute_dtype,
     concrete_value,
+    cond,
     is_real_number,
     safe_increment,
     transformation,
@@ -229,7 +230,7 @@ def scale_by_galore(
                 basis = u[:, :r] if left else vt[:r, :].T
                 return basis.astype(p.dtype)
 
-            p = jax.lax.cond(refresh, fresh, lambda: p)
+            p = cond(refresh, fresh, lambda: p)
             return (p.T @ g if left else g @ p), p
 
         pairs = [project(*args) for args in zip(leaves, projectors, views)]

@@ -22,6 +22,7 @@ from adamx.blocks._base import (
     check_trees_match,
     compute_dtype,
     concrete_value,
+    cond,
     map_unzip,
     one_minus,
     real_dtype,
@@ -124,7 +125,7 @@ def scale_by_mars_correction(
                 factor = jnp.where(clip, limit / jnp.where(clip, norm, 1), 1 / tiny.real)
                 return cb * factor.astype(dtype)
 
-            c = jax.lax.cond(jnp.isfinite(n2), clipped, clipped_huge, c)
+            c = cond(jnp.isfinite(n2), clipped, clipped_huge, c)
             return c.astype(g.dtype), g.astype(g_prev.dtype)
 
         corrected, previous = map_unzip(leaf, 2, grads, state.previous_grad)

@@ -317,6 +317,11 @@ def orthogonalize(
             update = (b * g.astype(wide) + c * mm(g, g)).astype(dtype)
             return (a * y.astype(wide) + mm(update, y)).astype(dtype)
 
+        if not isinstance(y, jax.core.Tracer):  # eager: each op rounds, as in the loop
+            # (an eager loop of closures compiles at every call)
+            for abc in rows if rows is not None else [ns_coeffs] * int(ns_steps):
+                y = step(y, abc)
+            return y
         # loops, not unrolled: XLA would fuse across steps and skip torch's roundings
         if rows is not None:
             y, _ = jax.lax.scan(lambda y, abc: (step(y, abc), None), y, jnp.asarray(rows, real))

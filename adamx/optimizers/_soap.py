@@ -22,6 +22,7 @@ from adamx.blocks._base import (
     check_range,
     check_trees_match,
     compute_dtype,
+    cond,
     map_unzip,
     one_minus,
     safe_increment,
@@ -218,7 +219,7 @@ def scale_by_soap(
             left = as_scalar(sb, pd) * left + _weighted_outer(g, one_minus(sb))
             right = as_scalar(sb, pd) * right + _weighted_outer(g.T, one_minus(sb))
             eye_l, eye_r = jnp.eye(left.shape[0], dtype=pd), jnp.eye(right.shape[0], dtype=pd)
-            q_left, q_right = jax.lax.cond(
+            q_left, q_right = cond(
                 fresh,
                 lambda: (
                     _finite_or(_eigenbasis(left), eye_l),
@@ -260,7 +261,7 @@ def scale_by_soap(
                 qr, v2 = _refresh(right, q_right, v1, 1)
                 return ql, qr, v2
 
-            return jax.lax.cond(refresh, run, lambda: (q_left, q_right, v))
+            return cond(refresh, run, lambda: (q_left, q_right, v))
 
         q_left, q_right, nu = map_unzip(renew, 3, nu, left, right, q_left, q_right)
 

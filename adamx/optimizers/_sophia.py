@@ -21,6 +21,7 @@ from adamx.blocks._base import (
     check_optional_range,
     check_range,
     compute_dtype,
+    cond,
     is_real_number,
     one_minus,
     real_dtype,
@@ -173,7 +174,7 @@ def normalize_by_hessian(
                     for u in jax.tree.leaves(out)
                 )
                 size = sum(jnp.size(u) for u in jax.tree.leaves(out))
-                jax.lax.cond(
+                cond(
                     rec.count % print_win_rate_every_n_steps == 0,
                     lambda: jax.debug.print("Sophia win rate: {}", inside / size),
                     lambda: None,
@@ -201,7 +202,7 @@ def normalize_by_hessian(
 
             return hessian_fn_state, jax.tree.map(average, nu, estimate)
 
-        hessian_fn_state, nu = jax.lax.cond(
+        hessian_fn_state, nu = cond(
             (rec.count - 1) % update_interval == 0,
             refresh,
             lambda s, n: (s, n),
