@@ -155,13 +155,14 @@ def test_make_optimizer_is_the_adamx_recipe(name):
         assert moved
 
 
-@pytest.mark.parametrize("example", demo.EXAMPLES)
 @pytest.mark.parametrize("name", adamx.OPTIMIZERS)
-def test_every_optimizer_trains_at_its_default_learning_rate(name, example, digits):
-    """50 steps at DEFAULT_LEARNING_RATES[name]: every loss finite, the final one below the
-    first and below the one halfway (still falling), and the test accuracy well above
-    chance."""
-    result = demo.train(example, name, steps=50, data=digits)
+def test_every_optimizer_trains_at_its_default_learning_rate(name, digits):
+    """50 steps of the MLP at DEFAULT_LEARNING_RATES[name]: every loss finite, the final one
+    below the first and below the one halfway (still falling), and the test accuracy well
+    above chance. The MLP only: the softmax example is the convex one of the two (an
+    optimizer that trains the MLP at its rate has not failed it in any ``--compare all``
+    run), and the tests above train it with the default pair."""
+    result = demo.train("mlp", name, steps=50, data=digits)
     assert result.optimizer == name
     assert result.learning_rate == demo.DEFAULT_LEARNING_RATES[name]
     assert all(math.isfinite(v) for v in result.losses), result.losses
