@@ -6,8 +6,9 @@ same data in the same order, and writes a markdown report::
 
     python benchmarks/convergence.py [--quick] [--out benchmarks/CONVERGENCE.md]
 
-``--optimizers`` instead trains every optimizer of ``adamx.OPTIMIZERS`` (and Sophia) at a
-learning rate from a small sweep, on the demo's MLP and a small char LM, and writes
+``--optimizers`` instead trains every optimizer of ``adamx.OPTIMIZERS`` (and Sophia, and
+``adamx.cautious`` of AdamW and Lion) at the best of five learning rates (x1/10 to x10 its
+demo rate), on the demo's MLP and a small char LM, and writes
 ``benchmarks/CONVERGENCE_OPTIMIZERS.md`` (:mod:`convergence_optimizers`).
 
 The models:

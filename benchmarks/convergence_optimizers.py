@@ -1,5 +1,6 @@
-"""Every optimizer of ``adamx.OPTIMIZERS`` (and Sophia) on two small tasks, each at a
-learning rate from the same small sweep: ``python benchmarks/convergence.py --optimizers``.
+"""Every optimizer of ``adamx.OPTIMIZERS`` (and Sophia, and the Cautious forms of AdamW
+and Lion) on two small tasks, each at a learning rate from the same sweep:
+``python benchmarks/convergence.py --optimizers``.
 
 The tasks, the same data, order and initial parameters for every optimizer and rate:
 
@@ -9,18 +10,21 @@ The tasks, the same data, order and initial parameters for every optimizer and r
   context 32, batches of 8) on the standard library's help texts; step ``i`` trains on
   ``charlm.batches(..., fold_in(data_key, i))``; held out: 64 windows from the last 10%.
 
-The sweep: for each optimizer the rates ``base * (1/3, 1, 3)``, ``base`` the demo's
-``DEFAULT_LEARNING_RATES[name]`` (Sophia, not in the demo: 3e-3, see ``SOPHIA_BASE``);
-the rate kept is the one with the lowest final training loss (the mean over the last 10%
-of the steps; non-finite runs are never kept). Each (optimizer, rate, task) run is one
-jitted function, all the steps in one ``lax.scan``, the evaluation after it.
+The sweep: for each optimizer the five rates ``base * (1/10, 1/3, 1, 3, 10)``, ``base``
+the demo's ``DEFAULT_LEARNING_RATES[name]`` (Sophia, not in the demo: 3e-3, see
+``SOPHIA_BASE``; ``cautious_adamw`` and ``cautious_lion``, ``adamx.cautious`` of
+``adamw`` and ``lion`` at their defaults, the rate of the optimizer they wrap); the rate
+kept is the one with the lowest final training loss (the mean over the last 10% of the
+steps; non-finite runs are never kept). A rate kept at either end of the grid is marked:
+the best rate may lie beyond it. Each (optimizer, rate, task) run is one jitted
+function, all the steps in one ``lax.scan``, the evaluation after it.
 
 Reported per optimizer and task: the chosen rate, the final training loss, the held-out
 loss at the final parameters, the steps to a target loss (the smoothed loss, a trailing
 mean over 10% of the steps, first at or below AdamW's smoothed loss at half the steps,
 AdamW at its own chosen rate), and the process CPU time per step (``time.process_time``,
-all threads, compilation excluded, of the call that ran the three rates side by side, over
-three times its steps): the machine is shared, so wall time says little.
+all threads, compilation excluded, of the call that ran the five rates side by side, over
+five times its steps): the machine is shared, so wall time says little.
 """
 
 from __future__ import annotations
@@ -52,7 +56,14 @@ REPO = HERE.parent
 SOPHIA_BASE = 3e-3
 """Sophia's centre rate (it is not in the demo's table): its step is clipped to at most
 ``lr`` per element, like Lion's sign step (demo rate 1e-3) and below Adam's 1e-2."""
-FACTORS = (1 / 3, 1.0, 3.0)
+FACTORS = (1 / 10, 1 / 3, 1.0, 3.0, 10.0)
+FACTOR_NAMES = ("x1/10", "x1/3", "x1", "x3", "x10")
+INNER = slice(1, 4)
+"""The factors of the earlier 3-point grid (``1/3, 1, 3``), a subset of ``FACTORS``: the
+report also says how often the rate kept from those three alone sat at their grid's end."""
+WRAPPED = {"cautious_adamw": "adamw", "cautious_lion": "lion"}
+"""Rows that are ``adamx.cautious`` of a registered optimizer (``adamx.cautious`` is a
+wrapper, not in ``adamx.OPTIMIZERS``), swept around the wrapped optimizer's demo rate."""
 REFERENCE = "adamw"
 SIZES = {
     "full": {"mlp": 300, "charlm": 150},
@@ -62,7 +73,8 @@ CHARLM_SHAPE = {"d_model": 64, "layers": 1, "heads": 4, "context": 32, "batch": 
 EVAL_WINDOWS = 64
 ONE_RATE_AT_A_TIME = ("rprop", "soap", "galore")
 """Run once per rate, not under ``vmap``: Rprop's rate is an initial step size and takes no
-schedule; SOAP's and GaLore's matrix decompositions are slow batched on CPU."""
+schedule; SOAP's and GaLore's matrix decompositions are slow batched on CPU. The rate is
+an argument of their one compiled function, so one compilation serves the five rates."""
 
 START = time.perf_counter()
 
@@ -72,11 +84,20 @@ def log(message: str) -> None:
 
 
 def names() -> list[str]:
-    return [*adamx.OPTIMIZERS, "sophia"]
+    return [*adamx.OPTIMIZERS, "sophia", *WRAPPED]
 
 
 def base_rate(name: str) -> float:
-    return SOPHIA_BASE if name == "sophia" else demo.DEFAULT_LEARNING_RATES[name]
+    if name == "sophia":
+        return SOPHIA_BASE
+    return demo.DEFAULT_LEARNING_RATES[WRAPPED.get(name, name)]
+
+
+def make(name: str, learning_rate) -> Any:
+    """The optimizer of row ``name`` at ``learning_rate``, its other options at defaults."""
+    if name in WRAPPED:
+        return adamx.cautious(getattr(adamx, WRAPPED[name])(learning_rate=learning_rate))
+    return getattr(adamx, name)(learning_rate=learning_rate)
 
 
 # --------------------------------------------------------------------------- tasks
@@ -131,12 +152,12 @@ def charlm_task() -> Task:
 
 
 def train(name: str, rates: list[float], task: Task, steps: int) -> list[dict[str, Any]]:
-    """The runs of ``getattr(adamx, name)`` at each of ``rates``, ``steps`` updates each,
-    side by side under ``vmap`` in one compiled call (the rate a constant schedule, so one
+    """The runs of ``make(name, lr)`` at each of ``rates``, ``steps`` updates each, side by
+    side under ``vmap`` in one compiled call (the rate a constant schedule, so one
     compilation serves them all). The optimizers of ``ONE_RATE_AT_A_TIME`` run once per
-    rate, with the rate a number."""
+    rate, the rate a scalar argument of one compiled function."""
     if name in ONE_RATE_AT_A_TIME:
-        return [run for lr in rates for run in _train(name, [lr], task, steps, schedule=False)]
+        return _train(name, rates, task, steps, schedule=False)
     return _train(name, rates, task, steps, schedule=True)
 
 
@@ -144,7 +165,7 @@ def _train(
     name: str, rates: list[float], task: Task, steps: int, *, schedule: bool
 ) -> list[dict[str, Any]]:
     def run(lr):
-        opt = getattr(adamx, name)(learning_rate=(lambda count: lr) if schedule else lr)
+        opt = make(name, (lambda count: lr) if schedule else lr)
 
         def step(carry, i):
             params, state = carry
@@ -159,16 +180,23 @@ def _train(
 
     if schedule:
         compiled = jax.jit(jax.vmap(run)).lower(jnp.asarray(rates, jnp.float32)).compile()
-        args: Any = jnp.asarray(rates, jnp.float32)
+        cpu = time.process_time()
+        all_losses, held_outs = jax.block_until_ready(compiled(jnp.asarray(rates, jnp.float32)))
+        cpus = [(time.process_time() - cpu) / (steps * len(rates))] * len(rates)
     else:
-        compiled = jax.jit(lambda: jax.tree.map(lambda a: a[None], run(rates[0]))).lower().compile()
-        args = None
-    cpu = time.process_time()
-    all_losses, held_outs = jax.block_until_ready(compiled(args) if schedule else compiled())
-    cpu = (time.process_time() - cpu) / (steps * len(rates))
+        compiled = jax.jit(run).lower(jnp.float32(rates[0])).compile()
+        outs, cpus = [], []
+        for lr in rates:
+            cpu = time.process_time()
+            outs.append(jax.block_until_ready(compiled(jnp.float32(lr))))
+            cpus.append((time.process_time() - cpu) / steps)
+        all_losses = np.stack([np.asarray(o[0]) for o in outs])
+        held_outs = [o[1] for o in outs]
     tail = max(1, steps // 10)
     runs = []
-    for lr, losses, held_out in zip(rates, np.asarray(all_losses, np.float64), held_outs):
+    for lr, losses, held_out, cpu in zip(
+        rates, np.asarray(all_losses, np.float64), held_outs, cpus
+    ):
         final = float(losses[-tail:].mean())
         finite = bool(np.all(np.isfinite(losses))) and math.isfinite(float(held_out))
         runs.append(
@@ -193,6 +221,15 @@ def smoothed(losses: np.ndarray) -> np.ndarray:
     return (sums[ends] - sums[starts]) / (ends - starts)
 
 
+def grid_end(finals: list[float]) -> str | None:
+    """``"low"`` or ``"high"`` where the lowest of ``finals`` (in rate order) is the first
+    or the last rate's, else None (also when every run is non-finite)."""
+    if not any(math.isfinite(f) for f in finals):
+        return None
+    i = int(np.argmin(finals))
+    return "low" if i == 0 else "high" if i == len(finals) - 1 else None
+
+
 def steps_to(losses: np.ndarray, target: float) -> int | None:
     hit = np.nonzero(smoothed(losses) <= target)[0]
     return int(hit[0]) + 1 if hit.size else None
@@ -203,11 +240,15 @@ def sweep(task_name: str, task: Task, steps: int, only: list[str]) -> dict[str, 
     for name in only:
         t0 = time.perf_counter()
         runs = train(name, [base_rate(name) * f for f in FACTORS], task, steps)
-        best = min(runs, key=lambda r: r["final"])
+        finals = [r["final"] for r in runs]
+        best = runs[int(np.argmin(finals))]
         best["tried"] = [(r["lr"], r["final"]) for r in runs]
+        best["edge"] = grid_end(finals)
+        best["inner_edge"] = grid_end(finals[INNER])
         results[name] = best
         log(
-            f"{task_name:<6} {name:<20} lr {best['lr']:.3g}  train {best['final']:.4f}  "
+            f"{task_name:<6} {name:<20} lr {best['lr']:.3g}{best['edge'] or ''}  "
+            f"train {best['final']:.4f}  "
             f"held-out {best['held_out']:.4f}  {1e3 * best['cpu_per_step']:.2f} ms CPU/step  "
             f"({time.perf_counter() - t0:.1f} s)"
         )
@@ -221,9 +262,9 @@ def table(results: dict[str, dict], steps: int) -> tuple[float, list[str]]:
     ref = results.get(REFERENCE) or next(iter(results.values()))
     target = float(smoothed(ref["losses"])[steps // 2 - 1])
     lines = [
-        "| optimizer | lr (chosen) | final train loss | held-out loss | steps to target "
-        "| CPU ms/step | finals at lr x1/3, x1, x3 |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | --- |",
+        "| optimizer | lr (chosen) | grid end | final train loss | held-out loss "
+        f"| steps to target | CPU ms/step | finals at lr {', '.join(FACTOR_NAMES)} |",
+        "| --- | ---: | --- | ---: | ---: | ---: | ---: | --- |",
     ]
     order = sorted(results, key=lambda n: results[n]["final"])
     for name in order:
@@ -232,7 +273,7 @@ def table(results: dict[str, dict], steps: int) -> tuple[float, list[str]]:
         tried = ", ".join(f"{f:.4g}" if math.isfinite(f) else "non-finite" for _, f in r["tried"])
         final = f"{r['final']:.4f}" if r["finite"] else "non-finite"
         lines.append(
-            f"| {name} | {r['lr']:.3g} | {final} | {r['held_out']:.4f} "
+            f"| {name} | {r['lr']:.3g} | {r['edge'] or ''} | {final} | {r['held_out']:.4f} "
             f"| {hit if hit is not None else 'not reached'} "
             f"| {1e3 * r['cpu_per_step']:.2f} | {tried} |"
         )
@@ -254,19 +295,24 @@ def report(all_results: dict, args, seconds: float, loads, sizes: dict[str, int]
         f"- load average (1 min) {loads[0][0]:.2f} before, {loads[1][0]:.2f} after",
         "",
         "Every optimizer is `getattr(adamx, name)(learning_rate=lr)` with its other "
-        "hyperparameters at their defaults (Sophia with `obj_fn` the step's batch loss), "
+        "hyperparameters at their defaults (Sophia with `obj_fn` the step's batch loss; "
+        "`cautious_adamw` and `cautious_lion` are `adamx.cautious(adamx.adamw(learning_rate="
+        "lr))` and the same of `adamx.lion`), "
         "trained from the same initial parameters on the same data in the same order. "
-        "*lr*: the best of `base * (1/3, 1, 3)`, `base` the demo's "
-        f"`DEFAULT_LEARNING_RATES[name]` (Sophia: {SOPHIA_BASE:g}), by the lowest final "
-        "training loss. *final train loss*: the mean training loss over the last 10% of the "
+        "*lr*: the best of `base * (1/10, 1/3, 1, 3, 10)`, `base` the demo's "
+        f"`DEFAULT_LEARNING_RATES[name]` (Sophia: {SOPHIA_BASE:g}; the Cautious rows: the "
+        "wrapped optimizer's), by the lowest final training loss. *grid end*: `low` or "
+        "`high` where that rate is the grid's smallest or largest, so the best rate may lie "
+        "beyond the grid. *final train loss*: the mean training loss over the last 10% of the "
         "steps; *held-out loss*: at the final parameters (for the schedule-free optimizers "
         "the parameters the gradients are taken at, not the average `x` of "
         "`schedule_free_eval_params`); *steps to target*: the first "
         "step at which the loss, a trailing mean over 10% of the steps, is at or below the "
         f"target, {REFERENCE}'s (at its chosen rate) at half the steps; *CPU ms/step*: the "
         "process CPU time (all threads, compilation excluded) of the call that trained the "
-        "three rates side by side under `vmap`, over three times its steps (rprop, soap, "
-        "galore: of the chosen rate's own call); the 2-core machine is shared with other "
+        f"{len(FACTORS)} rates side by side under `vmap`, over {len(FACTORS)} times its steps "
+        "(rprop, soap, galore: of the chosen rate's own call); the 2-core machine is shared "
+        "with other "
         "jobs, so wall time is not reported, and CPU time is noisy too (compare large "
         "ratios only). Rows sorted by final training loss. One initialisation and one data "
         "order: small differences are within the noise of a seed.",
@@ -279,7 +325,20 @@ def report(all_results: dict, args, seconds: float, loads, sizes: dict[str, int]
         else:
             shape = ", ".join(f"{k} {v}" for k, v in CHARLM_SHAPE.items())
             head = f"### charlm: {shape}, {steps} steps"
-        lines += ["", head, "", f"Target loss {target:.4f}.", "", *rows]
+        n = len(results)
+        edges = [name for name, r in results.items() if r["edge"]]
+        inner = sum(1 for r in results.values() if r["inner_edge"])
+        lines += [
+            "",
+            head,
+            "",
+            f"Target loss {target:.4f}. Chosen rate at an end of the {len(FACTORS)}-point grid: "
+            f"{len(edges)} of {n} ({', '.join(edges) or 'none'}); had the sweep been the inner "
+            f"three rates (x1/3, x1, x3) alone, its choice would have sat at their grid's end "
+            f"for {inner} of {n}.",
+            "",
+            *rows,
+        ]
     if args.quick:
         lines += ["", "These are `--quick` sizes (a smoke run)."]
     return "\n".join(lines) + "\n"
