@@ -299,20 +299,16 @@ def low_precision_tree():
 
 @pytest.mark.parametrize("name", STRUCTURAL)
 def test_low_precision_params_give_low_precision_updates(name):
+    """bfloat16 and float16 params: updates, new params (and so the state the next update
+    reads) keep each leaf's dtype. Eager: dtypes are decided when the update is traced,
+    the same under ``jit`` (test_any_pytree_under_jit_scan_cond_and_donation)."""
     opt = make(name)
     params = low_precision_tree()
-
-    def run(params, state, grads):
-        def body(carry, g):
-            updates, state = opt.update(g, carry[1], carry[0])
-            return (optax.apply_updates(carry[0], updates), state), updates
-
-        (params, _), updates = jax.lax.scan(body, (params, state), grads)
-        return params, jax.tree.map(lambda u: u[-1], updates)
-
-    grads = stack([grads_like(params, seed=i) for i in range(3)])
-    new_params, updates = jax.jit(run)(params, opt.init(params), grads)
-    assert dtypes(new_params) == dtypes(updates) == dtypes(params)
+    state = opt.init(params)
+    for seed in range(3):
+        updates, state = opt.update(grads_like(params, seed=seed), state, params)
+        params = optax.apply_updates(params, updates)
+        assert dtypes(params) == dtypes(updates) == dtypes(low_precision_tree())
     chex.assert_tree_all_finite(updates)
 
 
@@ -365,18 +361,13 @@ def test_inject_hyperparams_matches_plain(name):
     plain = factory(**float32_kwargs(kwargs))
     injected = optax.inject_hyperparams(factory)(**kwargs)
     params = small_tree()
-
-    def run(carry, grads):
-        def body(carry, g):
-            p1, s1, p2, s2 = carry
-            return (*train_step(plain)(p1, s1, g), *train_step(injected)(p2, s2, g)), None
-
-        return jax.lax.scan(body, carry, grads)[0]
-
     s1, s2 = plain.init(params), injected.init(params)
     assert jax.tree.structure(s2.inner_state) == jax.tree.structure(s1)
-    grads = stack([grads_like(params, seed=i) for i in range(5)])
-    p1, s1, p2, s2 = jax.jit(run)((params, s1, params, s2), grads)
+    p1 = p2 = params
+    for seed in range(5):  # eager: the jitted injected step is checked by the next tests
+        g = grads_like(params, seed=seed)
+        p1, s1 = train_step(plain)(p1, s1, g)
+        p2, s2 = train_step(injected)(p2, s2, g)
     assert jax.tree.structure(s2.inner_state) == jax.tree.structure(s1)
     chex.assert_trees_all_close(p1, p2, rtol=1e-6, atol=1e-7)
 
