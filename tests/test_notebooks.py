@@ -21,14 +21,76 @@ CELL_TIMEOUT_S = 600
 # small enough to keep the repository light.
 MAX_BYTES = 300_000
 
+# The suite runs each notebook at a small size. Each notebook has one code cell tagged
+# "parameters" (papermill's convention) that assigns the sizes setting its cost; the test
+# inserts the cell below right after it, as papermill inserts "injected-parameters", so the
+# same code runs, trains, prints and plots, only on fewer steps and smaller models. The
+# committed outputs (tools/execute_notebooks.py) are those of the full sizes.
+SMOKE = {
+    "anatomy.ipynb": "STEPS = 40\nMLP_STEPS = 30",
+    "ecosystem.ipynb": "STEPS = 30",
+    "memory_and_speed.ipynb": (
+        "STEPS = 20\nCONTEXT, BATCH = 16, 4\nSPEED_LAYERS, SPEED_WIDTH = 2, 128\n"
+        "ROUNDS, STEPS_PER_ROUND = 1, 2"
+    ),
+    "quickstart.ipynb": "STEPS = 150",
+    "relatives.ipynb": "STEPS = 12\nCONTEXT, BATCH = 16, 4",
+    "trajectories.ipynb": "STEPS = 100\nLR_COUNT = 7",
+}
+
 
 def _ids(path: Path) -> str:
     return path.name
 
 
+def _assigned(source: str) -> list[str]:
+    """The names that the top-level statements of ``source`` assign; every statement must be
+    an assignment of names (``A = 1``, ``A, B = 1, 2``)."""
+    names = []
+    for statement in ast.parse(source).body:
+        assert isinstance(statement, (ast.Assign, ast.AnnAssign)), ast.unparse(statement)
+        targets = statement.targets if isinstance(statement, ast.Assign) else [statement.target]
+        for target in targets:
+            elements = target.elts if isinstance(target, ast.Tuple) else [target]
+            assert all(isinstance(e, ast.Name) for e in elements), ast.unparse(target)
+            names += [e.id for e in elements]
+    return names
+
+
+def _parameters_cells(nb: nbformat.NotebookNode) -> list[int]:
+    return [
+        index
+        for index, cell in enumerate(nb.cells)
+        if cell.cell_type == "code" and "parameters" in cell.metadata.get("tags", [])
+    ]
+
+
+def smoke_sized(nb: nbformat.NotebookNode, name: str) -> nbformat.NotebookNode:
+    """``nb`` with the cell of ``SMOKE[name]`` inserted after its parameters cell."""
+    (index,) = _parameters_cells(nb)
+    cell = nbformat.v4.new_code_cell(SMOKE[name], metadata={"tags": ["injected-parameters"]})
+    nb.cells.insert(index + 1, cell)
+    return nb
+
+
 def test_notebooks_exist():
     assert NOTEBOOKS, f"no notebooks found in {NOTEBOOK_DIR}"
     assert NOTEBOOK_DIR / "quickstart.ipynb" in NOTEBOOKS
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=_ids)
+def test_notebook_parameters_cell_and_smoke_sizes(path):
+    """One code cell tagged "parameters", of plain assignments, and smoke sizes in SMOKE
+    that override only names it assigns (a renamed size cannot leave a stale override)."""
+    assert set(SMOKE) == {p.name for p in NOTEBOOKS}, "one SMOKE entry per notebook"
+    nb = nbformat.read(path, as_version=4)
+    cells = _parameters_cells(nb)
+    assert len(cells) == 1, f"{path.name}: {len(cells)} cells tagged 'parameters', not one"
+    assigned = _assigned(nb.cells[cells[0]].source)
+    overridden = _assigned(SMOKE[path.name])
+    assert overridden, f"{path.name}: SMOKE overrides nothing"
+    stale = sorted(set(overridden) - set(assigned))
+    assert not stale, f"{path.name}: SMOKE sets {stale}, which the parameters cell does not"
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=_ids)
@@ -87,6 +149,7 @@ def test_notebook_opens_in_colab_and_runs_as_a_script(path):
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=_ids)
 def test_notebook_executes(path, monkeypatch):
+    """The notebook runs top to bottom, at the smoke sizes of SMOKE."""
     # The kernel inherits this process's environment: a non-interactive matplotlib, the
     # checkout on the path (adamx need not be installed), and JAX's strict promotion
     # rules, as for the test suite.
@@ -97,8 +160,19 @@ def test_notebook_executes(path, monkeypatch):
     monkeypatch.setenv("JAX_NUMPY_DTYPE_PROMOTION", "strict")
     monkeypatch.setenv("JAX_NUMPY_RANK_PROMOTION", "raise")
     monkeypatch.setenv("PYDEVD_DISABLE_FILE_VALIDATION", "1")
+    # At the smoke sizes most of a notebook's time is XLA compiling its programs (one step
+    # per optimizer and policy); compiling with most optimizations off halves that, and the
+    # programs and what the notebook checks are the same
+    monkeypatch.setenv("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")
+    # the test run's compilation cache (tests/conftest.py), so that a kept one serves the
+    # kernels too
+    cache = os.environ.get("ADAMX_TEST_COMPILATION_CACHE", "off")
+    if cache != "off":
+        monkeypatch.setenv("JAX_COMPILATION_CACHE_DIR", cache)
+        monkeypatch.setenv("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+        monkeypatch.setenv("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 
-    nb = nbformat.read(path, as_version=4)
+    nb = smoke_sized(nbformat.read(path, as_version=4), path.name)
     client = NotebookClient(
         nb,
         timeout=CELL_TIMEOUT_S,
