@@ -54,6 +54,18 @@ import adamx  # noqa: E402
 LR = 1e-3
 ADAMW, LION, SGD = "adamw: adamx (XLA path)", "lion: adamx (XLA path)", "sgd: adamx"
 
+def with_objective(tx: optax.GradientTransformation) -> optax.GradientTransformation:
+    """``tx`` with ``obj_fn = sum(p**2) / 2`` given to every update (Sophia's)."""
+
+    def objective(params):
+        return sum(jnp.sum(jnp.square(x)) for x in jax.tree.leaves(params)) / 2
+
+    def update(updates, state, params=None):
+        return tx.update(updates, state, params, obj_fn=objective)
+
+    return optax.GradientTransformation(tx.init, update)
+
+
 # "optimizer: implementation" -> (factory, the row it is compared with or None). A factory
 # runs only for the rows kept. Without a ref, the row's ref is "<optimizer>: optax".
 ROWS = {
@@ -106,6 +118,10 @@ ROWS = {
     "prodigy: optax": (lambda: optax.contrib.prodigy(), None),
     "dadapt_adamw: adamx": (lambda: adamx.dadapt_adamw(), None),
     "dadapt_adamw: optax": (lambda: optax.contrib.dadapt_adamw(), None),
+    # Sophia's update takes obj_fn (its Hessian-vector products every update_interval=10
+    # steps): a quadratic whose products are cheap, so the figures are the optimizer's
+    "sophia: adamx": (lambda: with_objective(adamx.sophia(LR)), None),
+    "sophia: optax": (lambda: with_objective(optax.contrib.sophia(LR)), None),
     "galore: adamx (rank 128)": (lambda: adamx.galore(LR), "galore: optax (rank 128)"),
     "galore: optax (rank 128)": (lambda: optax.contrib.galore(LR), None),
     "galore: adamx (rank 32)": (lambda: adamx.galore(LR, rank=32), "galore: optax (rank 32)"),
