@@ -54,6 +54,7 @@ import adamx  # noqa: E402
 LR = 1e-3
 ADAMW, LION, SGD = "adamw: adamx (XLA path)", "lion: adamx (XLA path)", "sgd: adamx"
 
+
 def with_objective(tx: optax.GradientTransformation) -> optax.GradientTransformation:
     """``tx`` with ``obj_fn = sum(p**2) / 2`` given to every update (Sophia's)."""
 
