@@ -20,6 +20,7 @@ Example:
 
 from __future__ import annotations
 
+import functools
 import math
 
 import jax
@@ -69,22 +70,31 @@ def train(
     y = _mlp(teacher, x)
     params = _mlp_init(k_student, [inputs, width, width, outputs], 1.0)
 
-    def loss(p, xb, yb):
-        return jnp.mean((_mlp(p, xb) - yb) ** 2)
+    return _finish(*_run(optimizer, steps, batch, params, x, y, k_batch), steps)
 
-    @jax.jit
-    def run(params):
-        def step(carry, i):
-            p, state = carry
-            idx = jax.random.randint(jax.random.fold_in(k_batch, i), (batch,), 0, n)
-            value, grads = jax.value_and_grad(loss)(p, x[idx], y[idx])
-            updates, state = optimizer.update(grads, state, p)
-            return (optax.apply_updates(p, updates), state), value
 
-        (p, state), losses = jax.lax.scan(step, (params, optimizer.init(params)), jnp.arange(steps))
-        return p, state, losses, loss(p, x, y)
+def _loss(p, xb, yb):
+    return jnp.mean((_mlp(p, xb) - yb) ** 2)
 
-    p, state, losses, full = run(params)
+
+@functools.partial(jax.jit, static_argnums=(0, 1, 2))
+def _run(optimizer, steps: int, batch: int, params, x, y, k_batch):
+    """The ``steps`` steps in one ``lax.scan``, compiled once per optimizer and size (the
+    data are arguments, so another seed reuses the executable)."""
+    n = x.shape[0]
+
+    def step(carry, i):
+        p, state = carry
+        idx = jax.random.randint(jax.random.fold_in(k_batch, i), (batch,), 0, n)
+        value, grads = jax.value_and_grad(_loss)(p, x[idx], y[idx])
+        updates, state = optimizer.update(grads, state, p)
+        return (optax.apply_updates(p, updates), state), value
+
+    (p, state), losses = jax.lax.scan(step, (params, optimizer.init(params)), jnp.arange(steps))
+    return p, state, losses, _loss(p, x, y)
+
+
+def _finish(p, state, losses, full, steps: int) -> dict:
     losses = np.asarray(losses, np.float64)
     return {
         "losses": losses.tolist(),
