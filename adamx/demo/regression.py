@@ -70,7 +70,8 @@ def train(
     y = _mlp(teacher, x)
     params = _mlp_init(k_student, [inputs, width, width, outputs], 1.0)
 
-    return _finish(*_run(optimizer, steps, batch, params, x, y, k_batch), steps)
+    p, state, losses, full = _run(optimizer, steps, batch, params, x, y, k_batch)
+    return _finish(p, state, losses, full, steps)
 
 
 def _loss(p, xb, yb):
