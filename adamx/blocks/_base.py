@@ -189,6 +189,16 @@ def cond(pred, true_fn: Callable, false_fn: Callable, *operands):
     return true_fn(*operands) if bool(pred) else false_fn(*operands)
 
 
+def find_one_state(state: PyTree, cls: type, who: str, needs: str) -> Any:
+    """The one node of type ``cls`` in an optimizer state (a chain's too); a ``ValueError``
+    saying what ``who`` needs and how many it found otherwise."""
+    is_one = lambda s: isinstance(s, cls)  # noqa: E731
+    found = [s for s in jax.tree.leaves(state, is_leaf=is_one) if is_one(s)]
+    if len(found) != 1:
+        raise ValueError(f"`{who}` needs {needs}, found {len(found)} {cls.__name__} in it.")
+    return found[0]
+
+
 def is_real_number(value) -> bool:
     """Whether ``value`` is a real number a hyperparameter may be: a Python ``int`` or
     ``float`` (not ``bool``), a NumPy integer or float scalar, or a NumPy / JAX array of an

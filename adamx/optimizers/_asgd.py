@@ -17,6 +17,7 @@ from adamx.blocks._base import (
     check_range,
     check_trees_match,
     compute_dtype,
+    find_one_state,
     map_unzip,
     require_params,
     safe_increment,
@@ -102,17 +103,12 @@ def average_params(t0: float = 1e6) -> optax.GradientTransformation:
 
 
 def _find_state(state) -> AverageState:
-    found = [
-        s
-        for s in jax.tree.leaves(state, is_leaf=lambda s: isinstance(s, AverageState))
-        if isinstance(s, AverageState)
-    ]
-    if len(found) != 1:
-        raise ValueError(
-            "`asgd_eval_params` needs the state of adamx.asgd (or of a chain with one "
-            f"adamx.average_params), found {len(found)} AverageState in it."
-        )
-    return found[0]
+    return find_one_state(
+        state,
+        AverageState,
+        "asgd_eval_params",
+        "the state of adamx.asgd (or of a chain with one adamx.average_params)",
+    )
 
 
 def asgd_eval_params(state: PyTree) -> PyTree:

@@ -20,6 +20,7 @@ from adamx.blocks._base import (
     check_trees_match,
     compute_dtype,
     concrete_value,
+    find_one_state,
     is_real_number,
     map_unzip,
     real_dtype,
@@ -233,18 +234,13 @@ def scale_by_schedule_free(
 
 
 def _find_state(state) -> ScheduleFreeState:
-    found = [
-        s
-        for s in jax.tree.leaves(state, is_leaf=lambda s: isinstance(s, ScheduleFreeState))
-        if isinstance(s, ScheduleFreeState)
-    ]
-    if len(found) != 1:
-        raise ValueError(
-            "`schedule_free_eval_params` needs the state of an adamx schedule-free optimizer "
-            "(adamx.schedule_free_adamw, adamx.schedule_free_sgd or a chain with "
-            f"adamx.scale_by_schedule_free), found {len(found)} ScheduleFreeState in it."
-        )
-    return found[0]
+    return find_one_state(
+        state,
+        ScheduleFreeState,
+        "schedule_free_eval_params",
+        "the state of an adamx schedule-free optimizer (adamx.schedule_free_adamw, "
+        "adamx.schedule_free_sgd or a chain with adamx.scale_by_schedule_free)",
+    )
 
 
 def schedule_free_eval_params(state: PyTree, params: PyTree) -> PyTree:
