@@ -849,9 +849,10 @@ class Processes:
 
     def start(self, name: str, cache: str | None = None) -> None:
         changes, optimizers = SCENARIOS[name]
-        env = {k: v for k, v in os.environ.items() if k not in ("ADAMX_FUSED", "XLA_FLAGS")}
+        env = {k: v for k, v in os.environ.items() if k != "ADAMX_FUSED"}
         env.update(ADAMX_CACHE_DIR=str(self.cache(cache or name)), JAX_PLATFORMS="cpu")
-        env.update(changes)
+        env["XLA_FLAGS"] = " ".join([env.get("XLA_FLAGS", ""), changes.get("XLA_FLAGS", "")])
+        env.update({k: v for k, v in changes.items() if k != "XLA_FLAGS"})
         command = [sys.executable, "-c", SCRIPT, str(optimizers)]
         self.running[name] = subprocess.Popen(
             command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
