@@ -851,8 +851,10 @@ class Processes:
         changes, optimizers = SCENARIOS[name]
         env = {k: v for k, v in os.environ.items() if k != "ADAMX_FUSED"}
         env.update(ADAMX_CACHE_DIR=str(self.cache(cache or name)), JAX_PLATFORMS="cpu")
-        env["XLA_FLAGS"] = " ".join([env.get("XLA_FLAGS", ""), changes.get("XLA_FLAGS", "")])
+        flags = " ".join([env.pop("XLA_FLAGS", ""), changes.get("XLA_FLAGS", "")]).strip()
         env.update({k: v for k, v in changes.items() if k != "XLA_FLAGS"})
+        if flags:  # XLA reads a non-empty value that is not flags as a file of flags
+            env["XLA_FLAGS"] = flags
         command = [sys.executable, "-c", SCRIPT, str(optimizers)]
         self.running[name] = subprocess.Popen(
             command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True

@@ -861,7 +861,9 @@ SCRIPT = textwrap.dedent(
 def test_several_devices_take_the_xla_path_or_the_kernel_per_shard(kernel):
     env = {k: v for k, v in os.environ.items() if k != "ADAMX_FUSED"}
     env.update(JAX_PLATFORMS="cpu")
-    env["XLA_FLAGS"] = env.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=4"
+    env["XLA_FLAGS"] = (
+        f"{env.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count=4".strip()
+    )
     done = subprocess.run(
         [sys.executable, "-c", SCRIPT], cwd=REPO, env=env, capture_output=True, text=True,
         timeout=300,

@@ -99,6 +99,8 @@ def test_the_suites_xla_flags_compute_the_same_bits_as_xlas_defaults(tmp_path):
     names = {f.split("=")[0] for f in TEST_XLA_FLAGS}
     env = dict(os.environ, JAX_PLATFORMS="cpu")
     env["XLA_FLAGS"] = " ".join(f for f in flags if f.split("=")[0] not in names)
+    if not env["XLA_FLAGS"]:
+        del env["XLA_FLAGS"]
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(HERE), env.get("PYTHONPATH")]))
     path = tmp_path / "defaults.npz"
     done = subprocess.run(
