@@ -14,33 +14,15 @@ import numpy as np
 import optax
 import pytest
 import reference_recent2 as ref
+from test_sign_free import make_problem, np_grad
 
 import adamx
 from adamx.demo import charlm
 
 
-def make_problem(shapes, steps, seed=0):
-    rng = np.random.default_rng(seed)
-    params, consts = {}, {}
-    for name, shape in shapes.items():
-        p = rng.normal(size=shape)
-        c = p + rng.choice([-1.0, 1.0], size=shape) * rng.uniform(1.0, 3.0, size=shape)
-        consts[name] = (rng.uniform(0.5, 2.0, size=shape), c, rng.uniform(0.5, 2.0, size=shape))
-        params[name] = p
-    noise = [{n: rng.uniform(-1.0, 3.0, size=s) for n, s in shapes.items()} for _ in range(steps)]
-    return params, consts, noise
-
-
-def np_grad(consts, params, noise):
-    return {
-        k: (a * (params[k] - c) + 0.3 * w * np.cos(w * params[k])) * noise[k]
-        for k, (a, c, w) in consts.items()
-    }
-
-
 def trajectories(opt, reference, shapes, steps):
     """(adamx's, the reference's) params after every step, float64, leaves sorted by name."""
-    params, consts, noise = make_problem(shapes, steps)
+    params, consts, noise = make_problem(shapes=shapes, steps=steps, zeros=())
     names = sorted(shapes)
 
     @jax.jit

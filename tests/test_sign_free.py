@@ -30,16 +30,18 @@ MASK = {"b": False, "k": True, "s": False, "w": True}
 FLAGS = [MASK[n] for n in sorted(SHAPES)]
 
 
-def make_problem(seed=0):
+def make_problem(seed=0, shapes=SHAPES, steps=STEPS, zeros=("b",)):
+    """Params (the leaves in ``zeros`` start at 0), per-leaf constants ``(a, c, w)`` of the
+    loss ``a/2 (p - c)**2 + 0.3 sin(w p)`` and ``steps`` noise factors per leaf."""
     rng = np.random.default_rng(seed)
     params, consts = {}, {}
-    for name, shape in SHAPES.items():
-        p = np.zeros(shape) if name == "b" else rng.normal(size=shape)
+    for name, shape in shapes.items():
+        p = np.zeros(shape) if name in zeros else rng.normal(size=shape)
         c = p + rng.choice([-1.0, 1.0], size=shape) * rng.uniform(1.0, 3.0, size=shape)
         consts[name] = (rng.uniform(0.5, 2.0, size=shape), c, rng.uniform(0.5, 2.0, size=shape))
         params[name] = p
     # gradient noise that flips the sign a quarter of the time, so momentum matters
-    noise = [{n: rng.uniform(-1.0, 3.0, size=s) for n, s in SHAPES.items()} for _ in range(STEPS)]
+    noise = [{n: rng.uniform(-1.0, 3.0, size=s) for n, s in shapes.items()} for _ in range(steps)]
     return params, consts, noise
 
 
